@@ -1,0 +1,321 @@
+// Fused tiled attention on the CPU, driven by a sparsity policy (see policy/*.hpp): forward with online softmax and
+// logsumexp, backward in two deterministic passes (dQ over Q tiles; dK/dV over KV tiles through the policy's inverse map).
+//
+// Work is split over (batch, head, tile) with at::parallel_for; tiles are gathered to float32 scratch (which is also where
+// fp16/bf16 are widened) and multiplied with torch's BLAS (cpu/gemm.hpp). Memory is O(tokens x D) plus per-thread tile scratch.
+//
+// A Policy (one per family) answers, per batch and query head through a provider `const Policy& provider(b, h)`:
+//   num_q_tiles(), num_kv_tiles(), max_q_rows(), max_kv_rows(),
+//   q_tile_rows(t, int64_t* rows) / kv_tile_rows(u, int64_t* rows) -> row count (token indices),
+//   for_each_kv_tile(t, f(u, full)), for_each_q_tile(u, f(t, full)), fill_mask(t, u, uint8_t* mask [q rows x kv rows]).
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "natten_like/cpu/gemm.hpp"
+#include "natten_like/cpu/vec_ops.hpp"
+#include "natten_like/policy/common.hpp"
+
+namespace natten_like::cpu {
+
+// Contiguous heads-last problem: q [B, Nq, H, D], k [B, Nkv, Hkv, D], v [B, Nkv, Hkv, Dv], out [B, Nq, H, Dv],
+// lse [B, Nq, H] (float32); optional additional KV [B, Nadd, Hkv, D / Dv] attended by every query.
+template <class T>
+struct FmhaParams {
+  const T* q = nullptr;
+  const T* k = nullptr;
+  const T* v = nullptr;
+  const T* add_k = nullptr;
+  const T* add_v = nullptr;
+  T* out = nullptr;
+  float* lse = nullptr;
+  int64_t batch = 0, nq = 0, nkv = 0, nadd = 0, heads = 0, kv_heads = 0, dim = 0, dim_v = 0;
+  float scale = 1.0f;
+  // Backward only.
+  const T* grad_out = nullptr;   // [B, Nq, H, Dv]
+  T* grad_q = nullptr;           // [B, Nq, H, D]
+  T* grad_k = nullptr;           // [B, Nkv, Hkv, D]
+  T* grad_v = nullptr;           // [B, Nkv, Hkv, Dv]
+  T* grad_add_k = nullptr;       // [B, Nadd, Hkv, D]
+  T* grad_add_v = nullptr;       // [B, Nadd, Hkv, Dv]
+  const float* lse_in = nullptr; // [B, Nq, H]
+  const float* delta = nullptr;  // [B, Nq, H]: rowsum(dO * O)
+
+  int64_t q_row(int64_t b, int64_t tok, int64_t h) const { return ((b * nq + tok) * heads + h); }
+  int64_t kv_row(int64_t b, int64_t tok, int64_t hk) const { return ((b * nkv + tok) * kv_heads + hk); }
+  int64_t add_row(int64_t b, int64_t tok, int64_t hk) const { return ((b * nadd + tok) * kv_heads + hk); }
+};
+
+namespace detail {
+
+// dst[i][:] = float(src[row(rows[i])][:]) for i < n; dst has leading dimension `width`.
+template <class T, class RowFn>
+inline void gather(const T* src, const int64_t* rows, int64_t n, int64_t width, RowFn row, float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* p = src + row(rows[i]) * width;
+    float* d = dst + i * width;
+    for (int64_t c = 0; c < width; ++c) d[c] = static_cast<float>(p[c]);
+  }
+}
+
+template <class T, class RowFn>
+inline void scatter(const float* src, const int64_t* rows, int64_t n, int64_t width, RowFn row, float alpha, T* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    T* d = dst + row(rows[i]) * width;
+    const float* s = src + i * width;
+    for (int64_t c = 0; c < width; ++c) d[c] = static_cast<T>(alpha * s[c]);
+  }
+}
+
+struct Scratch {
+  std::vector<float> buf;
+  std::vector<int64_t> rows;
+  std::vector<unsigned char> mask;
+  float* take(size_t& offset, size_t n) {
+    float* p = buf.data() + offset;
+    offset += n;
+    return p;
+  }
+};
+
+}  // namespace detail
+
+// Forward. Writes out and lse for every query row (rows with no visible key: out = 0, lse = -inf).
+template <class T, class Provider>
+void fmha_forward(const FmhaParams<T>& p, const Provider& provider) {
+  using namespace detail;
+  const auto& pol0 = provider(0, 0);
+  const int64_t n_q_tiles = pol0.num_q_tiles();
+  const int64_t max_q = pol0.max_q_rows(), max_k = pol0.max_kv_rows();
+  const int64_t add_tile = max_k;
+  const int64_t n_add_tiles = policy::ceil_div(p.nadd, add_tile);
+  const int64_t group = p.heads / p.kv_heads;
+  const int64_t items = p.batch * p.heads * n_q_tiles;
+
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    Scratch sc;
+    sc.buf.resize(max_q * p.dim + max_q * p.dim_v + max_q * max_k + max_k * p.dim + max_k * p.dim_v + 2 * max_q);
+    sc.rows.resize(max_q + max_k);
+    sc.mask.resize(max_q * max_k);
+    size_t off = 0;
+    float* qb = sc.take(off, max_q * p.dim);
+    float* acc = sc.take(off, max_q * p.dim_v);
+    float* s = sc.take(off, max_q * max_k);
+    float* kb = sc.take(off, max_k * p.dim);
+    float* vb = sc.take(off, max_k * p.dim_v);
+    float* m = sc.take(off, max_q);
+    float* l = sc.take(off, max_q);
+    int64_t* qrows = sc.rows.data();
+    int64_t* krows = sc.rows.data() + max_q;
+
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item % n_q_tiles;
+      const int64_t h = (item / n_q_tiles) % p.heads;
+      const int64_t b = item / (n_q_tiles * p.heads);
+      const int64_t hk = h / group;
+      const auto& pol = provider(b, h);
+      const int64_t nq = pol.q_tile_rows(t, qrows);
+      if (nq == 0) continue;
+      auto qrow = [&](int64_t tok) { return p.q_row(b, tok, h); };
+      auto kvrow = [&](int64_t tok) { return p.kv_row(b, tok, hk); };
+      auto addrow = [&](int64_t tok) { return p.add_row(b, tok, hk); };
+      gather(p.q, qrows, nq, p.dim, qrow, qb);
+      std::fill(acc, acc + nq * p.dim_v, 0.0f);
+      std::fill(m, m + nq, kNegInf);
+      std::fill(l, l + nq, 0.0f);
+
+      // One KV tile: S = Q K^T, online softmax (masked when the tile is partial), acc += P V.
+      auto step = [&](int64_t nk, const unsigned char* mask) {
+        gemm_abt(nq, nk, p.dim, qb, kb, 0.0f, s);
+        for (int64_t i = 0; i < nq; ++i) {
+          float alpha = softmax_row_update(s + i * nk, mask ? mask + i * nk : nullptr, nk, p.scale, m[i], l[i]);
+          if (alpha != 1.0f) scale_row(acc + i * p.dim_v, p.dim_v, alpha);
+        }
+        gemm_ab(nq, p.dim_v, nk, s, vb, 1.0f, acc);
+      };
+      pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+        const int64_t nk = pol.kv_tile_rows(u, krows);
+        if (nk == 0) return;
+        gather(p.k, krows, nk, p.dim, kvrow, kb);
+        gather(p.v, krows, nk, p.dim_v, kvrow, vb);
+        if (!full) pol.fill_mask(t, u, sc.mask.data());
+        step(nk, full ? nullptr : sc.mask.data());
+      });
+      for (int64_t a = 0; a < n_add_tiles; ++a) {
+        const int64_t nk = std::min(add_tile, p.nadd - a * add_tile);
+        for (int64_t j = 0; j < nk; ++j) krows[j] = a * add_tile + j;
+        gather(p.add_k, krows, nk, p.dim, addrow, kb);
+        gather(p.add_v, krows, nk, p.dim_v, addrow, vb);
+        step(nk, nullptr);
+      }
+      for (int64_t i = 0; i < nq; ++i) {
+        const bool empty = l[i] == 0.0f;
+        scale_row(acc + i * p.dim_v, p.dim_v, empty ? 0.0f : 1.0f / l[i]);
+        p.lse[qrow(qrows[i])] = empty ? kNegInf : m[i] + std::log(l[i]);
+      }
+      scatter(acc, qrows, nq, p.dim_v, qrow, 1.0f, p.out);
+    }
+  });
+}
+
+// Backward. Needs p.grad_out, p.lse_in, p.delta; writes grad_q, grad_k, grad_v (and grad_add_k/v when nadd > 0). Every
+// gradient row is written exactly once (deterministic, no atomics).
+template <class T, class Provider>
+void fmha_backward(const FmhaParams<T>& p, const Provider& provider) {
+  using namespace detail;
+  const auto& pol0 = provider(0, 0);
+  const int64_t n_q_tiles = pol0.num_q_tiles(), n_kv_tiles = pol0.num_kv_tiles();
+  const int64_t max_q = pol0.max_q_rows(), max_k = pol0.max_kv_rows();
+  const int64_t add_tile = max_k;
+  const int64_t n_add_tiles = policy::ceil_div(p.nadd, add_tile);
+  const int64_t group = p.heads / p.kv_heads;
+  const int64_t dmax = std::max(p.dim, p.dim_v);
+  auto scratch_size = [&] {
+    return max_q * p.dim + max_q * p.dim_v + 2 * max_q * max_k + max_k * p.dim + max_k * p.dim_v + max_q * dmax +
+           max_k * dmax * 2 + 2 * max_q;
+  };
+
+  // Pass 1: dQ, parallel over (b, h, Q tile).
+  at::parallel_for(0, p.batch * p.heads * n_q_tiles, 1, [&](int64_t begin, int64_t end) {
+    Scratch sc;
+    sc.buf.resize(scratch_size());
+    sc.rows.resize(max_q + max_k);
+    sc.mask.resize(max_q * max_k);
+    size_t off = 0;
+    float* qb = sc.take(off, max_q * p.dim);
+    float* dob = sc.take(off, max_q * p.dim_v);
+    float* s = sc.take(off, max_q * max_k);
+    float* dp = sc.take(off, max_q * max_k);
+    float* kb = sc.take(off, max_k * p.dim);
+    float* vb = sc.take(off, max_k * p.dim_v);
+    float* dq = sc.take(off, max_q * dmax);
+    float* lse = sc.take(off, max_q);
+    float* delta = sc.take(off, max_q);
+    int64_t* qrows = sc.rows.data();
+    int64_t* krows = sc.rows.data() + max_q;
+
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item % n_q_tiles;
+      const int64_t h = (item / n_q_tiles) % p.heads;
+      const int64_t b = item / (n_q_tiles * p.heads);
+      const int64_t hk = h / group;
+      const auto& pol = provider(b, h);
+      const int64_t nq = pol.q_tile_rows(t, qrows);
+      if (nq == 0) continue;
+      auto qrow = [&](int64_t tok) { return p.q_row(b, tok, h); };
+      auto kvrow = [&](int64_t tok) { return p.kv_row(b, tok, hk); };
+      auto addrow = [&](int64_t tok) { return p.add_row(b, tok, hk); };
+      gather(p.q, qrows, nq, p.dim, qrow, qb);
+      gather(p.grad_out, qrows, nq, p.dim_v, qrow, dob);
+      for (int64_t i = 0; i < nq; ++i) {
+        lse[i] = p.lse_in[qrow(qrows[i])];
+        delta[i] = p.delta[qrow(qrows[i])];
+      }
+      std::fill(dq, dq + nq * p.dim, 0.0f);
+      auto step = [&](int64_t nk, const unsigned char* mask) {
+        gemm_abt(nq, nk, p.dim, qb, kb, 0.0f, s);      // S = Q K^T
+        gemm_abt(nq, nk, p.dim_v, dob, vb, 0.0f, dp);  // dP = dO V^T
+        for (int64_t i = 0; i < nq; ++i)
+          softmax_row_backward(s + i * nk, dp + i * nk, mask ? mask + i * nk : nullptr, nk, p.scale, lse[i], delta[i]);
+        gemm_ab(nq, p.dim, nk, dp, kb, 1.0f, dq);  // dQ += dS K
+      };
+      pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+        const int64_t nk = pol.kv_tile_rows(u, krows);
+        if (nk == 0) return;
+        gather(p.k, krows, nk, p.dim, kvrow, kb);
+        gather(p.v, krows, nk, p.dim_v, kvrow, vb);
+        if (!full) pol.fill_mask(t, u, sc.mask.data());
+        step(nk, full ? nullptr : sc.mask.data());
+      });
+      for (int64_t a = 0; a < n_add_tiles; ++a) {
+        const int64_t nk = std::min(add_tile, p.nadd - a * add_tile);
+        for (int64_t j = 0; j < nk; ++j) krows[j] = a * add_tile + j;
+        gather(p.add_k, krows, nk, p.dim, addrow, kb);
+        gather(p.add_v, krows, nk, p.dim_v, addrow, vb);
+        step(nk, nullptr);
+      }
+      scatter(dq, qrows, nq, p.dim, qrow, p.scale, p.grad_q);
+    }
+  });
+
+  // Pass 2: dK, dV, parallel over (b, KV head, KV tile); additional-KV tiles come after the policy's KV tiles.
+  const int64_t kv_items = n_kv_tiles + n_add_tiles;
+  at::parallel_for(0, p.batch * p.kv_heads * kv_items, 1, [&](int64_t begin, int64_t end) {
+    Scratch sc;
+    sc.buf.resize(scratch_size());
+    sc.rows.resize(max_q + max_k);
+    sc.mask.resize(max_q * max_k);
+    size_t off = 0;
+    float* qb = sc.take(off, max_q * p.dim);
+    float* dob = sc.take(off, max_q * p.dim_v);
+    float* s = sc.take(off, max_q * max_k);
+    float* dp = sc.take(off, max_q * max_k);
+    float* kb = sc.take(off, max_k * p.dim);
+    float* vb = sc.take(off, max_k * p.dim_v);
+    float* dk = sc.take(off, max_k * dmax);
+    float* dv = sc.take(off, max_k * dmax);
+    float* lse = sc.take(off, max_q);
+    float* delta = sc.take(off, max_q);
+    int64_t* qrows = sc.rows.data();
+    int64_t* krows = sc.rows.data() + max_q;
+
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t u = item % kv_items;
+      const int64_t hk = (item / kv_items) % p.kv_heads;
+      const int64_t b = item / (kv_items * p.kv_heads);
+      const bool additional = u >= n_kv_tiles;
+      const int64_t a = u - n_kv_tiles;
+      int64_t nk;
+      if (additional) {
+        nk = std::min(add_tile, p.nadd - a * add_tile);
+        for (int64_t j = 0; j < nk; ++j) krows[j] = a * add_tile + j;
+      } else {
+        nk = provider(b, hk * group).kv_tile_rows(u, krows);
+      }
+      if (nk == 0) continue;
+      auto kvrow = [&](int64_t tok) { return additional ? p.add_row(b, tok, hk) : p.kv_row(b, tok, hk); };
+      gather(additional ? p.add_k : p.k, krows, nk, p.dim, kvrow, kb);
+      gather(additional ? p.add_v : p.v, krows, nk, p.dim_v, kvrow, vb);
+      std::fill(dk, dk + nk * p.dim, 0.0f);
+      std::fill(dv, dv + nk * p.dim_v, 0.0f);
+      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        const auto& pol = provider(b, h);
+        auto qrow = [&](int64_t tok) { return p.q_row(b, tok, h); };
+        auto visit = [&](int64_t t, bool full) {
+          const int64_t nq = pol.q_tile_rows(t, qrows);
+          if (nq == 0) return;
+          gather(p.q, qrows, nq, p.dim, qrow, qb);
+          gather(p.grad_out, qrows, nq, p.dim_v, qrow, dob);
+          for (int64_t i = 0; i < nq; ++i) {
+            lse[i] = p.lse_in[qrow(qrows[i])];
+            delta[i] = p.delta[qrow(qrows[i])];
+          }
+          const unsigned char* mask = nullptr;
+          if (!full) {
+            pol.fill_mask(t, u, sc.mask.data());
+            mask = sc.mask.data();
+          }
+          gemm_abt(nq, nk, p.dim, qb, kb, 0.0f, s);
+          gemm_abt(nq, nk, p.dim_v, dob, vb, 0.0f, dp);
+          for (int64_t i = 0; i < nq; ++i)
+            softmax_row_backward(s + i * nk, dp + i * nk, mask ? mask + i * nk : nullptr, nk, p.scale, lse[i], delta[i]);
+          gemm_atb(nk, p.dim_v, nq, s, dob, 1.0f, dv);  // dV += P^T dO
+          gemm_atb(nk, p.dim, nq, dp, qb, 1.0f, dk);    // dK += dS^T Q
+        };
+        if (additional) {
+          for (int64_t t = 0; t < n_q_tiles; ++t) visit(t, true);
+        } else {
+          pol.for_each_q_tile(u, visit);
+        }
+      }
+      scatter(dk, krows, nk, p.dim, kvrow, p.scale, additional ? p.grad_add_k : p.grad_k);
+      scatter(dv, krows, nk, p.dim_v, kvrow, 1.0f, additional ? p.grad_add_v : p.grad_v);
+    }
+  });
+}
+
+}  // namespace natten_like::cpu

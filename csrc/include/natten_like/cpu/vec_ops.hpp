@@ -1,0 +1,98 @@
+// Row operations of the CPU attention kernels (online softmax, backward dS), written so the compiler vectorises them, and
+// compiled for several ISAs with runtime selection (GCC target_clones): the extension stays portable and uses AVX-512 or
+// AVX2 where the CPU has them. Matrix products go to ATen's CPU BLAS, not here.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define NL_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define NL_MULTIVERSION
+#endif
+
+namespace natten_like::cpu {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// exp(x) for x <= 0 to ~2 ulp, 0 below -87 (including -inf): range reduction to 2^n * exp(f), |f| <= ln2/2, then a degree-6
+// polynomial. Branch-free so that loops calling it vectorise.
+static inline float exp_nonpos(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = __builtin_roundf(xc * 1.44269504088896341f);
+  const float f = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  p = p * f * f + f + 1.0f;
+  union {
+    int32_t i;
+    float f;
+  } scale;
+  scale.i = (static_cast<int32_t>(n) + 127) << 23;
+  return x < -87.0f ? 0.0f : p * scale.f;
+}
+
+// Forward online-softmax step for one query row: s[j] <- exp(scale * s[j] - m_new) (0 where mask[j] == 0 or masked out).
+// Updates the running max m and sum l; returns the factor by which the row's accumulator must be rescaled.
+NL_MULTIVERSION static float softmax_row_update(float* s, const unsigned char* mask, int64_t n, float scale, float& m,
+                                                float& l) {
+  float row_max = kNegInf;
+  if (mask) {
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] = mask[j] ? s[j] * scale : kNegInf;
+      row_max = s[j] > row_max ? s[j] : row_max;
+    }
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] *= scale;
+      row_max = s[j] > row_max ? s[j] : row_max;
+    }
+  }
+  const float m_new = row_max > m ? row_max : m;
+  if (m_new == kNegInf) {  // everything so far masked: nothing to add, nothing to rescale
+    for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+    return 1.0f;
+  }
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    s[j] = exp_nonpos(s[j] - m_new);
+    sum += s[j];
+  }
+  const float alpha = exp_nonpos(m - m_new);
+  l = l * alpha + sum;
+  m = m_new;
+  return alpha;
+}
+
+// Backward, one query row: s[j] <- P = exp(scale * s[j] - lse) (0 where masked or lse = -inf); dp[j] <- P * (dp[j] - delta).
+NL_MULTIVERSION static void softmax_row_backward(float* s, float* dp, const unsigned char* mask, int64_t n, float scale,
+                                                 float lse, float delta) {
+  if (lse == kNegInf) {
+    for (int64_t j = 0; j < n; ++j) s[j] = dp[j] = 0.0f;
+    return;
+  }
+  for (int64_t j = 0; j < n; ++j) {
+    float p = exp_nonpos(s[j] * scale - lse);
+    if (mask) p = mask[j] ? p : 0.0f;
+    s[j] = p;
+    dp[j] = p * (dp[j] - delta);
+  }
+}
+
+NL_MULTIVERSION static void scale_row(float* x, int64_t n, float a) {
+  for (int64_t j = 0; j < n; ++j) x[j] *= a;
+}
+
+NL_MULTIVERSION static float dot_row(const float* a, const float* b, int64_t n) {
+  float acc = 0.0f;
+  for (int64_t j = 0; j < n; ++j) acc += a[j] * b[j];
+  return acc;
+}
+
+}  // namespace natten_like::cpu

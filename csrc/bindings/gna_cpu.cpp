@@ -126,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cpu(const at::Tensor& q_, const a
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backward_cpu(
     const at::Tensor& grad_out_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
     const c10::optional<at::Tensor>& add_k_, const c10::optional<at::Tensor>& add_v_, const at::Tensor& out_,
-    const at::Tensor& lse_, at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef dilation,
+    const at::Tensor& lse_, const c10::optional<at::Tensor>& grad_lse, at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef dilation,
     const c10::List<bool>& causal, double scale, at::IntArrayRef q_tile, at::IntArrayRef kv_tile) {
   check_inputs(q_, k_, v_, add_k_, add_v_);
   const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
@@ -134,7 +134,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
   const auto grad_out = grad_out_.to(q.scalar_type()).contiguous();
   const auto lse = lse_.to(at::kFloat).contiguous();
   TORCH_CHECK(grad_out.sizes() == out_.sizes(), "natten_like::gna_backward: grad_out and out shapes differ");
-  const auto delta = (grad_out.to(at::kFloat) * out_.to(at::kFloat)).sum(-1).contiguous();  // [B, *tokens, H]
+  // delta_i = rowsum(dO * O)_i - dlse_i: a logsumexp gradient enters dS = P * (dP - delta) exactly like this.
+  auto delta = (grad_out.to(at::kFloat) * out_.to(at::kFloat)).sum(-1);  // [B, *tokens, H]
+  if (grad_lse.has_value()) delta = delta - grad_lse->to(at::kFloat);
+  delta = delta.contiguous();
   const int rank = q.dim() - 3;
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   auto dadd_k = add_k ? at::empty_like(*add_k) : at::empty({0}, q.options());

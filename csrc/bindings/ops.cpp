@@ -10,7 +10,7 @@ TORCH_LIBRARY(natten_like, m) {
       "int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile) -> (Tensor out, Tensor lse)");
   m.def(
       "gna_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? additional_k, Tensor? additional_v, Tensor out, "
-      "Tensor lse, int[] window, int[] stride, int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile) "
+      "Tensor lse, Tensor? grad_lse, int[] window, int[] stride, int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile) "
       "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_additional_k, Tensor grad_additional_v)");
   // Introspection of the C++ GNA policy for tests and the simulator cross-check (CPU, int64 results).
   m.def(

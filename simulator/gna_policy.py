@@ -1,12 +1,15 @@
 """Torch-free Python twin of ``csrc/include/natten_like/policy/gna.hpp``: the one definition of GNA semantics in Python.
 
 Every function mirrors its C++ namesake (``gna_window`` <-> ``gna_window`` ...). All window and tile arithmetic is in
-group-local coordinates of one dilation group (see the header's comment); ``tests/test_policy.py`` proves the twins agree.
+group-local coordinates of one dilation group (see the header's comment); ``tests/test_policy.py`` proves the twins
+agree. The ``*_np`` helpers are numpy-vectorised forms of their namesakes (same semantics), used by the simulator.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import numpy as np
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -25,6 +28,16 @@ def gna_window(i: int, lg: int, k: int, s: int, causal: bool) -> tuple[int, int]
         return max(leader - k + 1, 0), i + 1
     leader = min((i // s) * s + s // 2, lg - 1)
     start = min(max(leader - k // 2, 0), lg - k)
+    return start, start + k
+
+
+def gna_window_np(i: np.ndarray, lg: int, k: int, s: int, causal: bool) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`gna_window` over an int64 array of group-local queries ``i`` (same shape out), for the simulator."""
+    if causal:
+        leader = np.minimum((i // s) * s + s - 1, lg - 1)
+        return np.maximum(leader - k + 1, 0), i + 1
+    leader = np.minimum((i // s) * s + s // 2, lg - 1)
+    start = np.clip(leader - k // 2, 0, lg - k)
     return start, start + k
 
 

@@ -1,0 +1,96 @@
+"""CPU backend: the fused C++ kernel (``torch.ops.natten_like.gna_forward`` / ``gna_backward``).
+
+float32, float16 and bfloat16 inputs, float32 accumulation; float64 is left to the reference backend. Tile shapes
+come from the one table, ``simulator/tile_configs.py``, clamped to the problem. Dense self-attention (``N_q == N_kv``)
+runs on the same kernel as 1-D GNA with window = N: non-causal it sees every key, causal exactly the keys ``j <= i``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from simulator.tile_configs import clamp_tile, gna_tiles
+
+from .. import ops
+from .._validation import AttentionParams, GnaParams
+from . import Problem, register_backend
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def gna_not_supported_reasons(problem: Problem) -> list[str]:
+    reasons = []
+    if ops.EXTENSION_ERROR is not None:
+        reasons.append(ops.EXTENSION_ERROR)
+    if problem.device_type != "cpu":
+        reasons.append(f"tensors are on {problem.device_type}, not on the CPU")
+    if problem.dtype not in SUPPORTED_DTYPES:
+        reasons.append(f"dtype {problem.dtype} is not supported (float32, float16 and bfloat16 only)")
+    return reasons
+
+
+def _gna_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    additional_keys: torch.Tensor | None,
+    additional_values: torch.Tensor | None,
+    params: GnaParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    q_tile, kv_tile = gna_tiles("cpu", params.rank)
+    return torch.ops.natten_like.gna_forward(
+        q,
+        k,
+        v,
+        additional_keys,
+        additional_values,
+        list(params.window),
+        list(params.stride),
+        list(params.dilation),
+        list(params.is_causal),
+        params.scale,
+        list(clamp_tile(q_tile, params.shape, params.dilation)),
+        list(clamp_tile(kv_tile, params.shape, params.dilation)),
+    )
+
+
+def run_gna(
+    problem: Problem,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    additional_keys: torch.Tensor | None,
+    additional_values: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shapes as in :func:`natten_like.gna`. Returns (out [B, *tokens, H, D_v], lse [B, *tokens, H] float32)."""
+    return _gna_op(q, k, v, additional_keys, additional_values, problem.params)
+
+
+def attention_not_supported_reasons(problem: Problem) -> list[str]:
+    reasons = gna_not_supported_reasons(problem)  # the same kernel, so the same limits
+    params: AttentionParams = problem.params
+    if params.num_q != params.num_kv:
+        reasons.append(f"N_q ({params.num_q}) != N_kv ({params.num_kv}): only self-attention shapes run here")
+    return reasons
+
+
+def run_attention(
+    problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q [B, N, H, D], k/v [B, N, H_kv, D / D_v]. Returns (out [B, N, H, D_v], lse [B, N, H] float32)."""
+    params: AttentionParams = problem.params
+    n = params.num_q
+    full = GnaParams(
+        shape=(n,),
+        window=(n,),
+        stride=(1,),
+        dilation=(1,),
+        is_causal=(params.is_causal,),
+        scale=params.scale,
+        num_additional=0,
+    )
+    return _gna_op(q, k, v, None, None, full)
+
+
+register_backend("gna", "cpu", gna_not_supported_reasons, run_gna)
+register_backend("attention", "cpu", attention_not_supported_reasons, run_attention)

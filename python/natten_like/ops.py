@@ -1,0 +1,86 @@
+"""Python side of the compiled ``torch.ops.natten_like`` operators: fake (meta) implementations and autograd.
+
+The schemas live in ``csrc/bindings/ops.cpp``. Fake implementations let ``torch.compile`` trace the ops without running
+them; ``register_autograd`` makes ``gna_forward`` differentiable in q, k, v, the additional KV and through its logsumexp
+output. When the extension is missing, :data:`EXTENSION_ERROR` says why and the cpu backend refuses every problem.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+try:
+    from . import _C  # noqa: F401  (importing it registers the operator schemas and kernels)
+except ImportError as exc:
+    EXTENSION_ERROR: str | None = f"the compiled extension natten_like._C failed to import ({exc})"
+else:
+    EXTENSION_ERROR = None
+
+
+def _gna_forward_fake(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    additional_k: torch.Tensor | None,
+    additional_v: torch.Tensor | None,
+    window: list[int],
+    stride: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+    q_tile: list[int],
+    kv_tile: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """out [B, *tokens, H, D_v] in q's dtype, lse [B, *tokens, H] float32, both contiguous like the kernel's."""
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+    lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+    return out, lse
+
+
+def _gna_backward_fake(
+    grad_out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    additional_k: torch.Tensor | None,
+    additional_v: torch.Tensor | None,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    grad_lse: torch.Tensor | None,
+    window: list[int],
+    stride: list[int],
+    dilation: list[int],
+    is_causal: list[bool],
+    scale: float,
+    q_tile: list[int],
+    kv_tile: list[int],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients shaped like their (contiguous) inputs; [0] tensors for the additional KV when there is none."""
+    grad_add_k = q.new_empty(additional_k.shape) if additional_k is not None else q.new_empty(0)
+    grad_add_v = q.new_empty(additional_v.shape) if additional_v is not None else q.new_empty(0)
+    return q.new_empty(q.shape), q.new_empty(k.shape), q.new_empty(v.shape), grad_add_k, grad_add_v
+
+
+def _gna_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+    q, k, v, additional_k, additional_v, *ctx.config = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, additional_k, additional_v, out, lse)
+
+
+def _gna_backward(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    q, k, v, additional_k, additional_v, out, lse = ctx.saved_tensors
+    dq, dk, dv, d_add_k, d_add_v = torch.ops.natten_like.gna_backward(
+        grad_out, q, k, v, additional_k, additional_v, out, lse, grad_lse, *ctx.config
+    )
+    if additional_k is None:
+        d_add_k = d_add_v = None
+    # One gradient per input: q, k, v, additional_k, additional_v, then none for the 7 configuration arguments.
+    return (dq, dk, dv, d_add_k, d_add_v) + (None,) * len(ctx.config)
+
+
+if EXTENSION_ERROR is None:
+    torch.library.register_fake("natten_like::gna_forward", _gna_forward_fake)
+    torch.library.register_fake("natten_like::gna_backward", _gna_backward_fake)
+    torch.library.register_autograd("natten_like::gna_forward", _gna_backward, setup_context=_gna_setup_context)

@@ -39,8 +39,10 @@ def check_positive(name: str, value: float) -> float:
 def per_dim(
     name: str, value: int | bool | Sequence[int] | Sequence[bool], rank: int, minimum: int = 1
 ) -> tuple[int, ...]:
-    """One int per token dim: a scalar is broadcast to ``rank`` dims, a sequence must have exactly ``rank`` entries."""
-    values = [value] * rank if isinstance(value, (int, bool)) else list(value)
+    """One int per token dim: a scalar or a one-entry sequence is broadcast to ``rank`` dims; otherwise a sequence must
+    have exactly ``rank`` entries."""
+    values = [value] if isinstance(value, (int, bool)) else list(value)
+    values = values * rank if len(values) == 1 else values
     if len(values) != rank:
         raise ValueError(f"{name}: needs {rank} entries (one per token dim of the input), got {len(values)}")
     return tuple(
@@ -103,7 +105,8 @@ class Roofline:
 
 
 def roofline(gpu: Gpu, dense_flops: float, sparse_flops: float, tile_bound: float, bytes_moved: float) -> Roofline:
-    """Times in ms. ``sparse_ms_tile`` is the dense compute time over the tile bound: the tiled kernel's floor."""
+    """Times in ms. ``tile_bound`` is the total-work (mean-based) one: the roofline assumes every SM busy, so total
+    tile work, not the slowest Q tile, sets the compute time; ``sparse_ms_tile`` is the tiled kernel's floor."""
     compute_s = dense_flops / (gpu.tflops * 1e12)
     memory_s = bytes_moved / (gpu.hbm_tbps * 1e12)
     sparse_flop_s = max(sparse_flops / (gpu.tflops * 1e12), memory_s)
@@ -128,7 +131,8 @@ def amdahl(speedup: float, attention_share: float, sparse_fraction: float = 1.0)
 
 @dataclass(frozen=True)
 class Endtoend:
-    """Amdahl end-to-end model speedups from the FLOP-wise and the tile bound."""
+    """Amdahl end-to-end model speedups from the FLOP bound and from the total-work tile bound (``tile_bound_avg``: a
+    model step launches many waves of Q tiles, so total tile work, not the slowest tile, sets attention time)."""
 
     attention_share: float
     sparse_fraction: float

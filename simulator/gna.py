@@ -10,6 +10,8 @@ dilation 1, same causal flags), tiled the same way: "the same kernel, running de
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -149,6 +151,7 @@ def dim_tile_counts(dim: GnaDim, tq: int, tk: int, tiling: str) -> tuple[np.ndar
     return np.concatenate(visited), np.concatenate(full), np.concatenate(rows)
 
 
+@functools.lru_cache(maxsize=65536)
 def dim_pairs(dim: GnaDim) -> int:
     """Attended (query, key) pairs of one dim: the sum of window sizes over its queries."""
     total = 0
@@ -161,8 +164,10 @@ def dim_pairs(dim: GnaDim) -> int:
 
 @dataclass(frozen=True)
 class TileCounts:
-    """KV tile work of one tiling. ``worst_``/``avg_kv_tiles`` are per Q tile; ``tile_bound`` = dense worst / sparse
-    worst, ``tile_bound_avg`` = dense mean / sparse mean; ``masked_fraction``: visited tiles needing a mask."""
+    """KV tile work of one tiling. ``worst_``/``avg_kv_tiles`` are per Q tile. ``tile_bound`` = dense worst / sparse
+    worst (Q tiles run concurrently, the slowest sets the pace); ``tile_bound_avg`` = dense total / sparse total visited
+    KV tiles (= the ratio of the means when both have as many Q tiles); ``masked_fraction``: visited tiles needing a
+    mask."""
 
     tiling: str
     q_tile: tuple[int, ...]
@@ -180,6 +185,20 @@ class TileCounts:
     fully_block_sparse: bool
 
 
+def headline(flop_bound: float, tiles: TileCounts, e2e: Endtoend | None) -> dict:
+    """The figures a JSON answer leads with (the same keys for every family with tiles)."""
+    head = {
+        "flop_bound": flop_bound,
+        "tile_bound": tiles.tile_bound,
+        "tile_bound_avg": tiles.tile_bound_avg,
+        "fully_block_sparse": tiles.fully_block_sparse,
+        "masked_fraction": tiles.masked_fraction,
+    }
+    if e2e is not None:
+        head |= {"e2e_speedup_flop": e2e.e2e_speedup_flop, "e2e_speedup_tile": e2e.e2e_speedup_tile}
+    return head
+
+
 def summarise(
     tiling: str,
     q_tile: tuple[int, ...],
@@ -188,23 +207,22 @@ def summarise(
     dense: tuple[int, int, int],
 ) -> TileCounts:
     """TileCounts from totals: ``sparse`` = (Q tiles, worst, total visited, total full); ``dense`` = (Q tiles, worst,
-    total visited) of the dense baseline."""
+    total visited) of the dense baseline over the same problem."""
     n_q, worst, total, full_total = sparse
     n_dense, dense_worst, dense_total = dense
-    avg, dense_avg = total / n_q, dense_total / n_dense
     return TileCounts(
         tiling=tiling,
         q_tile=q_tile,
         kv_tile=kv_tile,
         num_q_tiles=n_q,
         worst_kv_tiles=worst,
-        avg_kv_tiles=avg,
+        avg_kv_tiles=total / n_q,
         visited_kv_tiles=total,
         full_kv_tiles=full_total,
         dense_worst_kv_tiles=dense_worst,
-        dense_avg_kv_tiles=dense_avg,
+        dense_avg_kv_tiles=dense_total / n_dense,
         tile_bound=dense_worst / worst,
-        tile_bound_avg=dense_avg / avg,
+        tile_bound_avg=dense_total / total,
         masked_fraction=(total - full_total) / total,
         fully_block_sparse=full_total == total,
     )
@@ -239,28 +257,25 @@ def gna_tile_visits(config: GnaConfig, tiling: str = "static") -> np.ndarray:
     return np.stack([_outer([p[j] for p in per]) for j in range(3)], axis=1)
 
 
+@functools.lru_cache(maxsize=65536)
+def dim_summary(dim: GnaDim, tq: int, tk: int, tiling: str) -> tuple[int, int, int, int]:
+    """(Q slots, worst visited, total visited, total full) of one dim; cached, as sweeps revisit the same dims."""
+    visited, full, _ = dim_tile_counts(dim, tq, tk, tiling)
+    return visited.size, int(visited.max()), int(visited.sum()), int(full.sum())
+
+
 def multidim_counts(config: GnaConfig, tiling: str) -> TileCounts:
     """Counts of the multi-dim tiling. Per-tile counts are products over dims, so their max and sum factor too."""
-    per = [
-        dim_tile_counts(d, tq, tk, tiling)
-        for d, tq, tk in zip(config.dims(), config.q_tile, config.kv_tile, strict=True)
-    ]
-    dense = [
-        dim_tile_counts(d, tq, tk, tiling)[0]
-        for d, tq, tk in zip(config.dense_dims(), config.q_tile, config.kv_tile, strict=True)
-    ]
-    sparse_totals = (
-        math.prod(p[0].size for p in per),
-        math.prod(int(p[0].max()) for p in per),
-        math.prod(int(p[0].sum()) for p in per),
-        math.prod(int(p[1].sum()) for p in per),
+    tiles = list(zip(config.q_tile, config.kv_tile, strict=True))
+    sparse = [dim_summary(d, tq, tk, tiling) for d, (tq, tk) in zip(config.dims(), tiles, strict=True)]
+    dense = [dim_summary(d, tq, tk, tiling) for d, (tq, tk) in zip(config.dense_dims(), tiles, strict=True)]
+    return summarise(
+        tiling,
+        config.q_tile,
+        config.kv_tile,
+        tuple(math.prod(p[j] for p in sparse) for j in range(4)),
+        tuple(math.prod(p[j] for p in dense) for j in range(3)),
     )
-    dense_totals = (
-        math.prod(v.size for v in dense),
-        math.prod(int(v.max()) for v in dense),
-        math.prod(int(v.sum()) for v in dense),
-    )
-    return summarise(tiling, config.q_tile, config.kv_tile, sparse_totals, dense_totals)
 
 
 class _DimCoverage:
@@ -386,10 +401,10 @@ def suggest_fully_block_sparse(config: GnaConfig, tiling: str = "static", limit:
         for tq in _tile_extents(longest, size_q, tq0):
             for tk in _tile_extents(longest, size_kv, tk0):
                 for s in sorted(range(1, d.window + 1), key=lambda s: (abs(s - s0), -s)):
-                    visited, full, _ = dim_tile_counts(
+                    _, _, visited, full = dim_summary(
                         GnaDim(d.length, d.window, s, d.dilation, d.causal), tq, tk, tiling
                     )
-                    if np.array_equal(visited, full):
+                    if visited == full:
                         found[(tq, tk)] = s
                         break
         options.append(found)
@@ -457,6 +472,10 @@ class GnaResult:
     def fully_block_sparse(self) -> bool:
         return self.tiles.fully_block_sparse
 
+    def to_dict(self) -> dict:
+        """JSON-ready: the headline figures first, then every field."""
+        return headline(self.flop_bound, self.tiles, self.endtoend) | dataclasses.asdict(self)
+
 
 def simulate_gna(
     shape: int | tuple[int, ...],
@@ -516,9 +535,9 @@ def simulate_gna(
         flattened=flat,
         flattened_note=note,
         suggestions=suggest_fully_block_sparse(config, tiling) if suggest else (),
-        endtoend=endtoend(flop_bound, tiles.tile_bound, attention_share, sparse_fraction),
+        endtoend=endtoend(flop_bound, tiles.tile_bound_avg, attention_share, sparse_fraction),
         roofline=tuple(
-            roofline(g, dense_pairs * flops_per_pair, sparse_pairs * flops_per_pair, tiles.tile_bound, bytes_moved)
+            roofline(g, dense_pairs * flops_per_pair, sparse_pairs * flops_per_pair, tiles.tile_bound_avg, bytes_moved)
             for g in gpus
         ),
     )

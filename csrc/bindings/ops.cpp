@@ -19,6 +19,34 @@ TORCH_LIBRARY(natten_like, m) {
   m.def(
       "gna_visits(int[] shape, int[] window, int[] stride, int[] dilation, bool[] is_causal, int[] q_tile, int[] kv_tile) "
       "-> Tensor");
+  // Block-sparse (block_sparse_cpu.cpp): FlexAttention-layout int64 block lists; cu_seqlens_q/kv switch to packed [total, H, D].
+  m.def(
+      "block_sparse_forward(Tensor q, Tensor k, Tensor v, Tensor kv_num_blocks, Tensor kv_indices, Tensor? full_kv_num_blocks, "
+      "Tensor? full_kv_indices, Tensor? cu_seqlens_q, Tensor? cu_seqlens_kv, int q_block, int kv_block, bool is_causal, "
+      "float scale) -> (Tensor out, Tensor lse)");
+  m.def(
+      "block_sparse_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? grad_lse, "
+      "Tensor kv_num_blocks, Tensor kv_indices, Tensor? full_kv_num_blocks, Tensor? full_kv_indices, Tensor? cu_seqlens_q, "
+      "Tensor? cu_seqlens_kv, int q_block, int kv_block, bool is_causal, float scale) -> (Tensor grad_q, Tensor grad_k, "
+      "Tensor grad_v)");
+  // Strided-shard / S2-Attention (strided_shard_cpu.cpp).
+  m.def(
+      "strided_shard_forward(Tensor q, Tensor k, Tensor v, int block_size, int local_blocks, int vert_stride, bool is_causal, "
+      "bool homo_head, int num_dense_heads, int head_sliding_offset, float scale) -> (Tensor out, Tensor lse)");
+  m.def(
+      "strided_shard_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, Tensor? grad_lse, "
+      "int block_size, int local_blocks, int vert_stride, bool is_causal, bool homo_head, int num_dense_heads, "
+      "int head_sliding_offset, float scale) -> (Tensor grad_q, Tensor grad_k, Tensor grad_v)");
+  // Per query head, the S2 policy's tile visits: kinds [H, Q tiles, KV tiles] from for_each_kv_tile and the transposed
+  // [H, KV tiles, Q tiles] from for_each_q_tile (0 = not visited, 1 = partial, 2 = full).
+  m.def(
+      "strided_shard_visits(int num_heads, int num_kv_heads, int seqlen_q, int seqlen_kv, int block_size, int local_blocks, "
+      "int vert_stride, bool is_causal, bool homo_head, int num_dense_heads, int head_sliding_offset) -> (Tensor kv_visits, "
+      "Tensor q_visits)");
+  // Compressed-latent (MLA) decode (latent_cpu.cpp), forward only; num_splits = 0 picks the split-KV count.
+  m.def(
+      "latent_forward(Tensor q, Tensor kv_cache, Tensor? cache_seqlens, Tensor? block_table, int latent_dim, bool is_causal, "
+      "float scale, int num_splits) -> (Tensor out, Tensor lse)");
 }
 
 // The extension is imported as natten_like._C; importing it runs the registrations above.

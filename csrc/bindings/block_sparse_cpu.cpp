@@ -1,0 +1,266 @@
+// CPU implementations of the block-sparse operators: the block-sparse policy (policy/block_sparse.hpp) driving the fused CPU
+// kernel (cpu/fmha_cpu.hpp). Block lists arrive in FlexAttention's compressed layout (int64, contiguous, batch and head dims
+// of size 1 broadcast); the backward builds the transposed lists once here, before the kernel runs.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "natten_like/cpu/fmha_cpu.hpp"
+#include "natten_like/policy/block_sparse.hpp"
+
+namespace natten_like {
+namespace {
+
+using policy::BlockList;
+using policy::BlockSparsePolicy;
+
+#define NL_BS_DISPATCH(TYPE, NAME, ...)                                                                 \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                              \
+                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)                           \
+                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+
+// The lists of one direction: counts [Bm, Hm, R], indices [Bm, Hm, R, cap] (Bm in {1, B}, Hm in {1, H}).
+struct Lists {
+  at::Tensor num, idx;
+  bool defined() const { return num.defined(); }
+};
+
+Lists checked_lists(const at::Tensor& num, const at::Tensor& idx, int64_t batch, int64_t heads, int64_t rows, int64_t cols,
+                    const char* name) {
+  TORCH_CHECK(num.scalar_type() == at::kLong && idx.scalar_type() == at::kLong, "natten_like::block_sparse: ", name,
+              " block lists must be int64");
+  TORCH_CHECK(num.dim() == 3 && idx.dim() == 4 && num.size(0) == idx.size(0) && num.size(1) == idx.size(1) &&
+                  num.size(2) == idx.size(2),
+              "natten_like::block_sparse: ", name, " lists must be num [B|1, H|1, QB] and indices [B|1, H|1, QB, cap]");
+  TORCH_CHECK((num.size(0) == 1 || num.size(0) == batch) && (num.size(1) == 1 || num.size(1) == heads),
+              "natten_like::block_sparse: ", name, " lists' batch/head dims must be 1 or ", batch, "/", heads);
+  TORCH_CHECK(num.size(2) == rows, "natten_like::block_sparse: ", name, " lists need ", rows, " query blocks, got ",
+              num.size(2));
+  Lists l{num.contiguous(), idx.contiguous()};
+  const int64_t* n = l.num.data_ptr<int64_t>();
+  const int64_t* x = l.idx.data_ptr<int64_t>();
+  const int64_t cap = l.idx.size(3);
+  for (int64_t r = 0; r < l.num.numel(); ++r) {
+    TORCH_CHECK(n[r] >= 0 && n[r] <= cap, "natten_like::block_sparse: ", name, " block count out of [0, ", cap, "]");
+    for (int64_t i = 0; i < n[r]; ++i)
+      TORCH_CHECK(x[r * cap + i] >= 0 && x[r * cap + i] < cols, "natten_like::block_sparse: ", name,
+                  " KV block index out of [0, ", cols, ")");
+  }
+  return l;
+}
+
+// Per KV block c, the query blocks whose list holds c, in increasing order: num [Bm, Hm, C], idx [Bm, Hm, C, R].
+Lists transpose_lists(const Lists& l, int64_t cols) {
+  const int64_t bh = l.num.size(0) * l.num.size(1), rows = l.num.size(2), cap = l.idx.size(3);
+  auto tnum = at::zeros({l.num.size(0), l.num.size(1), cols}, at::kLong);
+  auto tidx = at::zeros({l.num.size(0), l.num.size(1), cols, std::max<int64_t>(rows, 1)}, at::kLong);
+  const int64_t* n = l.num.data_ptr<int64_t>();
+  const int64_t* x = l.idx.data_ptr<int64_t>();
+  int64_t* tn = tnum.data_ptr<int64_t>();
+  int64_t* tx = tidx.data_ptr<int64_t>();
+  const int64_t tcap = tidx.size(3);
+  at::parallel_for(0, bh, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t g = begin; g < end; ++g)
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t i = 0; i < n[g * rows + r]; ++i) {
+          const int64_t c = x[(g * rows + r) * cap + i];
+          tx[(g * cols + c) * tcap + tn[g * cols + c]++] = r;
+        }
+  });
+  return Lists{tnum, tidx};
+}
+
+// The block list of (batch b, head h), sequences of a packed batch strided along the lists' batch dim.
+BlockList view(const Lists& l, int64_t b, int64_t h, bool packed) {
+  BlockList v;
+  if (!l.defined()) return v;
+  const int64_t bm = l.num.size(0) > 1 ? 1 : 0, hm = l.num.size(1) > 1 ? 1 : 0;
+  v.num = l.num.data_ptr<int64_t>() + bm * b * l.num.stride(0) + hm * h * l.num.stride(1);
+  v.idx = l.idx.data_ptr<int64_t>() + bm * b * l.idx.stride(0) + hm * h * l.idx.stride(1);
+  v.num_seq = packed ? bm * l.num.stride(0) : 0;
+  v.idx_seq = packed ? bm * l.idx.stride(0) : 0;
+  v.cap = l.idx.size(3);
+  return v;
+}
+
+// Everything the kernel's provider hands out: one policy per (batch, head), or per head for a packed batch (whose
+// sequences are the policy's segments and whose kernel batch is 1).
+struct Plan {
+  bool packed = false;
+  int64_t batch = 1, heads = 1, nq = 0, nkv = 0, q_blocks = 0, kv_blocks = 0;
+  std::vector<int64_t> q_seq, kv_seq, q_tiles, kv_tiles;
+  Lists kv_partial, kv_full, q_partial, q_full;
+  std::vector<BlockSparsePolicy> pols;
+
+  const BlockSparsePolicy& operator()(int64_t b, int64_t h) const { return pols[packed ? h : b * heads + h]; }
+};
+
+std::vector<int64_t> offsets_of(const c10::optional<at::Tensor>& cu, const char* name) {
+  TORCH_CHECK(cu->dim() == 1 && cu->numel() >= 2, "natten_like::block_sparse: ", name, " must be 1-D with B + 1 entries");
+  auto c = cu->to(at::kLong).contiguous();
+  std::vector<int64_t> v(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+  TORCH_CHECK(v[0] == 0, "natten_like::block_sparse: ", name, " must start at 0");
+  for (size_t i = 1; i < v.size(); ++i)
+    TORCH_CHECK(v[i] >= v[i - 1], "natten_like::block_sparse: ", name, " must be non-decreasing");
+  return v;
+}
+
+Plan make_plan(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_num,
+               const at::Tensor& kv_idx, const c10::optional<at::Tensor>& full_num,
+               const c10::optional<at::Tensor>& full_idx, const c10::optional<at::Tensor>& cu_q,
+               const c10::optional<at::Tensor>& cu_kv, int64_t q_block, int64_t kv_block, bool causal, bool backward) {
+  TORCH_CHECK(q_block >= 1 && kv_block >= 1, "natten_like::block_sparse: q_block and kv_block must be positive");
+  TORCH_CHECK(cu_q.has_value() == cu_kv.has_value(), "natten_like::block_sparse: cu_seqlens_q and cu_seqlens_kv go together");
+  TORCH_CHECK(full_num.has_value() == full_idx.has_value(),
+              "natten_like::block_sparse: full_kv_num_blocks and full_kv_indices go together");
+  Plan plan;
+  plan.packed = cu_q.has_value();
+  const int tok_dims = plan.packed ? 1 : 2;
+  TORCH_CHECK(q.dim() == tok_dims + 2 && k.dim() == q.dim() && v.dim() == q.dim(), "natten_like::block_sparse: q, k, v must be ",
+              plan.packed ? "[total, H, D]" : "[B, N, H, D]");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "natten_like::block_sparse: q, k, v dtypes differ");
+  TORCH_CHECK(k.sizes().slice(0, tok_dims) == v.sizes().slice(0, tok_dims) && k.size(-2) == v.size(-2),
+              "natten_like::block_sparse: k and v shapes differ");
+  TORCH_CHECK(q.size(-1) == k.size(-1), "natten_like::block_sparse: q and k head dims differ");
+  TORCH_CHECK(k.size(-2) >= 1 && q.size(-2) % k.size(-2) == 0,
+              "natten_like::block_sparse: query heads must be a multiple of KV heads");
+  plan.heads = q.size(-2);
+  int64_t max_q = 0, max_kv = 0, seqs = 1;
+  if (plan.packed) {
+    plan.q_seq = offsets_of(cu_q, "cu_seqlens_q");
+    plan.kv_seq = offsets_of(cu_kv, "cu_seqlens_kv");
+    TORCH_CHECK(plan.q_seq.size() == plan.kv_seq.size(), "natten_like::block_sparse: cu_seqlens_q/kv lengths differ");
+    TORCH_CHECK(plan.q_seq.back() == q.size(0) && plan.kv_seq.back() == k.size(0),
+                "natten_like::block_sparse: cu_seqlens must end at the packed lengths");
+    seqs = static_cast<int64_t>(plan.q_seq.size()) - 1;
+    plan.nq = q.size(0);
+    plan.nkv = k.size(0);
+    for (int64_t s = 0; s < seqs; ++s) {
+      max_q = std::max(max_q, plan.q_seq[s + 1] - plan.q_seq[s]);
+      max_kv = std::max(max_kv, plan.kv_seq[s + 1] - plan.kv_seq[s]);
+    }
+  } else {
+    TORCH_CHECK(k.size(0) == q.size(0), "natten_like::block_sparse: q and k batch sizes differ");
+    plan.batch = q.size(0);
+    plan.nq = max_q = q.size(1);
+    plan.nkv = max_kv = k.size(1);
+    plan.q_seq = {0, max_q};
+    plan.kv_seq = {0, max_kv};
+  }
+  plan.q_blocks = policy::ceil_div(max_q, q_block);
+  plan.kv_blocks = policy::ceil_div(max_kv, kv_block);
+  plan.q_tiles.assign(seqs + 1, 0);
+  plan.kv_tiles.assign(seqs + 1, 0);
+  for (int64_t s = 0; s < seqs; ++s) {
+    plan.q_tiles[s + 1] = plan.q_tiles[s] + policy::ceil_div(plan.q_seq[s + 1] - plan.q_seq[s], q_block);
+    plan.kv_tiles[s + 1] = plan.kv_tiles[s] + policy::ceil_div(plan.kv_seq[s + 1] - plan.kv_seq[s], kv_block);
+  }
+  const int64_t list_batch = plan.packed ? seqs : plan.batch;
+  plan.kv_partial = checked_lists(kv_num, kv_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "kv");
+  if (full_num.has_value())
+    plan.kv_full = checked_lists(*full_num, *full_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "full_kv");
+  if (backward) {
+    plan.q_partial = transpose_lists(plan.kv_partial, plan.kv_blocks);
+    if (plan.kv_full.defined()) plan.q_full = transpose_lists(plan.kv_full, plan.kv_blocks);
+  }
+  const int64_t npol = plan.packed ? plan.heads : plan.batch * plan.heads;
+  plan.pols.resize(npol);
+  for (int64_t i = 0; i < npol; ++i) {
+    const int64_t b = plan.packed ? 0 : i / plan.heads, h = i % plan.heads;
+    BlockSparsePolicy& p = plan.pols[i];
+    p.q_block = q_block;
+    p.kv_block = kv_block;
+    p.causal = causal;
+    p.num_seqs = seqs;
+    p.q_seq = plan.q_seq.data();
+    p.kv_seq = plan.kv_seq.data();
+    p.q_tiles = plan.q_tiles.data();
+    p.kv_tiles = plan.kv_tiles.data();
+    p.kv_partial = view(plan.kv_partial, b, h, plan.packed);
+    p.kv_full = view(plan.kv_full, b, h, plan.packed);
+    p.q_partial = view(plan.q_partial, b, h, plan.packed);
+    p.q_full = view(plan.q_full, b, h, plan.packed);
+  }
+  return plan;
+}
+
+template <class T>
+cpu::FmhaParams<T> make_params(const Plan& plan, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                               double scale) {
+  cpu::FmhaParams<T> p;
+  p.batch = plan.packed ? 1 : plan.batch;
+  p.nq = plan.nq;
+  p.nkv = plan.nkv;
+  p.heads = q.size(-2);
+  p.kv_heads = k.size(-2);
+  p.dim = q.size(-1);
+  p.dim_v = v.size(-1);
+  p.scale = static_cast<float>(scale);
+  p.q = q.data_ptr<T>();
+  p.k = k.data_ptr<T>();
+  p.v = v.data_ptr<T>();
+  return p;
+}
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cpu(
+    const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const at::Tensor& kv_num, const at::Tensor& kv_idx,
+    const c10::optional<at::Tensor>& full_num, const c10::optional<at::Tensor>& full_idx,
+    const c10::optional<at::Tensor>& cu_q, const c10::optional<at::Tensor>& cu_kv, int64_t q_block, int64_t kv_block,
+    bool causal, double scale) {
+  const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const Plan plan = make_plan(q, k, v, kv_num, kv_idx, full_num, full_idx, cu_q, cu_kv, q_block, kv_block, causal, false);
+  auto out_shape = q.sizes().vec();
+  out_shape.back() = v.size(-1);
+  auto out = at::empty(out_shape, q.options());
+  auto lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
+  if (out.numel() == 0 || q.size(-1) == 0) return {out.zero_(), lse.fill_(-INFINITY)};
+  NL_BS_DISPATCH(q.scalar_type(), "block_sparse_forward_cpu", [&] {
+    auto p = make_params<scalar_t>(plan, q, k, v, scale);
+    p.out = out.data_ptr<scalar_t>();
+    p.lse = lse.data_ptr<float>();
+    cpu::fmha_forward(p, plan);
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cpu(
+    const at::Tensor& grad_out_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const at::Tensor& out_,
+    const at::Tensor& lse_, const c10::optional<at::Tensor>& grad_lse, const at::Tensor& kv_num, const at::Tensor& kv_idx,
+    const c10::optional<at::Tensor>& full_num, const c10::optional<at::Tensor>& full_idx,
+    const c10::optional<at::Tensor>& cu_q, const c10::optional<at::Tensor>& cu_kv, int64_t q_block, int64_t kv_block,
+    bool causal, double scale) {
+  const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
+  const Plan plan = make_plan(q, k, v, kv_num, kv_idx, full_num, full_idx, cu_q, cu_kv, q_block, kv_block, causal, true);
+  const auto grad_out = grad_out_.to(q.scalar_type()).contiguous();
+  TORCH_CHECK(grad_out.sizes() == out_.sizes(), "natten_like::block_sparse_backward: grad_out and out shapes differ");
+  const auto lse = lse_.to(at::kFloat).contiguous();
+  // delta_i = rowsum(dO * O)_i - dlse_i: a logsumexp gradient enters dS = P * (dP - delta) exactly like this.
+  auto delta = (grad_out.to(at::kFloat) * out_.to(at::kFloat)).sum(-1);
+  if (grad_lse.has_value()) delta = delta - grad_lse->to(at::kFloat);
+  delta = delta.contiguous();
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  if (grad_out.numel() == 0 || q.size(-1) == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
+  NL_BS_DISPATCH(q.scalar_type(), "block_sparse_backward_cpu", [&] {
+    auto p = make_params<scalar_t>(plan, q, k, v, scale);
+    p.grad_out = grad_out.data_ptr<scalar_t>();
+    p.lse_in = lse.data_ptr<float>();
+    p.delta = delta.data_ptr<float>();
+    p.grad_q = dq.data_ptr<scalar_t>();
+    p.grad_k = dk.data_ptr<scalar_t>();
+    p.grad_v = dv.data_ptr<scalar_t>();
+    cpu::fmha_backward(p, plan);
+  });
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(natten_like, CPU, m) {
+  m.impl("block_sparse_forward", &block_sparse_forward_cpu);
+  m.impl("block_sparse_backward", &block_sparse_backward_cpu);
+}
+
+}  // namespace natten_like

@@ -122,6 +122,18 @@ class BlockSparseResult:
     endtoend: Endtoend | None
     roofline: tuple[Roofline, ...]
 
+    @property
+    def tile_bound(self) -> float:
+        return self.tiles.tile_bound
+
+    @property
+    def tile_bound_avg(self) -> float:
+        return self.tiles.tile_bound_avg
+
+    @property
+    def fully_block_sparse(self) -> bool:
+        return self.tiles.fully_block_sparse
+
     def to_dict(self) -> dict:
         """JSON-ready: the headline figures first, then every field."""
         return headline(self.flop_bound, self.tiles, self.endtoend) | dataclasses.asdict(self)

@@ -232,7 +232,7 @@ def tile_rows(columns: list[tuple[str, TileCounts | None]]) -> list[list[str]]:
 
 def roofline_lines(rows: Sequence[Roofline], sparse: str) -> str:
     body = [["GPU", "dense ms", f"{sparse} ms (FLOP)", f"{sparse} ms (tile)", "bound"]]
-    body += [[r.gpu, f"{r.dense_ms:.3f}", f"{r.sparse_ms_flop:.3f}", f"{r.sparse_ms_tile:.3f}", r.bound] for r in rows]
+    body += [[r.gpu, f"{r.dense_ms:.4g}", f"{r.sparse_ms_flop:.4g}", f"{r.sparse_ms_tile:.4g}", r.bound] for r in rows]
     return table(body, "    ")
 
 
@@ -269,7 +269,8 @@ def report_gna(r: GnaResult) -> str:
         lines.append(f"  fully block-sparse: no, {100 * r.tiles.masked_fraction:.1f}% of visited tiles need a mask")
         if r.suggestions:
             lines.append("  nearby fully block-sparse configs:")
-            lines += [f"    {s.changes:<60} tile bound {s.tile_bound:.2f}x" for s in r.suggestions]
+            width = max(len(s.changes) for s in r.suggestions)
+            lines += [f"    {s.changes:<{width}}  tile bound {s.tile_bound:.2f}x" for s in r.suggestions]
         else:
             lines.append("  no fully block-sparse config found among nearby strides and tile shapes")
     lines += [endtoend_line(r), "", ROOFLINE_TITLE]
@@ -298,7 +299,7 @@ def report_block_sparse(r: BlockSparseResult) -> str:
 def report_latent(r: LatentResult) -> str:
     lengths = str(r.kv_len[0]) if len(set(r.kv_len)) == 1 else ",".join(map(str, r.kv_len))
     body = [["GPU", "compute ms", "memory ms", "time ms", "bound"]]
-    body += [[t.gpu, f"{t.compute_ms:.4f}", f"{t.memory_ms:.4f}", f"{t.ms:.4f}", t.bound] for t in r.times]
+    body += [[t.gpu, f"{t.compute_ms:.4g}", f"{t.memory_ms:.4g}", f"{t.ms:.4g}", t.bound] for t in r.times]
     return "\n".join(
         [
             f"latent (MLA) decode  batch {r.batch}  kv_len {lengths}  q_len {r.q_len}  heads {r.heads}  "

@@ -352,7 +352,7 @@ def flattened_counts(config: GnaConfig) -> TileCounts:
     if any(config.causal):
         dense = _flat_visits(config.dense_dims(), tq, tk)[0]
     else:
-        dense = np.full(1, ceil_div(config.tokens, tk), dtype=np.int64)
+        dense = np.full(visited.size, ceil_div(config.tokens, tk), dtype=np.int64)
     return summarise_arrays("flattened", (tq,), (tk,), visited, full, dense)
 
 

@@ -7,6 +7,7 @@ SIMULATOR_EXTENDED=1 widens the random sweeps.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import itertools
 import json
@@ -139,6 +140,12 @@ def test_tile_counts_match_brute_force(tiling: str) -> None:
         got = gna_tile_visits(config, tiling)
         assert np.array_equal(got, expected), config
         counts = multidim_counts(config, tiling)
+        dense = brute_tile_visits(
+            dataclasses.replace(config, window=config.shape, stride=(1,) * config.rank, dilation=(1,) * config.rank),
+            tiling,
+        )
+        assert counts.tile_bound == pytest.approx(dense[:, 0].max() / expected[:, 0].max(), rel=1e-12)
+        assert counts.tile_bound_avg == pytest.approx(dense[:, 0].sum() / expected[:, 0].sum(), rel=1e-12)
         assert counts.num_q_tiles == len(expected)
         assert counts.worst_kv_tiles == expected[:, 0].max()
         assert counts.visited_kv_tiles == expected[:, 0].sum()
@@ -207,19 +214,21 @@ def test_flattened_counts_match_brute_force() -> None:
     for _ in range(N_RANDOM // 2):
         config = random_config(rng)
         tq, tk = math.prod(config.q_tile), math.prod(config.kv_tile)
-        mask = element_mask(config.dims())
         n = config.tokens
-        visited, full = [], []
-        for a in range(0, n, tq):
-            rows = mask[a : a + tq]
-            blocks = [rows[:, b : b + tk] for b in range(0, n, tk)]
-            visited.append(sum(blk.any() for blk in blocks))
-            full.append(sum(blk.shape[1] == tk and blk.all() for blk in blocks))
+        visited, full, dense = [], [], []
+        for mask, out in ((element_mask(config.dims()), visited), (element_mask(config.dense_dims()), dense)):
+            for a in range(0, n, tq):
+                blocks = [mask[a : a + tq, b : b + tk] for b in range(0, n, tk)]
+                out.append(sum(blk.any() for blk in blocks))
+                if out is visited:
+                    full.append(sum(blk.shape[1] == tk and blk.all() for blk in blocks))
         counts = flattened_counts(config)
         assert counts.num_q_tiles == len(visited)
         assert counts.worst_kv_tiles == max(visited), config
         assert counts.visited_kv_tiles == sum(visited), config
         assert counts.full_kv_tiles == sum(full), config
+        assert counts.tile_bound == pytest.approx(max(dense) / max(visited), rel=1e-12)
+        assert counts.tile_bound_avg == pytest.approx(sum(dense) / sum(visited), rel=1e-12)
 
 
 def test_flattened_equals_multidim_in_1d_without_dilation() -> None:

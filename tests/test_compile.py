@@ -18,16 +18,18 @@ def _opcheck_inputs(num_additional: int) -> dict[str, torch.Tensor]:
     return make_inputs(case, torch.float32, seed=0)
 
 
-def test_compile_fullgraph_forward_and_backward(caplog) -> None:
+# Inductor for the fused cpu path (what users run); the reference (float64) only needs to trace, so aot_eager suffices.
+@pytest.mark.parametrize(("dtype", "compile_backend"), [(torch.float32, "inductor"), (torch.float64, "aot_eager")])
+def test_compile_fullgraph_forward_and_backward(caplog, dtype: torch.dtype, compile_backend: str) -> None:
     case = GnaCase((6, 7), (3, 5), stride=(1, 2), causal=(False, True), heads=4, kv_heads=2, num_additional=2)
-    inputs = make_inputs(case, torch.float32, seed=0)
+    inputs = make_inputs(case, dtype, seed=0)
 
     def loss(q, k, v, add_k, add_v):
         out, lse = natten_like.gna(
             q, k, v, case.window, case.stride, is_causal=case.causal,
             additional_keys=add_k, additional_values=add_v, return_lse=True,
         )  # fmt: skip
-        return (out * inputs["grad_out"]).sum() + (lse * inputs["grad_lse"]).sum()
+        return (out * inputs["grad_out"]).sum() + (lse * inputs["grad_lse"].to(lse.dtype)).sum()
 
     names = ("q", "k", "v", "additional_keys", "additional_values")
     leaves = [inputs[n].clone().requires_grad_() for n in names]
@@ -37,7 +39,7 @@ def test_compile_fullgraph_forward_and_backward(caplog) -> None:
     torch._dynamo.reset()
     # Debug logging enabled on purpose: dispatch must not log while tracing, or fullgraph would fail on a graph break.
     with caplog.at_level(logging.DEBUG, logger="natten_like"):
-        compiled = torch.compile(loss, fullgraph=True)
+        compiled = torch.compile(loss, fullgraph=True, backend=compile_backend)
         actual = compiled(*leaves)
     actual_grads = torch.autograd.grad(actual, leaves)
     torch.testing.assert_close(actual, expected)

@@ -247,3 +247,35 @@ def test_reference_mask_is_the_and_over_dims() -> None:
         [[all(y in dim.window_of(x) for dim, x, y in zip(dims, qc, kc, strict=True)) for kc in coords] for qc in coords]
     )
     assert torch.equal(mask, expected)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_non_contiguous_inputs(backend: str) -> None:
+    # Heads-first storage viewed as heads-last, and a strided slice of the head dim: neither is contiguous.
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(2, 4, 7, 6, 8, generator=g).permute(0, 2, 3, 1, 4)  # [B, X, Y, H, D]
+    k = torch.randn(2, 2, 7, 6, 16, generator=g).permute(0, 2, 3, 1, 4)[..., ::2]
+    v = torch.randn(2, 7, 6, 2, 5, generator=g).transpose(1, 2).contiguous().transpose(1, 2)
+    assert not q.is_contiguous() and not k.is_contiguous()
+    out, lse = natten_like.gna(q, k, v, (3, 5), is_causal=(True, False), return_lse=True, backend=backend)
+    ref, ref_lse = natten_like.gna(
+        q.contiguous().double(), k.contiguous().double(), v.contiguous().double(), (3, 5), is_causal=(True, False),
+        return_lse=True,
+    )  # fmt: skip
+    assert max_error(out, ref) < TOL_F32 and max_error(lse, ref_lse) < TOL_F32
+
+
+def test_gradient_of_one_input_only() -> None:
+    case = GnaCase((10,), (3,), num_additional=2)
+    inputs = make_inputs(case, torch.float32, seed=4)
+    q = inputs["q"].requires_grad_()
+    add_v = inputs["additional_values"].requires_grad_()
+    out = natten_like.gna(q, inputs["k"], inputs["v"], 3, additional_keys=inputs["additional_keys"],
+                          additional_values=add_v)  # fmt: skip
+    dq, d_add_v = torch.autograd.grad((out * inputs["grad_out"]).sum(), (q, add_v))
+    q64 = inputs["q"].detach().double().requires_grad_()
+    add_v64 = inputs["additional_values"].double().requires_grad_()
+    ref = natten_like.gna(q64, inputs["k"].double(), inputs["v"].double(), 3,
+                          additional_keys=inputs["additional_keys"].double(), additional_values=add_v64)  # fmt: skip
+    ref_dq, ref_d_add_v = torch.autograd.grad((ref * inputs["grad_out"].double()).sum(), (q64, add_v64))
+    assert max_error(dq, ref_dq) < TOL_F32 and max_error(d_add_v, ref_d_add_v) < TOL_F32

@@ -8,7 +8,6 @@ combined by broadcasting into the flattened [N, N] mask. Memory is O(N^2): meant
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -42,7 +41,6 @@ def masked_attention(
     return out, lse.transpose(1, 2).to(lse_dtype)
 
 
-@functools.lru_cache(maxsize=256)
 def _dim_visible(dim: GnaDim) -> tuple[tuple[int, int], ...]:
     """(query, key) coordinate pairs of one token dim that see each other."""
     return tuple((x, y) for x in range(dim.length) for y in dim.window_of(x))

@@ -66,6 +66,7 @@ def check_scale(scale: object, head_dim: int) -> float:
 
 
 def check_backend(backend: object) -> str | None:
+    """``backend`` after checking that it is a backend name or ``None`` (whether the name exists is dispatch's job)."""
     if backend is not None and not isinstance(backend, str):
         raise TypeError(f"backend must be a str or None, got {type(backend).__name__} {backend!r}")
     return backend

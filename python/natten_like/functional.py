@@ -10,7 +10,14 @@ from collections.abc import Sequence
 
 import torch
 
-from ._validation import check_backend, check_bool, validate_attention, validate_gna, validate_merge
+from ._validation import (
+    check_backend,
+    check_bool,
+    check_tensor,
+    validate_attention,
+    validate_gna,
+    validate_merge,
+)
 from .backends import Problem, select_backend
 
 Tensor = torch.Tensor
@@ -66,9 +73,7 @@ def gna(
 
 
 def _gna_of_rank(rank: int, name: str, q: object, *args: object, **kwargs: object) -> Tensor | tuple[Tensor, Tensor]:
-    if not isinstance(q, torch.Tensor):
-        raise TypeError(f"q must be a torch.Tensor, got {type(q).__name__}")
-    if q.dim() != rank + 3:
+    if check_tensor(q, "q").dim() != rank + 3:
         raise ValueError(f"{name} needs q with {rank} token dim(s) ({rank + 3}-D), got shape {tuple(q.shape)}")
     return gna(q, *args, **kwargs)
 

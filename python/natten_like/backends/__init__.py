@@ -101,8 +101,6 @@ def select_backend(problem: Problem, backend: str | None = None) -> Backend:
     """The backend that runs ``problem``: ``backend`` when given (if it can), else the first in order that can."""
     names = registered_backends(problem.family)
     if backend is not None:
-        if not isinstance(backend, str):
-            raise TypeError(f"backend must be a str or None, got {type(backend).__name__} {backend!r}")
         if backend not in names:
             raise ValueError(f"backend must be one of {', '.join(names)} for {problem.family}, got {backend!r}")
         chosen = _REGISTRY[problem.family][backend]

@@ -373,23 +373,30 @@ class Suggestion:
     changes: str
 
 
-def _tile_extents(longest: int, limit: int, original: int) -> list[int]:
-    """Candidate tile extents of one dim: powers of two not above the dim's longest group nor the tile's total size."""
+def _tile_extents(longest: int, total: int, original: int, rank: int) -> list[int]:
+    """Candidate tile extents of one dim: the original, and for rank > 1 the powers of two dividing the tile's total
+    size, not above the dim's longest group (a 1-D tile's extent is its size, which the search keeps)."""
     extents = {original}
     e = 1
-    while e <= min(longest, limit):
-        extents.add(e)
+    while rank > 1 and e <= min(longest, total):
+        if total % e == 0:
+            extents.add(e)
         e *= 2
     return sorted(extents)
+
+
+# Strides tried per (Q extent, KV extent) of a dim, nearest the original first: bounds the search on long dims.
+SUGGEST_STRIDES = 64
 
 
 def suggest_fully_block_sparse(config: GnaConfig, tiling: str = "static", limit: int = 5) -> tuple[Suggestion, ...]:
     """Nearby strides / tile shapes (same tokens per Q and KV tile) under which every visited tile is full.
 
     A config is fully block-sparse iff every dim is (a multi-dim tile is full iff full in every dim, and visited boxes
-    are products), so each dim is searched alone — every stride in [1, window], power-of-two tile extents — keeping per
-    (q extent, kv extent) the stride nearest the original; then extents are combined across dims under the constraint
-    that the tile sizes stay what the kernel runs. Ranked by distance to the original, then by tile bound.
+    are products), so each dim is searched alone — strides in [1, window] that are multiples of the Q tile extent,
+    power-of-two tile extents — keeping per (q extent, kv extent) the stride nearest the original; then extents are
+    combined across dims under the constraint that the tile sizes stay what the kernel runs. Ranked by distance to the
+    original, then by tile bound.
     """
     if multidim_counts(config, tiling).fully_block_sparse:
         return ()
@@ -398,9 +405,13 @@ def suggest_fully_block_sparse(config: GnaConfig, tiling: str = "static", limit:
     for d, tq0, tk0, s0 in zip(config.dims(), config.q_tile, config.kv_tile, config.stride, strict=True):
         longest = d.group_length(0)
         found: dict[tuple[int, int], int] = {}
-        for tq in _tile_extents(longest, size_q, tq0):
-            for tk in _tile_extents(longest, size_kv, tk0):
-                for s in sorted(range(1, d.window + 1), key=lambda s: (abs(s - s0), -s)):
+        for tq in _tile_extents(longest, size_q, tq0, config.rank):
+            for tk in _tile_extents(longest, size_kv, tk0, config.rank):
+                # A Q tile spanning two stride groups unions two shifted windows, so some visited tile is partial
+                # unless border clamping makes the windows equal: only strides that are multiples of the Q tile (plus
+                # the original and the window, for those border cases) can be fully block-sparse.
+                strides = set(range(tq, d.window + 1, tq)) | {s0, d.window}
+                for s in sorted(strides, key=lambda s: (abs(s - s0), -s))[:SUGGEST_STRIDES]:
                     _, _, visited, full = dim_summary(
                         GnaDim(d.length, d.window, s, d.dilation, d.causal), tq, tk, tiling
                     )

@@ -203,5 +203,9 @@ def plot_sweep(result: SweepResult, path: str) -> None:
     ax.set_title(f"GNA {'x'.join(map(str, result.base.shape))}: {result.tiling} tiling")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120)
+    except OSError as err:
+        raise ValueError(f"plot: cannot write {path!r} ({err.strerror or err})") from err
+    finally:
+        plt.close(fig)

@@ -39,7 +39,7 @@ from simulator.gna import (
     multidim_counts,
     suggest_fully_block_sparse,
 )
-from simulator.gna_policy import GnaDim, ceil_div
+from simulator.gna_policy import GnaDim, ceil_div, gna_window, gna_window_np
 from simulator.strided_shard import s2_block_mask
 from simulator.tile_configs import clamp_tile, gna_tiles
 
@@ -129,6 +129,16 @@ def brute_tile_visits(config: GnaConfig, tiling: str) -> np.ndarray:
             full += int(complete and block.all())
         rows_out.append((visited, full, len(q_rows)))
     return np.array(rows_out, dtype=np.int64)
+
+
+def test_vectorised_window_equals_scalar_twin() -> None:
+    for lg, k, s, causal in itertools.product(range(2, 14), range(2, 14), range(1, 14), (False, True)):
+        if k > lg or s > k:
+            continue
+        begin, end = gna_window_np(np.arange(lg, dtype=np.int64), lg, k, s, causal)
+        assert [(int(b), int(e)) for b, e in zip(begin, end, strict=True)] == [
+            gna_window(i, lg, k, s, causal) for i in range(lg)
+        ]
 
 
 @pytest.mark.parametrize("tiling", ["static", "dynamic"])

@@ -66,6 +66,11 @@ def lengths_arg(text: str) -> int | tuple[int, ...]:
     return values[0] if len(values) == 1 else values
 
 
+def flag_of(keyword: str) -> str:
+    """The command-line flag of an API keyword."""
+    return FLAG_OF.get(keyword, "--" + keyword.replace("_", "-"))
+
+
 def flag_message(err: ValueError) -> str:
     """Rewrite ``keyword: rule`` (API style) as ``--flag: rule`` (CLI style)."""
     text = str(err).splitlines()[0]
@@ -73,7 +78,7 @@ def flag_message(err: ValueError) -> str:
     base, bracket, index = name.partition("[")
     if not sep or not base.isidentifier():
         return text
-    return f"{FLAG_OF.get(base, '--' + base.replace('_', '-'))}{bracket}{index}: {rule}"
+    return f"{flag_of(base)}{bracket}{index}: {rule}"
 
 
 def add_output(p: argparse.ArgumentParser) -> None:
@@ -347,7 +352,7 @@ def run_presets(args: argparse.Namespace) -> tuple[object, str]:
         text = table([["preset", "family", "description"]] + [[n, p.family, p.description] for n, p in PRESETS.items()])
         return data, text
     p = get_preset(args.name)
-    flags = " ".join(f"{FLAG_OF.get(k, '--' + k.replace('_', '-'))} {_flag_value(v)}" for k, v in p.values.items())
+    flags = " ".join(f"{flag_of(k)} {_flag_value(v)}" for k, v in p.values.items())
     data = {"name": p.name, "family": p.family, "description": p.description, "values": p.values}
     text = f"{p.name} ({p.family}): {p.description}\n  same as: python -m simulator {p.family} {flags}"
     return data, text

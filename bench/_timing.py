@@ -1,0 +1,129 @@
+"""Timing, memory and machine-description helpers shared by the benchmarks in ``bench/``.
+
+Times are wall-clock (``time.perf_counter``) around one synchronous CPU call, warm-up excluded, summarised by the
+median. Peak memory is read from the torch profiler's allocation events (``profile_memory=True``): the highest sum of
+bytes of torch tensors allocated and still alive during the call, above what was alive when it started. Memory that
+does not go through torch's CPU allocator (e.g. a kernel's ``std::vector`` scratch, Inductor's C++ stack arrays) is
+not seen.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Wall-clock samples of one measured call, in milliseconds."""
+
+    samples_ms: list[float] = field(default_factory=list)
+    warmup_ms: float = 0.0
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.samples_ms)
+
+    @property
+    def reps(self) -> int:
+        return len(self.samples_ms)
+
+
+def time_call(
+    fn: Callable[[], object],
+    reps: int,
+    *,
+    warmup: int = 1,
+    setup: Callable[[], None] | None = None,
+    slow_ms: float = 3000.0,
+    slow_reps: int = 3,
+) -> Timing:
+    """Median-able wall-clock samples of ``fn()`` after ``warmup`` untimed calls.
+
+    ``setup`` runs untimed before every call (e.g. a forward pass whose backward is timed). When a warm-up call takes
+    longer than ``slow_ms``, warm-up stops there and the number of timed repetitions drops to ``min(reps, slow_reps)``
+    so that dense baselines on large problems finish; the count actually used is kept in :attr:`Timing.reps`.
+    """
+    result = Timing()
+    for _ in range(max(warmup, 1)):
+        if setup is not None:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        result.warmup_ms = (time.perf_counter() - t0) * 1e3
+        if result.warmup_ms > slow_ms:
+            break
+    if result.warmup_ms > slow_ms:
+        reps = min(reps, slow_reps)
+    for _ in range(reps):
+        if setup is not None:
+            setup()
+        t0 = time.perf_counter()
+        fn()
+        result.samples_ms.append((time.perf_counter() - t0) * 1e3)
+    return result
+
+
+def peak_alloc_bytes(fn: Callable[[], object], setup: Callable[[], None] | None = None) -> int:
+    """Peak bytes of torch CPU tensors allocated during one ``fn()`` call and alive at once (profiler events)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if setup is not None:
+        setup()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def cpu_model() -> str:
+    """CPU model name as ``lscpu`` reports it (falls back to :func:`platform.processor`)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return platform.processor() or "unknown"
+    for line in out.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def git_commit() -> str:
+    """Short hash of HEAD of the checkout this file lives in, with ``+dirty`` when tracked files differ."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = ["git", "status", "--porcelain", "-uno"]
+        dirty = subprocess.run(status, cwd=here, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty.strip() else "")
+
+
+def machine_info() -> dict[str, object]:
+    """What a results table must state: CPU, threads, torch version, load average, date, commit."""
+    return {
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "loadavg_1m": os.getloadavg()[0],
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "commit": git_commit(),
+    }

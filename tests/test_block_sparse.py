@@ -15,6 +15,8 @@ from natten_like.block_sparse import (
 )
 from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
+from simulator.block_sparse import block_pairs
+
 EXTENDED = os.environ.get("NATTEN_LIKE_EXTENDED_TESTS") == "1"
 
 
@@ -94,6 +96,36 @@ def test_matches_reference(case: tuple) -> None:
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_policy_matches_simulator(causal: bool) -> None:
+    """The C++ policy visits exactly the blocks the simulator counts: listed blocks holding an attended pair, full iff
+    every pair is attended and the block holds kv_block keys (full-list blocks: iff uncut); the inverse is the
+    transpose."""
+    gen = torch.Generator().manual_seed(17)
+    for nq, nkv, qbs, kbs in [(37, 53, 8, 16), (53, 37, 16, 8), (64, 64, 16, 16), (1, 30, 4, 7), (30, 1, 7, 4)]:
+        qb, kb = _ceil(nq, qbs), _ceil(nkv, kbs)
+        partial = torch.rand(2, 3, qb, kb, generator=gen) < 0.5
+        full = (torch.rand(2, 1, qb, kb, generator=gen) < 0.3) & ~partial
+        lists = [t.to(torch.int64) for t in _compressed(partial, full)]
+        fwd, inv = torch.ops.natten_like.block_sparse_visits(*lists, nq, nkv, qbs, kbs, causal)
+        pairs = torch.from_numpy(block_pairs(nq, nkv, qbs, kbs, causal))
+        rows = torch.minimum(torch.arange(1, qb + 1) * qbs, torch.tensor(nq)) - torch.arange(qb) * qbs
+        uncut = (torch.arange(1, kb + 1) * kbs <= nkv)[None, :]
+        all_pairs = pairs == rows[:, None] * kbs  # every pair attended and kv_block keys
+        expected = torch.where(partial & (pairs > 0), torch.where(all_pairs, 2, 1), 0)
+        expected = torch.where(full, torch.where(uncut, 2, 1), expected)
+        assert torch.equal(fwd, expected), (nq, nkv, qbs, kbs)
+        assert torch.equal(inv, expected.transpose(-1, -2)), (nq, nkv, qbs, kbs)
+
+
+def test_large_scores() -> None:
+    """Scores in the thousands: the online-softmax rescaling neither overflows nor produces NaN."""
+    gen = torch.Generator().manual_seed(19)
+    mask = _random_mask(1, 2, 4, 4, 0.6, gen)
+    q, k, v = (torch.randn(1, 30, 2, 16, generator=gen) for _ in range(3))
+    _compare(q * 30, k * 30, v, mask, atol=2e-3, q_block=8, kv_block=8, is_causal=True)
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_full_lists(causal: bool) -> None:
     """Blocks of the full list skip the element mask (so causal does not apply to them)."""
     gen = torch.Generator().manual_seed(3)
@@ -144,6 +176,7 @@ def test_packed_varlen(causal: bool) -> None:
         torch.testing.assert_close(out[cu_q[s] : cu_q[s + 1]], one[0], atol=1e-6, rtol=0)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
 @pytest.mark.parametrize("causal", [False, True])
 def test_equals_flex_attention(causal: bool) -> None:
     """Same BlockMask, same result as torch's FlexAttention (eager on the CPU); and the BlockMask conversions."""

@@ -107,6 +107,48 @@ std::vector<int64_t> offsets_of(const c10::optional<at::Tensor>& cu, const char*
   return v;
 }
 
+// Tile offsets, checked lists (and their transposes for a backward) and the policies of a plan whose sequence offsets,
+// batch and heads are set.
+void build_policies(Plan& plan, int64_t max_q, int64_t max_kv, int64_t seqs, const at::Tensor& kv_num,
+                    const at::Tensor& kv_idx, const c10::optional<at::Tensor>& full_num,
+                    const c10::optional<at::Tensor>& full_idx, int64_t q_block, int64_t kv_block, bool causal,
+                    bool backward) {
+  plan.q_blocks = policy::ceil_div(max_q, q_block);
+  plan.kv_blocks = policy::ceil_div(max_kv, kv_block);
+  plan.q_tiles.assign(seqs + 1, 0);
+  plan.kv_tiles.assign(seqs + 1, 0);
+  for (int64_t s = 0; s < seqs; ++s) {
+    plan.q_tiles[s + 1] = plan.q_tiles[s] + policy::ceil_div(plan.q_seq[s + 1] - plan.q_seq[s], q_block);
+    plan.kv_tiles[s + 1] = plan.kv_tiles[s] + policy::ceil_div(plan.kv_seq[s + 1] - plan.kv_seq[s], kv_block);
+  }
+  const int64_t list_batch = plan.packed ? seqs : plan.batch;
+  plan.kv_partial = checked_lists(kv_num, kv_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "kv");
+  if (full_num.has_value())
+    plan.kv_full = checked_lists(*full_num, *full_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "full_kv");
+  if (backward) {
+    plan.q_partial = transpose_lists(plan.kv_partial, plan.kv_blocks);
+    if (plan.kv_full.defined()) plan.q_full = transpose_lists(plan.kv_full, plan.kv_blocks);
+  }
+  const int64_t npol = plan.packed ? plan.heads : plan.batch * plan.heads;
+  plan.pols.resize(npol);
+  for (int64_t i = 0; i < npol; ++i) {
+    const int64_t b = plan.packed ? 0 : i / plan.heads, h = i % plan.heads;
+    BlockSparsePolicy& p = plan.pols[i];
+    p.q_block = q_block;
+    p.kv_block = kv_block;
+    p.causal = causal;
+    p.num_seqs = seqs;
+    p.q_seq = plan.q_seq.data();
+    p.kv_seq = plan.kv_seq.data();
+    p.q_tiles = plan.q_tiles.data();
+    p.kv_tiles = plan.kv_tiles.data();
+    p.kv_partial = view(plan.kv_partial, b, h, plan.packed);
+    p.kv_full = view(plan.kv_full, b, h, plan.packed);
+    p.q_partial = view(plan.q_partial, b, h, plan.packed);
+    p.q_full = view(plan.q_full, b, h, plan.packed);
+  }
+}
+
 Plan make_plan(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& kv_num,
                const at::Tensor& kv_idx, const c10::optional<at::Tensor>& full_num,
                const c10::optional<at::Tensor>& full_idx, const c10::optional<at::Tensor>& cu_q,
@@ -150,40 +192,7 @@ Plan make_plan(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
     plan.q_seq = {0, max_q};
     plan.kv_seq = {0, max_kv};
   }
-  plan.q_blocks = policy::ceil_div(max_q, q_block);
-  plan.kv_blocks = policy::ceil_div(max_kv, kv_block);
-  plan.q_tiles.assign(seqs + 1, 0);
-  plan.kv_tiles.assign(seqs + 1, 0);
-  for (int64_t s = 0; s < seqs; ++s) {
-    plan.q_tiles[s + 1] = plan.q_tiles[s] + policy::ceil_div(plan.q_seq[s + 1] - plan.q_seq[s], q_block);
-    plan.kv_tiles[s + 1] = plan.kv_tiles[s] + policy::ceil_div(plan.kv_seq[s + 1] - plan.kv_seq[s], kv_block);
-  }
-  const int64_t list_batch = plan.packed ? seqs : plan.batch;
-  plan.kv_partial = checked_lists(kv_num, kv_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "kv");
-  if (full_num.has_value())
-    plan.kv_full = checked_lists(*full_num, *full_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "full_kv");
-  if (backward) {
-    plan.q_partial = transpose_lists(plan.kv_partial, plan.kv_blocks);
-    if (plan.kv_full.defined()) plan.q_full = transpose_lists(plan.kv_full, plan.kv_blocks);
-  }
-  const int64_t npol = plan.packed ? plan.heads : plan.batch * plan.heads;
-  plan.pols.resize(npol);
-  for (int64_t i = 0; i < npol; ++i) {
-    const int64_t b = plan.packed ? 0 : i / plan.heads, h = i % plan.heads;
-    BlockSparsePolicy& p = plan.pols[i];
-    p.q_block = q_block;
-    p.kv_block = kv_block;
-    p.causal = causal;
-    p.num_seqs = seqs;
-    p.q_seq = plan.q_seq.data();
-    p.kv_seq = plan.kv_seq.data();
-    p.q_tiles = plan.q_tiles.data();
-    p.kv_tiles = plan.kv_tiles.data();
-    p.kv_partial = view(plan.kv_partial, b, h, plan.packed);
-    p.kv_full = view(plan.kv_full, b, h, plan.packed);
-    p.q_partial = view(plan.q_partial, b, h, plan.packed);
-    p.q_full = view(plan.q_full, b, h, plan.packed);
-  }
+  build_policies(plan, max_q, max_kv, seqs, kv_num, kv_idx, full_num, full_idx, q_block, kv_block, causal, backward);
   return plan;
 }
 
@@ -256,11 +265,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cpu(
   return {dq, dk, dv};
 }
 
+std::tuple<at::Tensor, at::Tensor> block_sparse_visits(const at::Tensor& kv_num, const at::Tensor& kv_idx,
+                                                       const c10::optional<at::Tensor>& full_num,
+                                                       const c10::optional<at::Tensor>& full_idx, int64_t nq, int64_t nkv,
+                                                       int64_t q_block, int64_t kv_block, bool causal) {
+  TORCH_CHECK(nq >= 0 && nkv >= 0 && q_block >= 1 && kv_block >= 1 && kv_num.dim() == 3,
+              "natten_like::block_sparse_visits: bad arguments");
+  Plan plan;
+  plan.batch = std::max(kv_num.size(0), full_num.has_value() ? full_num->size(0) : 1);
+  plan.heads = std::max(kv_num.size(1), full_num.has_value() ? full_num->size(1) : 1);
+  plan.q_seq = {0, nq};
+  plan.kv_seq = {0, nkv};
+  build_policies(plan, nq, nkv, 1, kv_num, kv_idx, full_num, full_idx, q_block, kv_block, causal, true);
+  const int64_t nt = plan.q_blocks, nu = plan.kv_blocks;
+  auto fwd = at::zeros({plan.batch, plan.heads, nt, nu}, at::kLong);
+  auto inv = at::zeros({plan.batch, plan.heads, nu, nt}, at::kLong);
+  auto f = fwd.accessor<int64_t, 4>(), g = inv.accessor<int64_t, 4>();
+  for (int64_t b = 0; b < plan.batch; ++b)
+    for (int64_t h = 0; h < plan.heads; ++h) {
+      const auto& pol = plan(b, h);
+      for (int64_t t = 0; t < nt; ++t)
+        pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+          TORCH_CHECK(f[b][h][t][u] == 0, "natten_like::block_sparse_visits: KV tile ", u, " visited twice");
+          f[b][h][t][u] = full ? 2 : 1;
+        });
+      for (int64_t u = 0; u < nu; ++u)
+        pol.for_each_q_tile(u, [&](int64_t t, bool full) {
+          TORCH_CHECK(g[b][h][u][t] == 0, "natten_like::block_sparse_visits: Q tile ", t, " visited twice");
+          g[b][h][u][t] = full ? 2 : 1;
+        });
+    }
+  return {fwd, inv};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(natten_like, CPU, m) {
   m.impl("block_sparse_forward", &block_sparse_forward_cpu);
   m.impl("block_sparse_backward", &block_sparse_backward_cpu);
 }
+
+TORCH_LIBRARY_IMPL(natten_like, CompositeExplicitAutograd, m) { m.impl("block_sparse_visits", &block_sparse_visits); }
 
 }  // namespace natten_like

@@ -29,6 +29,11 @@ TORCH_LIBRARY(natten_like, m) {
       "Tensor kv_num_blocks, Tensor kv_indices, Tensor? full_kv_num_blocks, Tensor? full_kv_indices, Tensor? cu_seqlens_q, "
       "Tensor? cu_seqlens_kv, int q_block, int kv_block, bool is_causal, float scale) -> (Tensor grad_q, Tensor grad_k, "
       "Tensor grad_v)");
+  // Per (list batch, list head), the block-sparse policy's tile visits for one sequence: kinds [Bm, Hm, QB, KB] from
+  // for_each_kv_tile and the transposed [Bm, Hm, KB, QB] from for_each_q_tile (0 = not visited, 1 = partial, 2 = full).
+  m.def(
+      "block_sparse_visits(Tensor kv_num_blocks, Tensor kv_indices, Tensor? full_kv_num_blocks, Tensor? full_kv_indices, "
+      "int seqlen_q, int seqlen_kv, int q_block, int kv_block, bool is_causal) -> (Tensor kv_visits, Tensor q_visits)");
   // Strided-shard / S2-Attention (strided_shard_cpu.cpp).
   m.def(
       "strided_shard_forward(Tensor q, Tensor k, Tensor v, int block_size, int local_blocks, int vert_stride, bool is_causal, "

@@ -85,6 +85,14 @@ def test_causal_more_queries_than_cache() -> None:
     _compare(q, cache, latent_dim=16, rope_dim=8, is_causal=True)
 
 
+def test_large_scores() -> None:
+    """Scores in the thousands across several splits: the merge's rescaling neither overflows nor produces NaN."""
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randn(2, 2, 4, 40, generator=gen) * 30
+    cache = torch.randn(2, 200, 40, generator=gen) * 30
+    _compare(q, cache, atol=2e-3, latent_dim=32, rope_dim=8, is_causal=True, num_splits=4)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision(dtype: torch.dtype) -> None:
     """Error in fp16/bf16 within a small factor of plain PyTorch's own error in that dtype."""

@@ -72,6 +72,46 @@ def time_call(
     return result
 
 
+@dataclass
+class Measured:
+    """One contender of :func:`time_interleaved`: the timed call and an optional untimed setup run before each call."""
+
+    fn: Callable[[], object]
+    setup: Callable[[], None] | None = None
+
+
+def time_interleaved(
+    contenders: dict[str, Measured],
+    reps: int,
+    *,
+    warmup: int = 1,
+    slow_ms: float = 3000.0,
+    slow_reps: int = 3,
+) -> dict[str, Timing]:
+    """Samples of several calls taken in alternation, so that machine load drifting over time hits all of them alike.
+
+    Each contender is warmed up like :func:`time_call` (and gets ``min(reps, slow_reps)`` samples when slower than
+    ``slow_ms``); then rounds run round-robin, each contender's samples spread evenly over the rounds.
+    """
+    results: dict[str, Timing] = {}
+    targets: dict[str, int] = {}
+    for name, c in contenders.items():
+        results[name] = time_call(c.fn, 0, warmup=warmup, setup=c.setup, slow_ms=slow_ms, slow_reps=slow_reps)
+        targets[name] = min(reps, slow_reps) if results[name].warmup_ms > slow_ms else reps
+    rounds = max(targets.values(), default=0)
+    for r in range(rounds):
+        for name, c in contenders.items():
+            n = targets[name]
+            if (r + 1) * n // rounds == r * n // rounds:
+                continue
+            if c.setup is not None:
+                c.setup()
+            t0 = time.perf_counter()
+            c.fn()
+            results[name].samples_ms.append((time.perf_counter() - t0) * 1e3)
+    return results
+
+
 def peak_alloc_bytes(fn: Callable[[], object], setup: Callable[[], None] | None = None) -> int:
     """Peak bytes of torch CPU tensors allocated during one ``fn()`` call and alive at once (profiler events)."""
     from torch.profiler import ProfilerActivity, profile

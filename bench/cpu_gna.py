@@ -37,7 +37,7 @@ from simulator.gna_policy import GnaDim, gna_window
 from simulator.tile_configs import clamp_tile, gna_tiles
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import Timing, machine_info, peak_alloc_bytes, time_call  # noqa: E402
+from _timing import Measured, Timing, machine_info, peak_alloc_bytes, time_interleaved  # noqa: E402
 
 # The configs of issue 2 (B=1, H=4, D=64 unless overridden on the command line).
 DEFAULT_CONFIGS: dict[str, str] = {
@@ -336,52 +336,40 @@ def bench_config(cfg: Config, args: argparse.Namespace, mode: str) -> tuple[list
     def mem(fn: Callable[[], object], setup: Callable[[], None] | None = None) -> int | None:
         return peak_alloc_bytes(fn, setup) if args.memory else None
 
-    # (c) ours, forward.
+    timed = lambda entries: time_interleaved(entries, args.reps, warmup=args.warmup)  # noqa: E731
+
+    # Forward: (c) ours, (a) SDPA dense on the same tokens, (b) compiled FlexAttention with the GNA mask_mod and a block
+    # mask (mask build and compile not timed), timed in alternation.
     with torch.no_grad():
         out, lse = ours.forward(q, k, v)
-        fwd_ours = lambda: ours.forward(q, k, v)  # noqa: E731
-        r_ours = add(
-            "forward", "ours (fused CPU)", time_call(fwd_ours, args.reps, warmup=args.warmup), fwd_flop, mem(fwd_ours)
-        )
-
-        # (a) SDPA dense on the same tokens.
-        fwd_dense = lambda: F.scaled_dot_product_attention(qd, kd, vd, scale=scale)  # noqa: E731
-        r_dense = add(
-            "forward", "torch SDPA dense", time_call(fwd_dense, args.reps, warmup=args.warmup), fwd_flop, mem(fwd_dense)
-        )
-
-    # (b) compiled FlexAttention with the GNA mask_mod and a block mask (mask build and compile not timed).
-    r_flex = None
-    if args.flex:
-        torch._dynamo.reset()
-        mask_mod = gna_mask_mod(cfg)
-        t0 = time.perf_counter()
-        block_mask: BlockMask = create_block_mask(mask_mod, None, None, N, N, device="cpu")
-        summary.flex_block_mask_ms = (time.perf_counter() - t0) * 1e3
-        summary.flex_sparsity_pct = float(block_mask.sparsity())
-        flex = torch.compile(flex_attention, dynamic=False)
-        with torch.no_grad():
+        forward = {
+            "ours (fused CPU)": Measured(lambda: ours.forward(q, k, v)),
+            "torch SDPA dense": Measured(lambda: F.scaled_dot_product_attention(qd, kd, vd, scale=scale)),
+        }
+        if args.flex:
+            torch._dynamo.reset()
+            mask_mod = gna_mask_mod(cfg)
+            t0 = time.perf_counter()
+            block_mask: BlockMask = create_block_mask(mask_mod, None, None, N, N, device="cpu")
+            summary.flex_block_mask_ms = (time.perf_counter() - t0) * 1e3
+            summary.flex_sparsity_pct = float(block_mask.sparsity())
+            flex = torch.compile(flex_attention, dynamic=False)
             fwd_flex = lambda: flex(qd, kd, vd, block_mask=block_mask, scale=scale)  # noqa: E731
             summary.checks["flex_fwd_maxdiff"] = _max_diff(from_bhnd(fwd_flex()), out)  # first call compiles
-            r_flex = add(
-                "forward",
-                "torch flex (compiled)",
-                time_call(fwd_flex, args.reps, warmup=args.warmup),
-                fwd_flop,
-                mem(fwd_flex),
-            )
-        del block_mask, flex
-
-    for r in (r_dense, r_flex, r_ours):
-        if r is None:
-            continue
+            forward["torch flex (compiled)"] = Measured(fwd_flex)
+        times = timed(forward)
+        fwd_rows = {name: add("forward", name, times[name], fwd_flop, mem(c.fn)) for name, c in forward.items()}
+        del forward
+    r_ours, r_dense = fwd_rows["ours (fused CPU)"], fwd_rows["torch SDPA dense"]
+    r_flex = fwd_rows.get("torch flex (compiled)")
+    for r in fwd_rows.values():
         r.vs_dense = r_dense.ms / r.ms
         r.vs_flex = r_flex.ms / r.ms if r_flex is not None else None
         r.frac_bound = r.vs_dense / bound
     summary.fwd_vs_dense, summary.fwd_frac_bound = r_ours.vs_dense, r_ours.frac_bound
     summary.fwd_vs_flex = r_ours.vs_flex
 
-    # (d) backward: ours vs autograd through SDPA with a dense boolean mask.
+    # (d) backward: ours vs autograd through SDPA with a dense boolean mask (FlexAttention has no CPU backward).
     if args.backward:
         bwd_flop = 2.5 * fwd_flop
         gen_g = torch.Generator().manual_seed(args.seed + 1)
@@ -404,13 +392,6 @@ def bench_config(cfg: Config, args: argparse.Namespace, mode: str) -> tuple[list
             setup_ours = None
             bwd_ours = lambda: ours.backward_op(g, q, k, v, out, lse)  # noqa: E731
             grads_ours = bwd_ours()
-        r_bo = add(
-            "backward",
-            "ours (fused CPU)",
-            time_call(bwd_ours, args.reps, warmup=args.warmup, setup=setup_ours),
-            bwd_flop,
-            mem(bwd_ours, setup_ours),
-        )
 
         mask = dense_mask(cfg)  # [N, N], broadcast over batch and heads
         qr, kr, vr = (x.clone().requires_grad_(True) for x in (qd, kd, vd))
@@ -427,15 +408,20 @@ def bench_config(cfg: Config, args: argparse.Namespace, mode: str) -> tuple[list
         bwd_ref()
         for name, a, b in zip("qkv", grads_ours, (qr.grad, kr.grad, vr.grad), strict=True):
             summary.checks[f"ref_d{name}_maxdiff"] = _max_diff(a, from_bhnd(b))
-        t_ref = time_call(bwd_ref, args.reps, warmup=args.warmup, setup=setup_ref)
-        r_br = add("backward", "autograd SDPA + bool mask", t_ref, bwd_flop, mem(bwd_ref, setup_ref))
+        backward = {
+            "ours (fused CPU)": Measured(bwd_ours, setup_ours),
+            "autograd SDPA + bool mask": Measured(bwd_ref, setup_ref),
+        }
+        times = timed(backward)
+        bwd_rows = {n: add("backward", n, times[n], bwd_flop, mem(c.fn, c.setup)) for n, c in backward.items()}
         # The masked reference does dense work, so it is also the dense baseline of the backward pass.
+        r_bo, r_br = bwd_rows["ours (fused CPU)"], bwd_rows["autograd SDPA + bool mask"]
         for r in (r_br, r_bo):
             r.vs_dense = r_br.ms / r.ms
             r.frac_bound = r.vs_dense / bound
         summary.bwd_vs_ref, summary.bwd_frac_bound = r_bo.vs_dense, r_bo.frac_bound
         summary.checks["mask_mib"] = mask.numel() / MiB
-        del mask, ref, qr, kr, vr
+        del mask, ref, qr, kr, vr, backward
 
     bad = {k: v for k, v in summary.checks.items() if k.endswith("maxdiff") and not v <= tol * (10 if "_d" in k else 1)}
     if bad:

@@ -7,7 +7,9 @@
 // A Policy (one per family) answers, per batch and query head through a provider `const Policy& provider(b, h)`:
 //   num_q_tiles(), num_kv_tiles(), max_q_rows(), max_kv_rows(),
 //   q_tile_rows(t, int64_t* rows) / kv_tile_rows(u, int64_t* rows) -> row count (token indices),
-//   for_each_kv_tile(t, f(u, full)), for_each_q_tile(u, f(t, full)), fill_mask(t, u, uint8_t* mask [q rows x kv rows]).
+//   for_each_kv_tile(t, f(u, full)), for_each_q_tile(u, f(t, full)), fill_mask(t, u, uint8_t* mask [q rows x kv rows]),
+// the same static-tile interface the GPU mainloops use. A policy may instead offer exact-box chunks (ChunkPolicy below:
+// the KV rows a Q tile needs, not snapped to a tile grid, which saves work where rows are gathered anyway).
 #pragma once
 
 #include <ATen/Parallel.h>
@@ -71,6 +73,57 @@ inline void scatter(const float* src, const int64_t* rows, int64_t n, int64_t wi
   }
 }
 
+template <class Pol>
+concept ChunkPolicy = requires(const Pol& p, int64_t* rows, unsigned char* mask) {
+  p.max_chunk_rows(int64_t{}, bool{});
+  p.for_each_kv_chunk(int64_t{}, int64_t{}, rows, mask, [](int64_t, bool) {});
+  p.for_each_q_chunk(int64_t{}, int64_t{}, rows, mask, [](int64_t, bool) {});
+};
+
+// Row budget of one exact-box chunk: large enough for efficient BLAS calls, small enough to stay in L2.
+constexpr int64_t kChunkRows = 256;
+
+template <class Pol>
+int64_t max_kv_rows_of(const Pol& pol) {
+  if constexpr (ChunkPolicy<Pol>) return pol.max_chunk_rows(kChunkRows, true);
+  else return pol.max_kv_rows();
+}
+template <class Pol>
+int64_t max_q_chunk_rows_of(const Pol& pol) {
+  if constexpr (ChunkPolicy<Pol>) return pol.max_chunk_rows(kChunkRows, false);
+  else return pol.max_q_rows();
+}
+
+// Calls f(n, mask_or_null) for each block of KV rows Q tile t attends to, rows[0:n] filled; mask [q rows x n] when partial.
+template <class Pol, class F>
+void visit_kv(const Pol& pol, int64_t t, int64_t* rows, unsigned char* mask, F&& f) {
+  if constexpr (ChunkPolicy<Pol>) {
+    pol.for_each_kv_chunk(t, kChunkRows, rows, mask, [&](int64_t n, bool full) { f(n, full ? nullptr : mask); });
+  } else {
+    pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+      const int64_t n = pol.kv_tile_rows(u, rows);
+      if (n == 0) return;
+      if (!full) pol.fill_mask(t, u, mask);
+      f(n, full ? nullptr : mask);
+    });
+  }
+}
+
+// Calls f(n, mask_or_null) for each block of query rows that attend to KV tile u; mask [n x kv rows] when partial.
+template <class Pol, class F>
+void visit_q(const Pol& pol, int64_t u, int64_t* rows, unsigned char* mask, F&& f) {
+  if constexpr (ChunkPolicy<Pol>) {
+    pol.for_each_q_chunk(u, kChunkRows, rows, mask, [&](int64_t n, bool full) { f(n, full ? nullptr : mask); });
+  } else {
+    pol.for_each_q_tile(u, [&](int64_t t, bool full) {
+      const int64_t n = pol.q_tile_rows(t, rows);
+      if (n == 0) return;
+      if (!full) pol.fill_mask(t, u, mask);
+      f(n, full ? nullptr : mask);
+    });
+  }
+}
+
 struct Scratch {
   std::vector<float> buf;
   std::vector<int64_t> rows;
@@ -90,7 +143,7 @@ void fmha_forward(const FmhaParams<T>& p, const Provider& provider) {
   using namespace detail;
   const auto& pol0 = provider(0, 0);
   const int64_t n_q_tiles = pol0.num_q_tiles();
-  const int64_t max_q = pol0.max_q_rows(), max_k = pol0.max_kv_rows();
+  const int64_t max_q = pol0.max_q_rows(), max_k = max_kv_rows_of(pol0);
   const int64_t add_tile = max_k;
   const int64_t n_add_tiles = policy::ceil_div(p.nadd, add_tile);
   const int64_t group = p.heads / p.kv_heads;
@@ -137,13 +190,10 @@ void fmha_forward(const FmhaParams<T>& p, const Provider& provider) {
         }
         gemm_ab(nq, p.dim_v, nk, s, vb, 1.0f, acc);
       };
-      pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-        const int64_t nk = pol.kv_tile_rows(u, krows);
-        if (nk == 0) return;
+      visit_kv(pol, t, krows, sc.mask.data(), [&](int64_t nk, const unsigned char* mask) {
         gather(p.k, krows, nk, p.dim, kvrow, kb);
         gather(p.v, krows, nk, p.dim_v, kvrow, vb);
-        if (!full) pol.fill_mask(t, u, sc.mask.data());
-        step(nk, full ? nullptr : sc.mask.data());
+        step(nk, mask);
       });
       for (int64_t a = 0; a < n_add_tiles; ++a) {
         const int64_t nk = std::min(add_tile, p.nadd - a * add_tile);
@@ -169,8 +219,10 @@ void fmha_backward(const FmhaParams<T>& p, const Provider& provider) {
   using namespace detail;
   const auto& pol0 = provider(0, 0);
   const int64_t n_q_tiles = pol0.num_q_tiles(), n_kv_tiles = pol0.num_kv_tiles();
-  const int64_t max_q = pol0.max_q_rows(), max_k = pol0.max_kv_rows();
-  const int64_t add_tile = max_k;
+  // Pass 1 pairs Q tiles with KV blocks, pass 2 KV tiles with query blocks: size scratch for the larger of each side.
+  const int64_t max_q = std::max(pol0.max_q_rows(), max_q_chunk_rows_of(pol0));
+  const int64_t max_k = std::max(pol0.max_kv_rows(), max_kv_rows_of(pol0));
+  const int64_t add_tile = max_kv_rows_of(pol0);
   const int64_t n_add_tiles = policy::ceil_div(p.nadd, add_tile);
   const int64_t group = p.heads / p.kv_heads;
   const int64_t dmax = std::max(p.dim, p.dim_v);
@@ -223,13 +275,10 @@ void fmha_backward(const FmhaParams<T>& p, const Provider& provider) {
           softmax_row_backward(s + i * nk, dp + i * nk, mask ? mask + i * nk : nullptr, nk, p.scale, lse[i], delta[i]);
         gemm_ab(nq, p.dim, nk, dp, kb, 1.0f, dq);  // dQ += dS K
       };
-      pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-        const int64_t nk = pol.kv_tile_rows(u, krows);
-        if (nk == 0) return;
+      visit_kv(pol, t, krows, sc.mask.data(), [&](int64_t nk, const unsigned char* mask) {
         gather(p.k, krows, nk, p.dim, kvrow, kb);
         gather(p.v, krows, nk, p.dim_v, kvrow, vb);
-        if (!full) pol.fill_mask(t, u, sc.mask.data());
-        step(nk, full ? nullptr : sc.mask.data());
+        step(nk, mask);
       });
       for (int64_t a = 0; a < n_add_tiles; ++a) {
         const int64_t nk = std::min(add_tile, p.nadd - a * add_tile);
@@ -285,19 +334,13 @@ void fmha_backward(const FmhaParams<T>& p, const Provider& provider) {
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         const auto& pol = provider(b, h);
         auto qrow = [&](int64_t tok) { return p.q_row(b, tok, h); };
-        auto visit = [&](int64_t t, bool full) {
-          const int64_t nq = pol.q_tile_rows(t, qrows);
-          if (nq == 0) return;
+        // One block of nq query rows (qrows filled) against this KV tile.
+        auto step = [&](int64_t nq, const unsigned char* mask) {
           gather(p.q, qrows, nq, p.dim, qrow, qb);
           gather(p.grad_out, qrows, nq, p.dim_v, qrow, dob);
           for (int64_t i = 0; i < nq; ++i) {
             lse[i] = p.lse_in[qrow(qrows[i])];
             delta[i] = p.delta[qrow(qrows[i])];
-          }
-          const unsigned char* mask = nullptr;
-          if (!full) {
-            pol.fill_mask(t, u, sc.mask.data());
-            mask = sc.mask.data();
           }
           gemm_abt(nq, nk, p.dim, qb, kb, 0.0f, s);
           gemm_abt(nq, nk, p.dim_v, dob, vb, 0.0f, dp);
@@ -307,9 +350,12 @@ void fmha_backward(const FmhaParams<T>& p, const Provider& provider) {
           gemm_atb(nk, p.dim, nq, dp, qb, 1.0f, dk);    // dK += dS^T Q
         };
         if (additional) {
-          for (int64_t t = 0; t < n_q_tiles; ++t) visit(t, true);
+          for (int64_t t = 0; t < n_q_tiles; ++t) {
+            const int64_t nq = pol.q_tile_rows(t, qrows);
+            if (nq > 0) step(nq, nullptr);
+          }
         } else {
-          pol.for_each_q_tile(u, visit);
+          visit_q(pol, u, qrows, sc.mask.data(), step);
         }
       }
       scatter(dk, krows, nk, p.dim, kvrow, p.scale, additional ? p.grad_add_k : p.grad_k);

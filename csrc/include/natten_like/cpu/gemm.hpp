@@ -46,6 +46,7 @@ NL_MULTIVERSION static void fallback_abt(int64_t m, int64_t n, int64_t k, const 
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < n; ++j) {
       float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
       for (int64_t p = 0; p < k; ++p) acc += a[i * k + p] * b[j * k + p];
       c[i * n + j] = (beta == 0.0f ? 0.0f : beta * c[i * n + j]) + acc;
     }

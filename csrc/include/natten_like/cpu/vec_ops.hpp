@@ -19,9 +19,10 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // exp(x) for x <= 0 to ~2 ulp, 0 below -87 (including -inf): range reduction to 2^n * exp(f), |f| <= ln2/2, then a degree-6
 // polynomial. Branch-free so that loops calling it vectorise.
-static inline float exp_nonpos(float x) {
+__attribute__((always_inline)) static inline float exp_nonpos(float x) {
   const float xc = x < -87.0f ? -87.0f : x;
-  const float n = __builtin_roundf(xc * 1.44269504088896341f);
+  // Round to nearest with the 1.5 * 2^23 trick (a libm call would stop vectorisation); |xc| * log2(e) < 2^22 here.
+  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
   const float f = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
   p = p * f + 1.3981999507e-3f;
@@ -40,18 +41,24 @@ static inline float exp_nonpos(float x) {
 
 // Forward online-softmax step for one query row: s[j] <- exp(scale * s[j] - m_new) (0 where mask[j] == 0 or masked out).
 // Updates the running max m and sum l; returns the factor by which the row's accumulator must be rescaled.
-NL_MULTIVERSION static float softmax_row_update(float* s, const unsigned char* mask, int64_t n, float scale, float& m,
+NL_MULTIVERSION static float softmax_row_update(float* __restrict s, const unsigned char* __restrict mask, int64_t n, float scale, float& m,
                                                 float& l) {
+  // `omp simd reduction` lets the compiler reorder the max/sum reductions into vector lanes (plain C++ may not).
   float row_max = kNegInf;
   if (mask) {
+#pragma omp simd reduction(max : row_max)
     for (int64_t j = 0; j < n; ++j) {
-      s[j] = mask[j] ? s[j] * scale : kNegInf;
-      row_max = s[j] > row_max ? s[j] : row_max;
+      const float v = s[j] * scale;  // unconditional load: a load under the condition would not vectorise
+      const float x = mask[j] ? v : kNegInf;
+      s[j] = x;
+      row_max = x > row_max ? x : row_max;
     }
   } else {
+#pragma omp simd reduction(max : row_max)
     for (int64_t j = 0; j < n; ++j) {
-      s[j] *= scale;
-      row_max = s[j] > row_max ? s[j] : row_max;
+      const float x = s[j] * scale;
+      s[j] = x;
+      row_max = x > row_max ? x : row_max;
     }
   }
   const float m_new = row_max > m ? row_max : m;
@@ -60,6 +67,7 @@ NL_MULTIVERSION static float softmax_row_update(float* s, const unsigned char* m
     return 1.0f;
   }
   float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) {
     s[j] = exp_nonpos(s[j] - m_new);
     sum += s[j];
@@ -71,15 +79,16 @@ NL_MULTIVERSION static float softmax_row_update(float* s, const unsigned char* m
 }
 
 // Backward, one query row: s[j] <- P = exp(scale * s[j] - lse) (0 where masked or lse = -inf); dp[j] <- P * (dp[j] - delta).
-NL_MULTIVERSION static void softmax_row_backward(float* s, float* dp, const unsigned char* mask, int64_t n, float scale,
+NL_MULTIVERSION static void softmax_row_backward(float* __restrict s, float* __restrict dp, const unsigned char* __restrict mask, int64_t n, float scale,
                                                  float lse, float delta) {
   if (lse == kNegInf) {
     for (int64_t j = 0; j < n; ++j) s[j] = dp[j] = 0.0f;
     return;
   }
+#pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
     float p = exp_nonpos(s[j] * scale - lse);
-    if (mask) p = mask[j] ? p : 0.0f;
+    p = (mask == nullptr || mask[j]) ? p : 0.0f;
     s[j] = p;
     dp[j] = p * (dp[j] - delta);
   }
@@ -87,12 +96,6 @@ NL_MULTIVERSION static void softmax_row_backward(float* s, float* dp, const unsi
 
 NL_MULTIVERSION static void scale_row(float* x, int64_t n, float a) {
   for (int64_t j = 0; j < n; ++j) x[j] *= a;
-}
-
-NL_MULTIVERSION static float dot_row(const float* a, const float* b, int64_t n) {
-  float acc = 0.0f;
-  for (int64_t j = 0; j < n; ++j) acc += a[j] * b[j];
-  return acc;
 }
 
 }  // namespace natten_like::cpu

@@ -71,6 +71,22 @@ NL_HOST_DEVICE Range gna_kv_tile_q_tiles(int64_t u, int64_t Tq, int64_t Tk, int6
   return Range{first, lo};
 }
 
+// Queries whose windows intersect keys [kb, ke): one interval, since window begins and ends are non-decreasing.
+NL_HOST_DEVICE Range gna_key_range_queries(int64_t kb, int64_t ke, int64_t Lg, int64_t k, int64_t s, bool causal) {
+  int64_t lo = 0, hi = Lg;  // first query whose window ends after kb
+  while (lo < hi) {
+    int64_t mid = (lo + hi) / 2;
+    if (gna_window(mid, Lg, k, s, causal).end > kb) hi = mid; else lo = mid + 1;
+  }
+  int64_t first = lo;
+  hi = Lg;  // first query whose window begins at or after ke
+  while (lo < hi) {
+    int64_t mid = (lo + hi) / 2;
+    if (gna_window(mid, Lg, k, s, causal).begin >= ke) hi = mid; else lo = mid + 1;
+  }
+  return Range{first, lo};
+}
+
 // One token dimension of a GNA problem.
 struct GnaDim {
   int64_t length = 1;
@@ -222,6 +238,136 @@ struct GnaPolicy {
         full = full && gna_tile_is_full(t[i], kt[i], tq[i], tk[i], d.group_length(g[i]), d.window, d.stride, d.causal);
       }
       f(encode(tq, g, t), full);
+    }
+  }
+
+  // ---- Exact-box iteration (CPU kernels) --------------------------------------------------------------------------
+  // A CPU kernel gathers rows anyway, so it visits the exact union of the windows of a Q tile (no snapping to a KV grid)
+  // in chunks: sub-boxes that split only the outermost dimension, at most `chunk_rows` rows each (or one outermost slice
+  // when a slice alone is larger). The backward's dK/dV pass does the same from the key side: for a KV tile (of tk), the
+  // exact box of queries whose windows intersect it.
+
+  // Upper bound on the rows of any chunk for a row budget: a chunk holds min(budget / inner, outer) outermost slices, at
+  // least one, where inner = rows of one slice. Query boxes of a KV tile span at most tk + 4 k per dimension (a key is seen
+  // by queries within window + stride of it); KV boxes of a Q tile at most tq + 2 k.
+  NL_HOST_DEVICE int64_t max_chunk_rows(int64_t chunk_rows, bool key_side) const {
+    int64_t inner = 1;
+    for (int i = 1; i < Rank; ++i) {
+      const int64_t span = key_side ? tq[i] + 2 * dim[i].window : tk[i] + 4 * dim[i].window;
+      inner *= min64(span, ceil_div(dim[i].length, dim[i].dilation));
+    }
+    return max64(chunk_rows, inner);
+  }
+
+  template <class F>
+  NL_HOST_DEVICE void for_each_chunk_(const int64_t* g, const Range* self, const Range* box, bool queries_are_self,
+                                      int64_t chunk_rows, int64_t* rows, unsigned char* mask, F&& f) const {
+    int64_t inner = 1;
+    for (int i = 1; i < Rank; ++i) inner *= box[i].size();
+    if (inner == 0 || box[0].size() == 0) return;
+    const int64_t slices = max64(chunk_rows / inner, 1);
+    for (int64_t c0 = box[0].begin; c0 < box[0].end; c0 += slices) {
+      Range chunk[Rank];
+      chunk[0] = Range{c0, min64(c0 + slices, box[0].end)};
+      for (int i = 1; i < Rank; ++i) chunk[i] = box[i];
+      // Full iff, per dimension, every query's window covers every key of the chunk; begins/ends are monotone, so the
+      // extreme queries decide.
+      const Range* qr = queries_are_self ? self : chunk;
+      const Range* kr = queries_are_self ? chunk : self;
+      bool full = true;
+      for (int i = 0; i < Rank && full; ++i) {
+        const GnaDim& d = dim[i];
+        const int64_t Lg = d.group_length(g[i]);
+        full = gna_window(qr[i].end - 1, Lg, d.window, d.stride, d.causal).begin <= kr[i].begin &&
+               gna_window(qr[i].begin, Lg, d.window, d.stride, d.causal).end >= kr[i].end;
+      }
+      const int64_t n = fill_rows_(g, chunk, rows);
+      if (!full) fill_box_mask_(g, qr, kr, mask);
+      f(n, full);
+    }
+  }
+
+  // Calls f(n, full) once per KV chunk of Q tile t, with rows[0:n] the chunk's tokens and, when !full, mask [q rows x n]
+  // (q rows in q_tile_rows order).
+  template <class F>
+  NL_HOST_DEVICE void for_each_kv_chunk(int64_t t, int64_t chunk_rows, int64_t* rows, unsigned char* mask, F&& f) const {
+    int64_t g[Rank], qt[Rank];
+    decode(t, tq, g, qt);
+    Range self[Rank], box[Rank];
+    for (int i = 0; i < Rank; ++i) {
+      const GnaDim& d = dim[i];
+      const int64_t Lg = d.group_length(g[i]);
+      self[i] = gna_tile_rows(qt[i], tq[i], Lg);
+      box[i] = gna_tile_kv_range(qt[i], tq[i], Lg, d.window, d.stride, d.causal);
+    }
+    for_each_chunk_(g, self, box, true, chunk_rows, rows, mask, f);
+  }
+
+  // Calls f(n, full) once per chunk of the queries that attend to KV tile u, rows[0:n] their tokens and, when !full,
+  // mask [n x kv rows] (kv rows in kv_tile_rows order).
+  template <class F>
+  NL_HOST_DEVICE void for_each_q_chunk(int64_t u, int64_t chunk_rows, int64_t* rows, unsigned char* mask, F&& f) const {
+    int64_t g[Rank], kt[Rank];
+    decode(u, tk, g, kt);
+    Range self[Rank], box[Rank];
+    for (int i = 0; i < Rank; ++i) {
+      const GnaDim& d = dim[i];
+      const int64_t Lg = d.group_length(g[i]);
+      self[i] = gna_tile_rows(kt[i], tk[i], Lg);
+      box[i] = gna_key_range_queries(self[i].begin, self[i].end, Lg, d.window, d.stride, d.causal);
+    }
+    for_each_chunk_(g, self, box, false, chunk_rows, rows, mask, f);
+  }
+
+  // Flat token indices of a box (group-local ranges per dimension, row-major). Returns the row count.
+  NL_HOST_DEVICE int64_t fill_rows_(const int64_t* g, const Range* r, int64_t* rows) const {
+    int64_t n = 1;
+    for (int i = 0; i < Rank; ++i) n *= r[i].size();
+    for (int64_t e = 0; e < n; ++e) {
+      int64_t rem = e, token = 0;
+      for (int i = Rank - 1; i >= 0; --i) {
+        const int64_t x = r[i].begin + rem % r[i].size();
+        rem /= r[i].size();
+        token += (g[i] + x * dim[i].dilation) * token_stride(i);
+      }
+      rows[e] = token;
+    }
+    return n;
+  }
+
+  // mask[a][b] for queries box qr x keys box kr (both row-major over dimensions). A window is an interval per dimension,
+  // so each query's row is built from per-dimension intervals: zero the row, then set the covered runs.
+  NL_HOST_DEVICE void fill_box_mask_(const int64_t* g, const Range* qr, const Range* kr, unsigned char* mask) const {
+    int64_t nk = 1, nq = 1;
+    for (int i = 0; i < Rank; ++i) {
+      nk *= kr[i].size();
+      nq *= qr[i].size();
+    }
+    for (int64_t a = 0; a < nq; ++a) {
+      Range w[Rank];  // the window of query a intersected with the key box, in box-local coordinates
+      int64_t rem = a;
+      for (int i = Rank - 1; i >= 0; --i) {
+        const GnaDim& d = dim[i];
+        const int64_t x = qr[i].begin + rem % qr[i].size();
+        rem /= qr[i].size();
+        const Range win = gna_window(x, d.group_length(g[i]), d.window, d.stride, d.causal);
+        w[i] = Range{max64(win.begin, kr[i].begin) - kr[i].begin, min64(win.end, kr[i].end) - kr[i].begin};
+      }
+      unsigned char* m = mask + a * nk;
+      for (int64_t b = 0; b < nk; ++b) m[b] = 0;
+      const int64_t last = kr[Rank - 1].size();
+      const int64_t rows = nk / (last > 0 ? last : 1);
+      for (int64_t r = 0; r < rows; ++r) {  // r enumerates the outer dimensions of the key box
+        bool inside = true;
+        int64_t rem2 = r;
+        for (int i = Rank - 2; i >= 0; --i) {
+          const int64_t y = rem2 % kr[i].size();
+          rem2 /= kr[i].size();
+          inside = inside && w[i].contains(y);
+        }
+        if (!inside) continue;
+        for (int64_t b = w[Rank - 1].begin; b < w[Rank - 1].end; ++b) m[r * last + b] = 1;
+      }
     }
   }
 

@@ -11,7 +11,10 @@ import os
 
 from . import ops  # noqa: F401  (registers fake implementations and autograd of the compiled ops)
 from .backends import BackendNotSupportedError
+from .block_sparse import block_sparse_attention, from_flex_block_mask, to_flex_block_mask
 from .functional import attention, gna, merge_attentions, na1d, na2d, na3d
+from .latent import MultiHeadLatentAttention, latent_attention
+from .strided_shard import is_kv_cache_efficient, strided_shard_attention
 
 
 def _configure_logging() -> None:
@@ -29,4 +32,30 @@ def _configure_logging() -> None:
 
 _configure_logging()
 
-__all__ = ["BackendNotSupportedError", "attention", "gna", "merge_attentions", "na1d", "na2d", "na3d"]
+
+def __getattr__(name: str):
+    # `natten_like.simulator` is the torch-free top-level `simulator` package, loaded only when asked for.
+    if name == "simulator":
+        import simulator
+
+        return simulator
+    raise AttributeError(f"module 'natten_like' has no attribute {name!r}")
+
+
+__all__ = [
+    "BackendNotSupportedError",
+    "MultiHeadLatentAttention",
+    "attention",
+    "block_sparse_attention",
+    "from_flex_block_mask",
+    "gna",
+    "is_kv_cache_efficient",
+    "latent_attention",
+    "merge_attentions",
+    "na1d",
+    "na2d",
+    "na3d",
+    "simulator",
+    "strided_shard_attention",
+    "to_flex_block_mask",
+]

@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "dispatch.hpp"
+
 #include <vector>
 
 #include "natten_like/cpu/fmha_cpu.hpp"
@@ -15,11 +17,6 @@ namespace {
 
 using policy::BlockList;
 using policy::BlockSparsePolicy;
-
-#define NL_BS_DISPATCH(TYPE, NAME, ...)                                                                 \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                              \
-                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)                           \
-                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 // The lists of one direction: counts [Bm, Hm, R], indices [Bm, Hm, R, cap] (Bm in {1, B}, Hm in {1, H}).
 struct Lists {
@@ -226,7 +223,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cpu(
   auto out = at::empty(out_shape, q.options());
   auto lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
   if (out.numel() == 0 || q.size(-1) == 0) return {out.zero_(), lse.fill_(-INFINITY)};
-  NL_BS_DISPATCH(q.scalar_type(), "block_sparse_forward_cpu", [&] {
+  NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "block_sparse_forward_cpu", [&] {
     auto p = make_params<scalar_t>(plan, q, k, v, scale);
     p.out = out.data_ptr<scalar_t>();
     p.lse = lse.data_ptr<float>();
@@ -252,7 +249,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cpu(
   delta = delta.contiguous();
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   if (grad_out.numel() == 0 || q.size(-1) == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
-  NL_BS_DISPATCH(q.scalar_type(), "block_sparse_backward_cpu", [&] {
+  NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "block_sparse_backward_cpu", [&] {
     auto p = make_params<scalar_t>(plan, q, k, v, scale);
     p.grad_out = grad_out.data_ptr<scalar_t>();
     p.lse_in = lse.data_ptr<float>();

@@ -2,6 +2,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "dispatch.hpp"
+
 #include "natten_like/cpu/fmha_cpu.hpp"
 #include "natten_like/policy/gna.hpp"
 
@@ -74,12 +76,6 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                 "natten_like::gna: additional_k/v dtype differs from q");
   }
 }
-
-// float32 accumulation throughout: float64 inputs belong to the reference backend, not here.
-#define NL_DISPATCH_FLOAT_HALF_BF16(TYPE, NAME, ...)                   \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)              \
-                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)           \
-                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 template <class F>
 void dispatch_rank(int rank, F&& f) {

@@ -2,16 +2,12 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "dispatch.hpp"
+
 #include "natten_like/cpu/latent_cpu.hpp"
 
 namespace natten_like {
 namespace {
-
-// float32 accumulation throughout: float64 inputs belong to the reference backend.
-#define NL_LATENT_DISPATCH(TYPE, NAME, ...)                                                             \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                              \
-                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)                           \
-                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 std::tuple<at::Tensor, at::Tensor> latent_forward_cpu(const at::Tensor& q_, const at::Tensor& cache_,
                                                       const c10::optional<at::Tensor>& seqlens_,
@@ -54,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cpu(const at::Tensor& q_, cons
   auto out = at::empty({batch, q.size(1), q.size(2), latent_dim}, q.options());
   auto lse = at::empty({batch, q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (out.numel() == 0) return {out, lse.fill_(-INFINITY)};
-  NL_LATENT_DISPATCH(q.scalar_type(), "latent_forward_cpu", [&] {
+  NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "latent_forward_cpu", [&] {
     cpu::LatentParams<scalar_t> p;
     p.q = q.data_ptr<scalar_t>();
     p.cache = cache.data_ptr<scalar_t>();

@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "dispatch.hpp"
+
 #include <vector>
 
 #include "natten_like/cpu/fmha_cpu.hpp"
@@ -12,11 +14,6 @@ namespace natten_like {
 namespace {
 
 using policy::StridedShardPolicy;
-
-#define NL_S2_DISPATCH(TYPE, NAME, ...)                                                                 \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)                              \
-                                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)                           \
-                                         AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
 
 struct Plan {
   std::vector<StridedShardPolicy> pols;  // per query head
@@ -87,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cpu(const at::Tensor& q
   auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (out.numel() == 0 || q.size(3) == 0) return {out.zero_(), lse.fill_(-INFINITY)};
-  NL_S2_DISPATCH(q.scalar_type(), "strided_shard_forward_cpu", [&] {
+  NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "strided_shard_forward_cpu", [&] {
     auto p = make_params<scalar_t>(q, k, v, scale);
     p.out = out.data_ptr<scalar_t>();
     p.lse = lse.data_ptr<float>();
@@ -113,7 +110,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cpu(
   delta = delta.contiguous();
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   if (grad_out.numel() == 0 || q.size(3) == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
-  NL_S2_DISPATCH(q.scalar_type(), "strided_shard_backward_cpu", [&] {
+  NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "strided_shard_backward_cpu", [&] {
     auto p = make_params<scalar_t>(q, k, v, scale);
     p.grad_out = grad_out.data_ptr<scalar_t>();
     p.lse_in = lse.data_ptr<float>();

@@ -8,9 +8,9 @@
 #include <limits>
 
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define NL_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#define NL_MULTIVERSION [[maybe_unused]] __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
-#define NL_MULTIVERSION
+#define NL_MULTIVERSION [[maybe_unused]]
 #endif
 
 namespace natten_like::cpu {

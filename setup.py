@@ -76,7 +76,9 @@ def extensions():
             )
         ]
     if archs and not sources["cuda"]:
-        print("natten_like: NATTEN_LIKE_CUDA_ARCH is set but this version has no CUDA sources; building CPU kernels only")
+        print(
+            "natten_like: NATTEN_LIKE_CUDA_ARCH is set but this version has no CUDA sources; building CPU kernels only"
+        )
     elif archs:
         print(f"natten_like: NATTEN_LIKE_CUDA_ARCH is set but nvcc was not found at {nvcc}; building CPU kernels only")
     return [

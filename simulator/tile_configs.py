@@ -1,11 +1,11 @@
 """The one table of tile shapes: which Q and KV tile shapes each kernel family runs, per target and token rank.
 
-Read by the dispatcher (python/natten_like/backends), the simulator and (later) the CUDA instantiation generator. Nothing
-else hard-codes a tile shape. Torch-free.
+Read by the dispatcher (python/natten_like/backends), the simulator and (later) the CUDA instantiation generator.
+Nothing else hard-codes a tile shape. Torch-free.
 
-Shapes are per token dimension (``(8, 8)`` is an 8x8 tile of a 2-D token grid). CUDA entries describe the kernels the
-arch paths are designed around (NATTEN-style multi-dimensional tiles of 64 / 128 / 256 queries); the CPU entries are what
-the fused CPU kernel runs.
+Shapes are per token dimension (``(8, 8)`` is an 8x8 tile of a 2-D token grid). CUDA entries describe the kernels
+the arch paths are designed around (NATTEN-style multi-dimensional tiles of 64 / 128 / 256 queries); the CPU entries
+are what the fused CPU kernel runs.
 """
 
 from __future__ import annotations
@@ -34,4 +34,4 @@ def gna_tiles(target: str, rank: int) -> tuple[TileShape, TileShape]:
 
 def clamp_tile(tile: TileShape, shape: TileShape, dilation: TileShape) -> TileShape:
     """Shrink each tile extent to the longest dilation group of its dimension (a tile never exceeds what it tiles)."""
-    return tuple(min(t, -(-n // d)) for t, n, d in zip(tile, shape, dilation))
+    return tuple(min(t, -(-n // d)) for t, n, d in zip(tile, shape, dilation, strict=False))

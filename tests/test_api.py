@@ -79,7 +79,8 @@ GNA_ERRORS = [
     ("scale-nan", {"scale": float("nan")}, ValueError, "scale must be finite"),
     ("return-lse-int", {"return_lse": 1}, TypeError, "return_lse must be a bool"),
     ("backend-type", {"backend": 3}, TypeError, "backend must be a str or None"),
-    ("backend-name", {"backend": "tpu"}, ValueError, "backend must be one of cuda, cpu, reference for gna, got 'tpu'"),
+    ("backend-name", {"backend": "tpu"}, ValueError,
+     "backend must be one of cuda, cpu, flex, reference for gna, got 'tpu'"),
 ]  # fmt: skip
 
 

@@ -16,6 +16,16 @@ from .functional import attention, gna, merge_attentions, na1d, na2d, na3d
 from .latent import MultiHeadLatentAttention, latent_attention
 from .strided_shard import is_kv_cache_efficient, strided_shard_attention
 
+# After the family modules: the flex backend registers itself for gna, block_sparse and strided_shard.
+from .backends import flex as _flex  # noqa: F401, E402  (isort: skip)
+from .modules import (  # noqa: E402
+    BlockSparseAttention,
+    NeighborhoodAttention1D,
+    NeighborhoodAttention2D,
+    NeighborhoodAttention3D,
+    StridedShardAttention,
+)
+
 
 def _configure_logging() -> None:
     level = os.environ.get("NATTEN_LIKE_LOG_LEVEL")
@@ -44,7 +54,12 @@ def __getattr__(name: str):
 
 __all__ = [
     "BackendNotSupportedError",
+    "BlockSparseAttention",
     "MultiHeadLatentAttention",
+    "NeighborhoodAttention1D",
+    "NeighborhoodAttention2D",
+    "NeighborhoodAttention3D",
+    "StridedShardAttention",
     "attention",
     "block_sparse_attention",
     "from_flex_block_mask",

@@ -59,7 +59,7 @@ def gna(
         additional_keys: ``[B, N_add, H_kv, D]``, keys every query also attends to, in the same softmax.
         additional_values: ``[B, N_add, H_kv, D_v]``, given together with ``additional_keys``.
         return_lse: also return the logsumexp ``[B, *tokens, H]``.
-        backend: ``None`` (automatic), ``"cpu"``, ``"reference"`` or ``"cuda"``.
+        backend: ``None`` (automatic), ``"cuda"``, ``"cpu"``, ``"flex"`` or ``"reference"``.
 
     Returns:
         out ``[B, *tokens, H, D_v]`` in q's dtype, and lse when ``return_lse``.

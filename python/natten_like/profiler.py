@@ -51,6 +51,8 @@ ASSUMED_CUDA_TARGET = "sm90"
 # Above this many dense score elements (B * H * N_q * N_kv) the O(N^2)-memory reference is left out unless named in
 # --backends: 2**28 float32 scores are 1 GiB, several of which the reference materialises.
 REFERENCE_SCORE_BUDGET = 2**28
+# Tile column of the backends that do not run a tile-table kernel.
+UNTILED = {"reference": "dense masked (untiled)", "flex": "FlexAttention BlockMask"}
 # Backward FLOPs per forward FLOP (dS, dP, dQ, dK, dV against S, O: FlashAttention's convention).
 BACKWARD_FLOP_RATIO = 2.5
 
@@ -294,8 +296,8 @@ def gna_case(v: dict[str, Any], dtype: torch.dtype) -> Case:
     pairs = cpu_result.sparse_pairs + n * add
 
     def tiles(backend: str) -> tuple[str, dict[str, float] | None]:
-        if backend == "reference":
-            return "dense masked (untiled)", None
+        if backend not in ("cpu", "cuda"):
+            return UNTILED.get(backend, "-"), None
         result, label = (cpu_result, "cpu") if backend == "cpu" else (cuda_result, target + ("" if how else "?"))
         config = result.config
         return f"{fmt_shape(config.q_tile)} / {fmt_shape(config.kv_tile)} ({label})", bounds(result)
@@ -356,7 +358,7 @@ def attention_case(v: dict[str, Any], dtype: torch.dtype) -> Case:
             # The CPU backend runs dense attention as 1-D GNA with window = N on the same kernel.
             q_tile, kv_tile = gna_tiles("cpu", 1)
             return f"{fmt_shape(clamp_tile(q_tile, (n,), (1,)))} / {fmt_shape(clamp_tile(kv_tile, (n,), (1,)))}", None
-        return ("dense masked (untiled)" if backend == "reference" else "-"), None
+        return UNTILED.get(backend, "-"), None
 
     return Case(
         family="attention",
@@ -379,8 +381,8 @@ def block_tiles(label: str, result: Any) -> Callable[[str], tuple[str, dict[str,
     """Block-list families: a kernel's tile is one block, so every kernel backend shares the block prediction."""
 
     def tiles(backend: str) -> tuple[str, dict[str, float] | None]:
-        if backend == "reference":
-            return "dense masked (untiled)", None
+        if backend not in ("cpu", "cuda"):
+            return UNTILED.get(backend, "-"), None
         return label, bounds(result)
 
     return tiles
@@ -512,7 +514,7 @@ def latent_case(v: dict[str, Any], dtype: torch.dtype) -> Case:
             "h100_ms": result.times[0].ms,
             "h100_bound": result.times[0].bound,
         },
-        tiles=lambda backend: ("dense masked (untiled)" if backend == "reference" else "split-KV chunks", None),
+        tiles=lambda backend: (UNTILED.get(backend, "split-KV chunks"), None),
     )
 
 

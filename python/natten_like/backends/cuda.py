@@ -1,24 +1,165 @@
-"""CUDA backend: a placeholder that refuses every problem until the compiled CUDA kernels exist.
+"""CUDA backend: the sm80 fused forward kernels (``csrc/generated``; ``torch.ops.natten_like.gna_forward`` on CUDA).
 
-It is registered now so that auto-dispatch already tries it first and a forced ``backend="cuda"`` explains itself.
+The kernels exist when the extension was built with ``NATTEN_LIKE_CUDA_ARCH`` (e.g. ``8.0``; without it the backend
+refuses with "no CUDA kernels are built yet"); they run on every GPU of compute capability 8.0 or newer. They have not
+yet been verified on a GPU (issue 5), so the backend accepts a problem only when ``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is
+set; otherwise it refuses, saying so, and the flex / reference backends take CUDA tensors. What the kernels run: GNA
+1-3 D and dense self-attention, forward only (no autograd), float16 / bfloat16, the built head dims with ``D_v == D``,
+GQA, no additional KV.
+
+Tile shapes come from the one table, ``simulator/tile_configs.py`` (``GNA_TILES["sm80"]``), clamped to the problem.
 """
 
 from __future__ import annotations
 
-from . import Problem, register_backend
+import functools
+import os
+from typing import Any
+
+import torch
+
+from simulator.tile_configs import clamp_tile, gna_tiles
+
+from .. import ops
+from .._validation import AttentionParams, GnaParams
+from . import BackendNotSupportedError, Problem, logger, register_backend, registered_backends, select_backend
+
+EXPERIMENTAL_ENV = "NATTEN_LIKE_EXPERIMENTAL_CUDA"
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
+MIN_CAPABILITY = (8, 0)
 
 
-def not_supported_reasons(problem: Problem) -> list[str]:
-    reasons = ["no CUDA kernels are built yet"]
+@functools.cache
+def built_kernels() -> frozenset[tuple[torch.dtype, int]]:
+    """(dtype, head dim) of every CUDA forward kernel in the extension; empty for a CPU-only build."""
+    if ops.EXTENSION_ERROR is not None or not hasattr(torch.ops.natten_like, "sm80_gna_forward_instances"):
+        return frozenset()
+    dtypes, head_dims, _, _ = torch.ops.natten_like.sm80_gna_forward_instances()
+    return frozenset((getattr(torch, name), hd) for name, hd in zip(dtypes, head_dims, strict=True))
+
+
+def _device_reasons(device: torch.device | None = None) -> list[str]:
+    if not torch.cuda.is_available():
+        return ["no CUDA device is available"]
+    major, minor = torch.cuda.get_device_capability(device)
+    if (major, minor) < MIN_CAPABILITY:
+        return [f"the GPU has compute capability {major}.{minor}; the sm80 kernels need 8.0 or newer"]
+    return []
+
+
+def _common_reasons(problem: Problem) -> list[str]:
+    reasons = []
+    if ops.EXTENSION_ERROR is not None:
+        reasons.append(ops.EXTENSION_ERROR)
+    elif not built_kernels():
+        reasons.append("no CUDA kernels are built yet")
     if problem.device_type != "cuda":
-        reasons.append("tensors are not on a CUDA device")
+        reasons.append(f"tensors are not on a CUDA device (they are on {problem.device_type})")
+    else:
+        reasons += _device_reasons()
+    if problem.dtype not in SUPPORTED_DTYPES:
+        reasons.append(f"dtype {problem.dtype} is not supported (float16 and bfloat16 only)")
+    if problem.requires_grad:
+        reasons.append("the CUDA kernels are forward-only (inputs require grad)")
+    if os.environ.get(EXPERIMENTAL_ENV) != "1":
+        reasons.append(f"the CUDA kernels are not yet verified on a GPU; set {EXPERIMENTAL_ENV}=1 to use them")
     return reasons
 
 
-def run(problem: Problem, *tensors: object) -> object:
-    """Never reached: dispatch only runs a backend with no reasons, and this one always has some."""
-    raise NotImplementedError("; ".join(not_supported_reasons(problem)))
+def _tensor_reasons(q: torch.Tensor, v: torch.Tensor) -> list[str]:
+    """What only the tensors tell (the problem carries neither head dims nor the device index)."""
+    reasons = _device_reasons(q.device)
+    built = sorted(hd for dt, hd in built_kernels() if dt == q.dtype)
+    if q.shape[-1] not in built:
+        reasons.append(f"head dim {q.shape[-1]} has no kernel (built: {built})")
+    if v.shape[-1] != q.shape[-1]:
+        reasons.append(f"D_v ({v.shape[-1]}) != D ({q.shape[-1]})")
+    return reasons
 
 
-register_backend("gna", "cuda", not_supported_reasons, run)
-register_backend("attention", "cuda", not_supported_reasons, run)
+def _fallback(problem: Problem, reasons: list[str], *tensors: Any) -> Any:
+    """Run ``problem`` on the next backend that accepts it, as auto-dispatch would have had it known ``reasons``."""
+    logger.debug("natten_like %s: cuda refused at run time (%s)", problem.family, "; ".join(reasons))
+    for name in registered_backends(problem.family):
+        if name == "cuda":
+            continue
+        try:
+            backend = select_backend(problem, name)
+        except BackendNotSupportedError:
+            continue
+        return backend.run(problem, *tensors)
+    raise BackendNotSupportedError(f"backend 'cuda' cannot run this {problem.family} problem: " + "; ".join(reasons))
+
+
+def gna_not_supported_reasons(problem: Problem) -> list[str]:
+    reasons = _common_reasons(problem)
+    params: GnaParams = problem.params
+    if params.num_additional:
+        reasons.append("additional KV is not supported by the CUDA kernels yet")
+    return reasons
+
+
+def _gna_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: GnaParams) -> tuple[torch.Tensor, torch.Tensor]:
+    q_tile, kv_tile = gna_tiles("sm80", params.rank)
+    return torch.ops.natten_like.gna_forward(
+        q,
+        k,
+        v,
+        None,
+        None,
+        list(params.window),
+        list(params.stride),
+        list(params.dilation),
+        list(params.is_causal),
+        params.scale,
+        list(clamp_tile(q_tile, params.shape, params.dilation)),
+        list(clamp_tile(kv_tile, params.shape, params.dilation)),
+    )
+
+
+def run_gna(
+    problem: Problem,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    additional_keys: torch.Tensor | None,
+    additional_values: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shapes as in :func:`natten_like.gna`. Returns (out [B, *tokens, H, D], lse [B, *tokens, H] float32)."""
+    reasons = _tensor_reasons(q, v)
+    if reasons:
+        return _fallback(problem, reasons, q, k, v, additional_keys, additional_values)
+    return _gna_op(q, k, v, problem.params)
+
+
+def attention_not_supported_reasons(problem: Problem) -> list[str]:
+    reasons = _common_reasons(problem)
+    params: AttentionParams = problem.params
+    if params.num_q != params.num_kv:
+        reasons.append(f"N_q ({params.num_q}) != N_kv ({params.num_kv}): only self-attention shapes run here")
+    return reasons
+
+
+def run_attention(
+    problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dense self-attention as 1-D GNA with window = N. q [B, N, H, D], k/v [B, N, H_kv, D] -> (out, lse)."""
+    reasons = _tensor_reasons(q, v)
+    if reasons:
+        return _fallback(problem, reasons, q, k, v)
+    params: AttentionParams = problem.params
+    n = params.num_q
+    full = GnaParams(
+        shape=(n,),
+        window=(n,),
+        stride=(1,),
+        dilation=(1,),
+        is_causal=(params.is_causal,),
+        scale=params.scale,
+        num_additional=0,
+    )
+    return _gna_op(q, k, v, full)
+
+
+register_backend("gna", "cuda", gna_not_supported_reasons, run_gna)
+register_backend("attention", "cuda", attention_not_supported_reasons, run_attention)

@@ -1,0 +1,359 @@
+// The sm80 fused GNA forward: one CTA per (Q tile, head, batch) walks the KV tiles its Q tile visits (policy/gna.hpp,
+// through GnaKvTileIterator), with
+// - Q/K/V rows gathered straight from the heads-last [B, *tokens, H, D] tensors: each row's offset comes from the
+//   policy's tile geometry (multi-dim tiles, dilation groups), so no permute pass; cp.async with zero-fill for rows past
+//   the tile, K of the next tile in flight during P V and V of this tile in flight during Q K^T (FlashAttention-2's
+//   two-stage overlap);
+// - mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate), fed by ldmatrix from swizzled smem;
+// - fp32 online softmax in registers; full tiles run unmasked, partial ones test each (query, key) pair against the
+//   query's window per dim (gna_window), which is the policy's element mask without a mask buffer;
+// - out and logsumexp (natural log, float32) written once per row; a row with no key gets 0 and -inf.
+#pragma once
+
+#include <cmath>
+
+#include <cute/tensor.hpp>
+
+#include "natten_like/sm80/gna_tile_iterator.hpp"
+#include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
+#include "natten_like/sm80/sm80_fmha_fwd_traits.hpp"
+
+namespace natten_like::sm80 {
+
+namespace detail {
+
+using namespace cute;
+
+// Accumulator (MMA=(2,2), MMA_M, MMA_N) viewed as (rows=(2, MMA_M), cols=(2, MMA_N)) for row-wise softmax.
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_rowcol(Layout acc) {
+  auto l = logical_divide(acc, Shape<_2>{});  // ((2, 2), MMA_M, MMA_N)
+  return make_layout(make_layout(get<0, 1>(l), get<1>(l)), make_layout(get<0, 0>(l), get<2>(l)));
+}
+
+// Accumulator of S = Q K^T (MMA=4, MMA_M, MMA_N) viewed as the A operand of P V ((4, 2), MMA_M, MMA_N / 2): two
+// n8 accumulator blocks side by side are one k16 A block of m16n8k16.
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_as_a_operand(Layout acc) {
+  auto l = logical_divide(acc, Shape<Underscore, Underscore, _2>{});  // (4, MMA_M, (2, MMA_N / 2))
+  return make_layout(make_layout(get<0>(l), get<2, 0>(l)), get<1>(l), get<2, 1>(l));
+}
+
+template <int kWidth>
+CUTE_DEVICE float quad_max(float x) {
+  for (int o = 1; o < kWidth; o *= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, o));
+  return x;
+}
+
+template <int kWidth>
+CUTE_DEVICE float quad_sum(float x) {
+  for (int o = 1; o < kWidth; o *= 2) x += __shfl_xor_sync(0xffffffff, x, o);
+  return x;
+}
+
+// Gathers `rows` rows of kHeadDim elements into a (kRows, kHeadDim) smem tile: row r starts at base + token[r] *
+// token_stride. Rows r >= rows are zero-filled (cp.async src-size 0), so padding keys contribute exact zeros to P V.
+template <class Traits, int kRows, class SmemTensor>
+CUTE_DEVICE void gather_rows_async(SmemTensor& s, const typename Traits::Element* base, int64_t token_stride,
+                                   const int64_t* token, int rows, int tid) {
+  using Element = typename Traits::Element;
+  constexpr int kChunks = kRows * Traits::kChunksPerRow;
+  static_assert(kChunks % Traits::kThreads == 0);
+  CUTE_UNROLL
+  for (int i = 0; i < kChunks / Traits::kThreads; ++i) {
+    const int idx = tid + i * Traits::kThreads;
+    const int r = idx / Traits::kChunksPerRow;
+    const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
+    const bool valid = r < rows;
+    const Element* src = valid ? base + token[r] * token_stride + c : base;
+    SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<uint128_t>::copy(*reinterpret_cast<const uint128_t*>(src),
+                                                     *reinterpret_cast<uint128_t*>(&s(r, c)), valid);
+  }
+}
+
+// acc += A B with both operands in smem: ldmatrix of k-block i + 1 overlaps the MMAs of k-block i.
+template <class Acc, class RA, class RB, class SA, class SB, class TiledMma, class CopyA, class CopyB>
+CUTE_DEVICE void gemm_ss(Acc& acc, RA& rA, RB& rB, SA const& sA, SB const& sB, TiledMma& mma, CopyA const& copy_a,
+                         CopyB const& copy_b) {
+  auto rA_view = copy_a.get_slice(threadIdx.x).retile_D(rA);
+  auto rB_view = copy_b.get_slice(threadIdx.x).retile_D(rB);
+  copy(copy_a, sA(_, _, _0{}), rA_view(_, _, _0{}));
+  copy(copy_b, sB(_, _, _0{}), rB_view(_, _, _0{}));
+  CUTE_UNROLL
+  for (int i = 0; i < size<2>(rA); ++i) {
+    if (i + 1 < size<2>(rA)) {
+      copy(copy_a, sA(_, _, i + 1), rA_view(_, _, i + 1));
+      copy(copy_b, sB(_, _, i + 1), rB_view(_, _, i + 1));
+    }
+    gemm(mma, rA(_, _, i), rB(_, _, i), acc);
+  }
+}
+
+// acc += A B with A in registers (P) and B in smem (V).
+template <class Acc, class RA, class RB, class SB, class TiledMma, class CopyB>
+CUTE_DEVICE void gemm_rs(Acc& acc, RA const& rA, RB& rB, SB const& sB, TiledMma& mma, CopyB const& copy_b) {
+  auto rB_view = copy_b.get_slice(threadIdx.x).retile_D(rB);
+  copy(copy_b, sB(_, _, _0{}), rB_view(_, _, _0{}));
+  CUTE_UNROLL
+  for (int i = 0; i < size<2>(rA); ++i) {
+    if (i + 1 < size<2>(rA)) copy(copy_b, sB(_, _, i + 1), rB_view(_, _, i + 1));
+    gemm(mma, rA(_, _, i), rB(_, _, i), acc);
+  }
+}
+
+// Row geometry of KV tile e of the iterator into smem stage `st`: token and group-local coordinates per row (threads
+// below kBlockN, one row each), row count and whether the tile needs the element mask (thread 0).
+template <class Traits>
+CUTE_DEVICE void load_kv_geometry(typename Traits::SharedStorage& smem, int st, const GnaPolicy<kRank>& pol,
+                                  const GnaKvTileIterator<kRank>& it, int64_t e, int tid) {
+  if (tid >= Traits::kBlockN) return;
+  int64_t u[kRank];
+  bool full;
+  const GnaTileBox<kRank> kv = it.visit(pol, e, u, full);
+  const int64_t rows = kv.num_rows();
+  int32_t x[kRank];
+  int64_t token = 0;
+  if (tid < rows) {
+    token = kv.row(pol, static_cast<int32_t>(tid), x);
+  } else {
+    for (int i = 0; i < kRank; ++i) x[i] = 0;
+    x[0] = -1;  // outside every window: padding keys are masked
+  }
+  smem.kv_token[st][tid] = token;
+  for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][tid] = x[i];
+  if (tid == 0) {
+    smem.kv_rows[st] = static_cast<int32_t>(rows);
+    // A full tile with fewer rows than the block (a tile shape smaller than the kernel's) still has padding keys.
+    smem.kv_need_mask[st] = !full || rows < Traits::kBlockN;
+  }
+}
+
+}  // namespace detail
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads)
+    sm80_gna_fwd_kernel(__grid_constant__ const GnaFwdParams p) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+
+  extern __shared__ __align__(128) char smem_raw[];
+  auto& smem = *reinterpret_cast<typename Traits::SharedStorage*>(smem_raw);
+  const int tid = threadIdx.x;
+  const int64_t q_tile = blockIdx.x;
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const int h_kv = h / (p.heads / p.kv_heads);
+  const GnaPolicy<kRank>& pol = p.policy;
+
+  // The iterator (some 30 int64) lives in smem: held in registers across the mainloop it would push the accumulators
+  // into local memory. Thread 0 builds it; readers fetch the few fields they need when they need them.
+  if (tid == 0) smem.iter = GnaKvTileIterator<kRank>(pol, q_tile);
+  __syncthreads();
+  const GnaKvTileIterator<kRank>& it = smem.iter;
+  const int64_t kv_tiles = it.count;
+  const int q_rows = static_cast<int>(it.q.num_rows());
+
+  const auto* q_base = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
+  const auto* k_base = static_cast<const Element*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
+  const auto* v_base = static_cast<const Element*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
+
+  Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutKV{});
+  Tensor sVt = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutVt{});
+
+  // Geometry of the Q rows (fixed for the CTA) and of the first KV tile.
+  if (tid < kBlockM) {
+    int32_t x[kRank], wb[kRank], we[kRank];
+    int64_t token = 0;
+    if (tid < q_rows) {
+      token = it.q.row(pol, tid, x);
+      it.q_row_window(pol, x, wb, we);
+    } else {
+      for (int i = 0; i < kRank; ++i) wb[i] = we[i] = 0;  // empty window: padding queries see nothing, never stored
+    }
+    smem.q_token[tid] = token;
+    for (int i = 0; i < kRank; ++i) {
+      smem.q_begin[i][tid] = wb[i];
+      smem.q_end[i][tid] = we[i];
+    }
+  }
+  if (kv_tiles > 0) detail::load_kv_geometry<Traits>(smem, 0, pol, it, 0, tid);
+  __syncthreads();
+  detail::gather_rows_async<Traits, kBlockM>(sQ, q_base, p.q_token_stride, smem.q_token, q_rows, tid);
+  if (kv_tiles > 0) {
+    detail::gather_rows_async<Traits, kBlockN>(sK, k_base, p.k_token_stride, smem.kv_token[0], smem.kv_rows[0], tid);
+  }
+  cp_async_fence();
+
+  typename Traits::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_slice(tid);
+  Tensor rQ = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor rK = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  Tensor rVt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDim>, Int<kBlockN>>{}));
+  Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_K)
+  clear(acc_o);
+
+  auto copy_q = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
+  auto copy_k = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);
+  auto copy_v = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);
+  Tensor tSsQ = copy_q.get_slice(tid).partition_S(sQ);
+  Tensor tSsK = copy_k.get_slice(tid).partition_S(sK);
+  Tensor tOsVt = copy_v.get_slice(tid).partition_S(sVt);
+
+  // Each thread's rows and columns of the S tile, from the MMA's own partition of an identity tensor.
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  Tensor tScS_rc = make_tensor(tScS.data(), detail::acc_rowcol(tScS.layout()));
+  constexpr int kRowsPerThread = size<0>(decltype(tScS_rc.layout()){});
+  constexpr int kColsPerThread = size<1>(decltype(tScS_rc.layout()){});
+
+  // Scores are scaled into the log2 domain before masking, so scale = 0 never meets -inf (0 * -inf would be NaN).
+  const float scale_log2 = p.scale * static_cast<float>(M_LOG2E);
+  float row_max[kRowsPerThread], row_sum[kRowsPerThread];
+  CUTE_UNROLL
+  for (int mi = 0; mi < kRowsPerThread; ++mi) {
+    row_max[mi] = -INFINITY;
+    row_sum[mi] = 0.f;
+  }
+
+  for (int64_t e = 0; e < kv_tiles; ++e) {
+    const int st = static_cast<int>(e & 1);
+    cp_async_wait<0>();
+    __syncthreads();  // K(e) in smem; every warp is done with V(e - 1)
+    detail::gather_rows_async<Traits, kBlockN>(sV, v_base, p.v_token_stride, smem.kv_token[st], smem.kv_rows[st], tid);
+    cp_async_fence();
+    // The next tile's geometry goes to the other stage (last read before the barrier above), here where only the output
+    // accumulator is live: the policy's int64 arithmetic then costs no spills.
+    if (e + 1 < kv_tiles) detail::load_kv_geometry<Traits>(smem, st ^ 1, pol, it, e + 1, tid);
+
+    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    clear(acc_s);
+    detail::gemm_ss(acc_s, rQ, rK, tSsQ, tSsK, tiled_mma, copy_q, copy_k);
+
+    Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
+    if (smem.kv_need_mask[st]) {
+      // Query windows are re-read from smem per masked tile rather than held in registers across the loop.
+      CUTE_UNROLL
+      for (int mi = 0; mi < kRowsPerThread; ++mi) {
+        const int r = get<0>(tScS_rc(mi, 0));
+        int32_t wb[kRank], we[kRank];
+        for (int i = 0; i < kRank; ++i) {
+          wb[i] = smem.q_begin[i][r];
+          we[i] = smem.q_end[i][r];
+        }
+        CUTE_UNROLL
+        for (int ni = 0; ni < kColsPerThread; ++ni) {
+          const int c = get<1>(tScS_rc(0, ni));
+          bool inside = true;
+          for (int i = 0; i < kRank; ++i) {
+            const int32_t x = smem.kv_x[st][i][c];
+            inside = inside && wb[i] <= x && x < we[i];
+          }
+          if (!inside) s(mi, ni) = -INFINITY;
+        }
+      }
+    }
+
+    // Online softmax: new running max per row (over the quad of lanes sharing the row), rescale what came before.
+    Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
+    CUTE_UNROLL
+    for (int mi = 0; mi < kRowsPerThread; ++mi) {
+      float m = row_max[mi];
+      CUTE_UNROLL
+      for (int ni = 0; ni < kColsPerThread; ++ni) m = fmaxf(m, s(mi, ni));
+      m = detail::quad_max<4>(m);
+      // A row that has seen no key yet keeps max -inf; exponents are taken against 0 then, giving exact zeros.
+      const float m_ref = m == -INFINITY ? 0.f : m;
+      const float correction = exp2f(row_max[mi] - m_ref);
+      row_max[mi] = m;
+      float sum = 0.f;
+      CUTE_UNROLL
+      for (int ni = 0; ni < kColsPerThread; ++ni) {
+        s(mi, ni) = exp2f(s(mi, ni) - m_ref);
+        sum += s(mi, ni);
+      }
+      // Partial sums stay per thread; the quad reduces them once, in the epilogue.
+      row_sum[mi] = row_sum[mi] * correction + sum;
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= correction;
+    }
+
+    cp_async_wait<0>();
+    __syncthreads();  // V(e) in smem; every warp is done with K(e); geometry of e + 1 visible
+    if (e + 1 < kv_tiles) {
+      detail::gather_rows_async<Traits, kBlockN>(sK, k_base, p.k_token_stride, smem.kv_token[st ^ 1],
+                                                 smem.kv_rows[st ^ 1], tid);
+      cp_async_fence();
+    }
+
+    Tensor p_frag = make_tensor_like<Element>(acc_s);
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_s); ++i) p_frag(i) = static_cast<Element>(acc_s(i));
+    Tensor rP = make_tensor(p_frag.data(), detail::acc_as_a_operand(p_frag.layout()));
+    detail::gemm_rs(acc_o, rP, rVt, tOsVt, tiled_mma, copy_v);
+  }
+
+  // Epilogue: normalise, stage the output tile in smem (over Q, which is no longer read), scatter its rows.
+  Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
+  const int lane = tid % 32;
+  CUTE_UNROLL
+  for (int mi = 0; mi < kRowsPerThread; ++mi) {
+    const float sum = detail::quad_sum<4>(row_sum[mi]);
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    CUTE_UNROLL
+    for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
+    const int r = get<0>(tScS_rc(mi, 0));
+    if (lane % 4 == 0 && r < q_rows) {
+      // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
+      const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
+      p.lse[(b * p.tokens + smem.q_token[r]) * p.heads + h] = lse;
+    }
+  }
+
+  __syncthreads();  // every warp is done reading Q (and K/V) from smem
+  Tensor rO = make_tensor_like<Element>(acc_o);
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc_o); ++i) rO(i) = static_cast<Element>(acc_o(i));
+  Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+  auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, tiled_mma);
+  auto thr_copy_o = copy_o.get_slice(tid);
+  copy(copy_o, thr_copy_o.retile_S(rO), thr_copy_o.partition_D(sO));
+  __syncthreads();
+
+  auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+  constexpr int kChunks = kBlockM * Traits::kChunksPerRow;
+  CUTE_UNROLL
+  for (int i = 0; i < kChunks / Traits::kThreads; ++i) {
+    const int idx = tid + i * Traits::kThreads;
+    const int r = idx / Traits::kChunksPerRow;
+    const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
+    if (r < q_rows) {
+      *reinterpret_cast<uint128_t*>(o_base + smem.q_token[r] * p.o_token_stride + c) =
+          *reinterpret_cast<const uint128_t*>(&sO(r, c));
+    }
+  }
+}
+
+// Launches one instantiation: grid (Q tiles, heads, batch), dynamic smem above the 48 KB default where needed.
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm80_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
+  using Traits = Sm80FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  if (p.head_dim != kHeadDim || p.policy.max_q_rows() > kBlockM || p.policy.max_kv_rows() > kBlockN) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t q_tiles = p.policy.num_q_tiles();
+  if (q_tiles == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
+  if (q_tiles > 0x7fffffff || p.heads > 65535 || p.batch > 65535) return cudaErrorInvalidConfiguration;
+  constexpr int kSmem = sizeof(typename Traits::SharedStorage);
+  auto kernel = sm80_gna_fwd_kernel<Traits>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace natten_like::sm80

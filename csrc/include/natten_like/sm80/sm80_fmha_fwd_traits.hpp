@@ -1,0 +1,66 @@
+// Static configuration of the sm80 fused attention forward: CTA tile, tensor-core atom, shared-memory layouts and the
+// smem <-> register copy atoms. FlashAttention-2's Ampere design: 4 warps, each owning 16 query rows of the tile.
+#pragma once
+
+#include <type_traits>
+
+#include <cute/tensor.hpp>
+#include <cutlass/numeric_types.h>
+
+#include "natten_like/sm80/gna_tile_iterator.hpp"
+#include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
+
+namespace natten_like::sm80 {
+
+template <class Element_, int kHeadDim_, int kBlockM_, int kBlockN_>
+struct Sm80FmhaFwdTraits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;  // query rows per CTA (the Q tile's row product must fit)
+  static constexpr int kBlockN = kBlockN_;  // key rows per KV tile step
+  static constexpr int kWarps = kBlockM / 16;
+  static constexpr int kThreads = kWarps * 32;
+  static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "m16n8k16 needs 16-row blocks");
+  static_assert(kHeadDim % 64 == 0, "the smem swizzle atom spans 64 head-dim elements");
+  static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
+
+  using MmaOp = std::conditional_t<std::is_same_v<Element, cutlass::half_t>, cute::SM80_16x8x16_F32F16F16F32_TN,
+                                   cute::SM80_16x8x16_F32BF16BF16F32_TN>;
+  // Warps tile M only, so each warp's softmax rows are its own (row reductions stay inside a quad of lanes).
+  using TiledMma = cute::TiledMMA<cute::MMA_Atom<MmaOp>, cute::Layout<cute::Shape<cute::Int<kWarps>, cute::_1, cute::_1>>,
+                                  cute::Tile<cute::Int<kBlockM>, cute::_16, cute::_16>>;
+
+  // Rows of 64 elements (128 bytes) with a 3-bit XOR swizzle: the 8 rows one ldmatrix reads at a column land in 8
+  // distinct 16-byte bank groups, and each 16-byte cp.async chunk stays contiguous.
+  using SmemLayoutAtom = decltype(cute::composition(
+      cute::Swizzle<3, 3, 3>{}, cute::Layout<cute::Shape<cute::_8, cute::_64>, cute::Stride<cute::_64, cute::_1>>{}));
+  using SmemLayoutQ = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutKV = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>{}));
+  // V is the B operand of P V (N = head dim, K = keys): a (head dim, keys) view of the same smem, read with ldmatrix.trans.
+  using SmemLayoutVt = decltype(cute::composition(
+      SmemLayoutKV{}, cute::make_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>>{}, cute::GenRowMajor{})));
+
+  using SmemCopyAtom = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, Element>;
+  using SmemCopyAtomTransposed = cute::Copy_Atom<cute::SM75_U16x8_LDSM_T, Element>;
+  // The accumulator holds pairs of adjacent columns: 32-bit stores of the output tile into smem.
+  using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
+
+  static constexpr int kChunk = 16 / sizeof(Element);       // elements per 16-byte cp.async
+  static constexpr int kChunksPerRow = kHeadDim / kChunk;
+
+  struct SharedStorage {
+    alignas(128) Element q[cute::cosize_v<SmemLayoutQ>];  // also the output tile in the epilogue
+    alignas(128) Element k[cute::cosize_v<SmemLayoutKV>];
+    alignas(128) Element v[cute::cosize_v<SmemLayoutKV>];
+    int64_t q_token[kBlockM];              // flat token of each Q row
+    int32_t q_begin[kRank][kBlockM];       // group-local window of each Q row, per dim
+    int32_t q_end[kRank][kBlockM];
+    int64_t kv_token[2][kBlockN];          // double-buffered: the tile in flight and the next one
+    int32_t kv_x[2][kRank][kBlockN];       // group-local coordinate of each KV row (-1 in dim 0 for padding rows)
+    GnaKvTileIterator<kRank> iter;         // the Q tile and the KV tiles it visits
+    int32_t kv_rows[2];
+    int32_t kv_need_mask[2];
+  };
+};
+
+}  // namespace natten_like::sm80

@@ -3,6 +3,8 @@
 - The tile iterator the kernel runs (``sm80/gna_tile_iterator.hpp``, plain C++) is compiled with the host compiler and
   proved equal to the GNA policy (``for_each_kv_tile``, ``tile_rows``, ``fill_mask``) on random problems, through the
   same rank-3 padding the CUDA binding applies.
+- The kernel's register-layout algebra (softmax rows, the S accumulator reused as the P operand) is evaluated on the
+  host with CuTe (needs nvcc, no GPU).
 - ``tools/generate_instantiations.py --check``: the committed instantiations match the tile table.
 - When the extension was built with ``NATTEN_LIKE_CUDA_ARCH``, ``cuobjdump -sass`` of the built library shows the
   attention kernels using tensor cores (``HMMA``) without local-memory spills (``LDL``/``STL``); registers are reported.
@@ -110,6 +112,48 @@ int main(int argc, char** argv) {
 """
 
 
+# The register-layout algebra of the kernel, evaluated on the host with CuTe's identity tensors: the row/column view of
+# the S accumulator keeps each row in one warp and one lane quad (the softmax reductions' assumption), and the
+# accumulator reinterpreted as P holds exactly the (query, key) coordinates the MMA's A operand expects.
+LAYOUT_CHECKER = r"""
+#include <cstdio>
+
+#include "natten_like/sm80/sm80_fmha_fwd_kernel.hpp"
+
+using namespace cute;
+namespace nl = natten_like::sm80;
+
+template <class Element, int D>
+int check() {
+  using T = nl::Sm80FmhaFwdTraits<Element, D, 64, 64>;
+  typename T::TiledMma mma;
+  int bad = 0;
+  for (int tid = 0; tid < T::kThreads; ++tid) {
+    auto thr = mma.get_slice(tid);
+    Tensor cS = thr.partition_C(make_identity_tensor(Shape<Int<T::kBlockM>, Int<T::kBlockN>>{}));
+    Tensor rc = make_tensor(cS.data(), nl::detail::acc_rowcol(cS.layout()));
+    for (int mi = 0; mi < size<0>(rc); ++mi) {
+      for (int ni = 0; ni < size<1>(rc); ++ni) {
+        bad += get<0>(rc(mi, ni)) != get<0>(rc(mi, 0)) || get<1>(rc(mi, ni)) != get<1>(rc(0, ni));
+      }
+      bad += get<0>(rc(mi, 0)) / 16 != tid / 32 || get<0>(rc(mi, 0)) % 8 != (tid % 32) / 4;
+    }
+    Tensor p = make_tensor(cS.data(), nl::detail::acc_as_a_operand(cS.layout()));
+    Tensor cA = thr.partition_A(make_identity_tensor(Shape<Int<T::kBlockM>, Int<T::kBlockN>>{}));
+    bad += size(p) != size(cA);
+    for (int i = 0; i < size(cA); ++i) bad += p(i) != cA(i);
+  }
+  return bad;
+}
+
+int main() {
+  const int bad = check<cutlass::half_t, 64>() + check<cutlass::bfloat16_t, 128>();
+  std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
+  return bad != 0;
+}
+"""
+
+
 def _cxx() -> str | None:
     return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
@@ -128,6 +172,31 @@ def test_tile_iterator_matches_policy(tmp_path: Path, seed: int) -> None:
     result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok ")
+
+
+def _nvcc() -> str | None:
+    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
+
+
+def _cutlass_include() -> str | None:
+    try:
+        import cutlass_library
+    except ImportError:
+        return None
+    path = Path(cutlass_library.__file__).parent / "source" / "include"
+    return str(path) if (path / "cute").is_dir() else None
+
+
+@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+def test_register_layouts_of_the_kernel(tmp_path: Path) -> None:
+    src = tmp_path / "layouts.cu"
+    src.write_text(LAYOUT_CHECKER)
+    exe = tmp_path / "layouts"
+    include = ROOT / "csrc" / "include"
+    cmd = [_nvcc(), "-std=c++20", "-arch=sm_80", "--expt-relaxed-constexpr", f"-I{include}", f"-I{_cutlass_include()}"]
+    subprocess.run([*cmd, str(src), "-o", str(exe)], check=True, capture_output=True)
+    result = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
 
 
 def test_generated_instantiations_are_current() -> None:

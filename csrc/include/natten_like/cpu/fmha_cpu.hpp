@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "natten_like/cpu/gemm.hpp"
@@ -62,6 +63,28 @@ inline void gather(const T* src, const int64_t* rows, int64_t n, int64_t width, 
     float* d = dst + i * width;
     for (int64_t c = 0; c < width; ++c) d[c] = static_cast<float>(p[c]);
   }
+}
+
+// A block of float32 rows: `ptr[i * ld + c]`.
+struct Rows {
+  const float* ptr;
+  int64_t ld;
+};
+
+// The rows of a tile as float32: float32 inputs whose rows are consecutive tokens (1-D windows, the inner runs of a box)
+// are used in place through a strided view; anything else is gathered (and widened) into `scratch`.
+template <class T, class RowFn>
+inline Rows load(const T* src, const int64_t* rows, int64_t n, int64_t width, RowFn row, float* scratch) {
+  if constexpr (std::is_same_v<T, float>) {
+    bool consecutive = n > 1;
+    for (int64_t i = 1; i < n && consecutive; ++i) consecutive = rows[i] == rows[0] + i;
+    if (consecutive) {
+      const int64_t first = row(rows[0]);
+      return Rows{src + first * width, (row(rows[0] + 1) - first) * width};
+    }
+  }
+  gather(src, rows, n, width, row, scratch);
+  return Rows{scratch, width};
 }
 
 template <class T, class RowFn>
@@ -176,31 +199,27 @@ void fmha_forward(const FmhaParams<T>& p, const Provider& provider) {
       auto qrow = [&](int64_t tok) { return p.q_row(b, tok, h); };
       auto kvrow = [&](int64_t tok) { return p.kv_row(b, tok, hk); };
       auto addrow = [&](int64_t tok) { return p.add_row(b, tok, hk); };
-      gather(p.q, qrows, nq, p.dim, qrow, qb);
+      const Rows qv = load(p.q, qrows, nq, p.dim, qrow, qb);
       std::fill(acc, acc + nq * p.dim_v, 0.0f);
       std::fill(m, m + nq, kNegInf);
       std::fill(l, l + nq, 0.0f);
 
       // One KV tile: S = Q K^T, online softmax (masked when the tile is partial), acc += P V.
-      auto step = [&](int64_t nk, const unsigned char* mask) {
-        gemm_abt(nq, nk, p.dim, qb, kb, 0.0f, s);
+      auto step = [&](int64_t nk, const unsigned char* mask, Rows kt, Rows vt) {
+        gemm_abt(nq, nk, p.dim, qv.ptr, qv.ld, kt.ptr, kt.ld, 0.0f, s, nk);
         for (int64_t i = 0; i < nq; ++i) {
           float alpha = softmax_row_update(s + i * nk, mask ? mask + i * nk : nullptr, nk, p.scale, m[i], l[i]);
           if (alpha != 1.0f) scale_row(acc + i * p.dim_v, p.dim_v, alpha);
         }
-        gemm_ab(nq, p.dim_v, nk, s, vb, 1.0f, acc);
+        gemm_ab(nq, p.dim_v, nk, s, nk, vt.ptr, vt.ld, 1.0f, acc, p.dim_v);
       };
       visit_kv(pol, t, krows, sc.mask.data(), [&](int64_t nk, const unsigned char* mask) {
-        gather(p.k, krows, nk, p.dim, kvrow, kb);
-        gather(p.v, krows, nk, p.dim_v, kvrow, vb);
-        step(nk, mask);
+        step(nk, mask, load(p.k, krows, nk, p.dim, kvrow, kb), load(p.v, krows, nk, p.dim_v, kvrow, vb));
       });
       for (int64_t a = 0; a < n_add_tiles; ++a) {
         const int64_t nk = std::min(add_tile, p.nadd - a * add_tile);
         for (int64_t j = 0; j < nk; ++j) krows[j] = a * add_tile + j;
-        gather(p.add_k, krows, nk, p.dim, addrow, kb);
-        gather(p.add_v, krows, nk, p.dim_v, addrow, vb);
-        step(nk, nullptr);
+        step(nk, nullptr, load(p.add_k, krows, nk, p.dim, addrow, kb), load(p.add_v, krows, nk, p.dim_v, addrow, vb));
       }
       for (int64_t i = 0; i < nq; ++i) {
         const bool empty = l[i] == 0.0f;
@@ -261,31 +280,27 @@ void fmha_backward(const FmhaParams<T>& p, const Provider& provider) {
       auto qrow = [&](int64_t tok) { return p.q_row(b, tok, h); };
       auto kvrow = [&](int64_t tok) { return p.kv_row(b, tok, hk); };
       auto addrow = [&](int64_t tok) { return p.add_row(b, tok, hk); };
-      gather(p.q, qrows, nq, p.dim, qrow, qb);
-      gather(p.grad_out, qrows, nq, p.dim_v, qrow, dob);
+      const Rows qv = load(p.q, qrows, nq, p.dim, qrow, qb);
+      const Rows dov = load(p.grad_out, qrows, nq, p.dim_v, qrow, dob);
       for (int64_t i = 0; i < nq; ++i) {
         lse[i] = p.lse_in[qrow(qrows[i])];
         delta[i] = p.delta[qrow(qrows[i])];
       }
       std::fill(dq, dq + nq * p.dim, 0.0f);
-      auto step = [&](int64_t nk, const unsigned char* mask) {
-        gemm_abt(nq, nk, p.dim, qb, kb, 0.0f, s);      // S = Q K^T
-        gemm_abt(nq, nk, p.dim_v, dob, vb, 0.0f, dp);  // dP = dO V^T
+      auto step = [&](int64_t nk, const unsigned char* mask, Rows kt, Rows vt) {
+        gemm_abt(nq, nk, p.dim, qv.ptr, qv.ld, kt.ptr, kt.ld, 0.0f, s, nk);        // S = Q K^T
+        gemm_abt(nq, nk, p.dim_v, dov.ptr, dov.ld, vt.ptr, vt.ld, 0.0f, dp, nk);  // dP = dO V^T
         for (int64_t i = 0; i < nq; ++i)
           softmax_row_backward(s + i * nk, dp + i * nk, mask ? mask + i * nk : nullptr, nk, p.scale, lse[i], delta[i]);
-        gemm_ab(nq, p.dim, nk, dp, kb, 1.0f, dq);  // dQ += dS K
+        gemm_ab(nq, p.dim, nk, dp, nk, kt.ptr, kt.ld, 1.0f, dq, p.dim);  // dQ += dS K
       };
       visit_kv(pol, t, krows, sc.mask.data(), [&](int64_t nk, const unsigned char* mask) {
-        gather(p.k, krows, nk, p.dim, kvrow, kb);
-        gather(p.v, krows, nk, p.dim_v, kvrow, vb);
-        step(nk, mask);
+        step(nk, mask, load(p.k, krows, nk, p.dim, kvrow, kb), load(p.v, krows, nk, p.dim_v, kvrow, vb));
       });
       for (int64_t a = 0; a < n_add_tiles; ++a) {
         const int64_t nk = std::min(add_tile, p.nadd - a * add_tile);
         for (int64_t j = 0; j < nk; ++j) krows[j] = a * add_tile + j;
-        gather(p.add_k, krows, nk, p.dim, addrow, kb);
-        gather(p.add_v, krows, nk, p.dim_v, addrow, vb);
-        step(nk, nullptr);
+        step(nk, nullptr, load(p.add_k, krows, nk, p.dim, addrow, kb), load(p.add_v, krows, nk, p.dim_v, addrow, vb));
       }
       scatter(dq, qrows, nq, p.dim, qrow, p.scale, p.grad_q);
     }
@@ -327,8 +342,8 @@ void fmha_backward(const FmhaParams<T>& p, const Provider& provider) {
       }
       if (nk == 0) continue;
       auto kvrow = [&](int64_t tok) { return additional ? p.add_row(b, tok, hk) : p.kv_row(b, tok, hk); };
-      gather(additional ? p.add_k : p.k, krows, nk, p.dim, kvrow, kb);
-      gather(additional ? p.add_v : p.v, krows, nk, p.dim_v, kvrow, vb);
+      const Rows kt = load(additional ? p.add_k : p.k, krows, nk, p.dim, kvrow, kb);
+      const Rows vt = load(additional ? p.add_v : p.v, krows, nk, p.dim_v, kvrow, vb);
       std::fill(dk, dk + nk * p.dim, 0.0f);
       std::fill(dv, dv + nk * p.dim_v, 0.0f);
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
@@ -336,18 +351,18 @@ void fmha_backward(const FmhaParams<T>& p, const Provider& provider) {
         auto qrow = [&](int64_t tok) { return p.q_row(b, tok, h); };
         // One block of nq query rows (qrows filled) against this KV tile.
         auto step = [&](int64_t nq, const unsigned char* mask) {
-          gather(p.q, qrows, nq, p.dim, qrow, qb);
-          gather(p.grad_out, qrows, nq, p.dim_v, qrow, dob);
+          const Rows qv = load(p.q, qrows, nq, p.dim, qrow, qb);
+          const Rows dov = load(p.grad_out, qrows, nq, p.dim_v, qrow, dob);
           for (int64_t i = 0; i < nq; ++i) {
             lse[i] = p.lse_in[qrow(qrows[i])];
             delta[i] = p.delta[qrow(qrows[i])];
           }
-          gemm_abt(nq, nk, p.dim, qb, kb, 0.0f, s);
-          gemm_abt(nq, nk, p.dim_v, dob, vb, 0.0f, dp);
+          gemm_abt(nq, nk, p.dim, qv.ptr, qv.ld, kt.ptr, kt.ld, 0.0f, s, nk);
+          gemm_abt(nq, nk, p.dim_v, dov.ptr, dov.ld, vt.ptr, vt.ld, 0.0f, dp, nk);
           for (int64_t i = 0; i < nq; ++i)
             softmax_row_backward(s + i * nk, dp + i * nk, mask ? mask + i * nk : nullptr, nk, p.scale, lse[i], delta[i]);
-          gemm_atb(nk, p.dim_v, nq, s, dob, 1.0f, dv);  // dV += P^T dO
-          gemm_atb(nk, p.dim, nq, dp, qb, 1.0f, dk);    // dK += dS^T Q
+          gemm_atb(nk, p.dim_v, nq, s, nk, dov.ptr, dov.ld, 1.0f, dv, p.dim_v);  // dV += P^T dO
+          gemm_atb(nk, p.dim, nq, dp, nk, qv.ptr, qv.ld, 1.0f, dk, p.dim);       // dK += dS^T Q
         };
         if (additional) {
           for (int64_t t = 0; t < n_q_tiles; ++t) {

@@ -41,40 +41,41 @@ inline bool use_blas() {
 
 namespace detail {
 
-NL_MULTIVERSION static void fallback_abt(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float beta,
-                                         float* c) {
+NL_MULTIVERSION static void fallback_abt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                                         int64_t ldb, float beta, float* c, int64_t ldc) {
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < n; ++j) {
       float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
-      for (int64_t p = 0; p < k; ++p) acc += a[i * k + p] * b[j * k + p];
-      c[i * n + j] = (beta == 0.0f ? 0.0f : beta * c[i * n + j]) + acc;
+      for (int64_t p = 0; p < k; ++p) acc += a[i * lda + p] * b[j * ldb + p];
+      c[i * ldc + j] = (beta == 0.0f ? 0.0f : beta * c[i * ldc + j]) + acc;
     }
 }
 
-NL_MULTIVERSION static void fallback_ab(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float beta,
-                                        float* c) {
+NL_MULTIVERSION static void fallback_ab(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                                        int64_t ldb, float beta, float* c, int64_t ldc) {
   for (int64_t i = 0; i < m; ++i) {
-    float* ci = c + i * n;
+    float* ci = c + i * ldc;
     if (beta == 0.0f)
       for (int64_t j = 0; j < n; ++j) ci[j] = 0.0f;
     for (int64_t p = 0; p < k; ++p) {
-      const float aip = a[i * k + p];
-      const float* bp = b + p * n;
+      const float aip = a[i * lda + p];
+      const float* bp = b + p * ldb;
       for (int64_t j = 0; j < n; ++j) ci[j] += aip * bp[j];
     }
   }
 }
 
-NL_MULTIVERSION static void fallback_atb(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float beta,
-                                         float* c) {
+NL_MULTIVERSION static void fallback_atb(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
+                                         int64_t ldb, float beta, float* c, int64_t ldc) {
   if (beta == 0.0f)
-    for (int64_t j = 0; j < m * n; ++j) c[j] = 0.0f;
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = 0.0f;
   for (int64_t p = 0; p < k; ++p)
     for (int64_t i = 0; i < m; ++i) {
-      const float api = a[p * m + i];
-      const float* bp = b + p * n;
-      float* ci = c + i * n;
+      const float api = a[p * lda + i];
+      const float* bp = b + p * ldb;
+      float* ci = c + i * ldc;
       for (int64_t j = 0; j < n; ++j) ci[j] += api * bp[j];
     }
 }
@@ -90,20 +91,34 @@ inline void blas(char ta, char tb, int64_t m, int64_t n, int64_t k, const float*
 
 }  // namespace detail
 
-// Row-major C[m][n] (+)= A[m][k] * B[n][k]^T  (beta 0 or 1).
-inline void gemm_abt(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float beta, float* c) {
-  if (use_blas()) return detail::blas('T', 'N', n, m, k, b, k, a, k, beta, c, n);
-  detail::fallback_abt(m, n, k, a, b, beta, c);
+// Row-major C[m][n] (+)= A[m][k] * B[n][k]^T (beta 0 or 1); lda/ldb/ldc are row strides in elements.
+inline void gemm_abt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                     float beta, float* c, int64_t ldc) {
+  if (use_blas()) return detail::blas('T', 'N', n, m, k, b, ldb, a, lda, beta, c, ldc);
+  detail::fallback_abt(m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 // Row-major C[m][n] (+)= A[m][k] * B[k][n].
-inline void gemm_ab(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float beta, float* c) {
-  if (use_blas()) return detail::blas('N', 'N', n, m, k, b, n, a, k, beta, c, n);
-  detail::fallback_ab(m, n, k, a, b, beta, c);
+inline void gemm_ab(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                    float beta, float* c, int64_t ldc) {
+  if (use_blas()) return detail::blas('N', 'N', n, m, k, b, ldb, a, lda, beta, c, ldc);
+  detail::fallback_ab(m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 // Row-major C[m][n] (+)= A[k][m]^T * B[k][n].
+inline void gemm_atb(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                     float beta, float* c, int64_t ldc) {
+  if (use_blas()) return detail::blas('N', 'T', n, m, k, b, ldb, a, lda, beta, c, ldc);
+  detail::fallback_atb(m, n, k, a, lda, b, ldb, beta, c, ldc);
+}
+
+// The same on dense (unstrided) operands.
+inline void gemm_abt(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float beta, float* c) {
+  gemm_abt(m, n, k, a, k, b, k, beta, c, n);
+}
+inline void gemm_ab(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float beta, float* c) {
+  gemm_ab(m, n, k, a, k, b, n, beta, c, n);
+}
 inline void gemm_atb(int64_t m, int64_t n, int64_t k, const float* a, const float* b, float beta, float* c) {
-  if (use_blas()) return detail::blas('N', 'T', n, m, k, b, n, a, m, beta, c, n);
-  detail::fallback_atb(m, n, k, a, b, beta, c);
+  gemm_atb(m, n, k, a, m, b, n, beta, c, n);
 }
 
 }  // namespace natten_like::cpu

@@ -48,8 +48,9 @@ NL_MULTIVERSION static float softmax_row_update(float* __restrict s, const unsig
   if (mask) {
 #pragma omp simd reduction(max : row_max)
     for (int64_t j = 0; j < n; ++j) {
-      const float v = s[j] * scale;  // unconditional load: a load under the condition would not vectorise
-      const float x = mask[j] ? v : kNegInf;
+      // The byte is widened to float before the select: GCC does not if-convert a select on a char load.
+      const float keep = static_cast<float>(mask[j]);
+      const float x = keep != 0.0f ? s[j] * scale : kNegInf;
       s[j] = x;
       row_max = x > row_max ? x : row_max;
     }
@@ -88,7 +89,10 @@ NL_MULTIVERSION static void softmax_row_backward(float* __restrict s, float* __r
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
     float p = exp_nonpos(s[j] * scale - lse);
-    p = (mask == nullptr || mask[j]) ? p : 0.0f;
+    if (mask) {  // a select, not a product: a masked-out logit may exceed lse and make p overflow
+      const float keep = static_cast<float>(mask[j]);
+      p = keep != 0.0f ? p : 0.0f;
+    }
     s[j] = p;
     dp[j] = p * (dp[j] - delta);
   }

@@ -265,7 +265,9 @@ struct GnaPolicy {
     int64_t inner = 1;
     for (int i = 1; i < Rank; ++i) inner *= box[i].size();
     if (inner == 0 || box[0].size() == 0) return;
-    const int64_t slices = max64(chunk_rows / inner, 1);
+    // Balanced chunks: as few as the budget allows, of equal size (575 rows -> 3 x 192, not 256 + 256 + 63).
+    const int64_t max_slices = max64(chunk_rows / inner, 1);
+    const int64_t slices = ceil_div(box[0].size(), ceil_div(box[0].size(), max_slices));
     for (int64_t c0 = box[0].begin; c0 < box[0].end; c0 += slices) {
       Range chunk[Rank];
       chunk[0] = Range{c0, min64(c0 + slices, box[0].end)};

@@ -131,7 +131,7 @@ CUTE_DEVICE void load_kv_geometry(typename Traits::SharedStorage& smem, int st, 
 }  // namespace detail
 
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads)
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     sm80_gna_fwd_kernel(__grid_constant__ const GnaFwdParams p) {
   using namespace cute;
   using Element = typename Traits::Element;

@@ -20,6 +20,9 @@ struct Sm80FmhaFwdTraits {
   static constexpr int kBlockN = kBlockN_;  // key rows per KV tile step
   static constexpr int kWarps = kBlockM / 16;
   static constexpr int kThreads = kWarps * 32;
+  // CTAs per SM the register allocation must allow: at head dim 64, 3 fit in 168 registers without spills (ptxas
+  // otherwise spends ~250 for no gain, leaving 2 per SM); at 128 the accumulators need the full 255, so 2.
+  static constexpr int kMinBlocksPerSm = kHeadDim <= 64 ? 3 : 2;
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "m16n8k16 needs 16-row blocks");
   static_assert(kHeadDim % 64 == 0, "the smem swizzle atom spans 64 head-dim elements");
   static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);

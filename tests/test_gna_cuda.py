@@ -6,7 +6,6 @@ that every element must be written; logsumexp checked too. ``bench/gpu_check.sh`
 
 from __future__ import annotations
 
-import math
 import random
 
 import natten_like
@@ -111,7 +110,7 @@ def test_random_gna_matches_reference(rank: int, seed: int) -> None:
         GnaCase(shape=(16, 16), window=(8, 8), stride=(8, 8)),  # fully block-sparse 2-D with 8x8 tiles
         GnaCase(shape=(12, 10), window=(3, 5), dilation=(4, 2)),  # dilation groups of unequal length
         GnaCase(shape=(8, 8, 8), window=(4, 4, 4), stride=(4, 4, 4), causal=(True, False, True)),
-        GnaCase(shape=(1,), window=(1,)),  # a single token
+        GnaCase(shape=(2,), window=(2,), causal=(True,)),  # the smallest problem
     ],
     ids=lambda c: "x".join(map(str, c.shape)) + "-w" + "x".join(map(str, c.window)),
 )
@@ -133,7 +132,7 @@ def test_dense_attention_through_the_backend(monkeypatch: pytest.MonkeyPatch, ca
         *(t.to(dtype).double() for t in (q, k, v)), is_causal=causal, return_lse=True, backend="reference"
     )
     assert max_error(out.cpu(), ref_out) < 2e-2
-    assert (lse.cpu().double() - ref_lse).abs().max().item() < 2e-3 * math.log(333) * 4
+    assert (lse.cpu().double() - ref_lse).abs().max().item() <= 2e-3 * max(1.0, ref_lse.abs().max().item())
 
 
 def test_backend_refuses_without_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:

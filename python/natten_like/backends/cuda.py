@@ -12,7 +12,6 @@ Tile shapes come from the one table, ``simulator/tile_configs.py`` (``GNA_TILES[
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Any
 
@@ -29,13 +28,20 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 MIN_CAPABILITY = (8, 0)
 
 
-@functools.cache
-def built_kernels() -> frozenset[tuple[torch.dtype, int]]:
-    """(dtype, head dim) of every CUDA forward kernel in the extension; empty for a CPU-only build."""
+def _built_kernels() -> frozenset[tuple[torch.dtype, int]]:
     if ops.EXTENSION_ERROR is not None or not hasattr(torch.ops.natten_like, "sm80_gna_forward_instances"):
         return frozenset()
     dtypes, head_dims, _, _ = torch.ops.natten_like.sm80_gna_forward_instances()
     return frozenset((getattr(torch, name), hd) for name, hd in zip(dtypes, head_dims, strict=True))
+
+
+# Read once at import: the op returns lists, which torch.compile cannot trace, and dispatch runs inside traced code.
+BUILT_KERNELS = _built_kernels()
+
+
+def built_kernels() -> frozenset[tuple[torch.dtype, int]]:
+    """(dtype, head dim) of every CUDA forward kernel in the extension; empty for a CPU-only build."""
+    return BUILT_KERNELS
 
 
 def _device_reasons(device: torch.device | None = None) -> list[str]:

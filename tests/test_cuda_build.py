@@ -271,7 +271,11 @@ def test_sm80_kernels_use_tensor_cores_without_spills() -> None:
     regs = kernel_registers(library, cuobjdump)
     for name, body in sorted(sass.items()):
         hmma = len(re.findall(r"\bHMMA\.", body))
+        cp_async = len(re.findall(r"\bLDGSTS\b", body))
+        ldmatrix = len(re.findall(r"\bLDSM\.", body))
         local = len(re.findall(r"\b(LDL|STL)\b", body))
-        print(f"{name}: {hmma} HMMA, {local} LDL/STL, {regs.get(name, '?')} registers")
+        counts = f"{hmma} HMMA, {cp_async} LDGSTS, {ldmatrix} LDSM, {local} LDL/STL"
+        print(f"{name}: {counts}, {regs.get(name, '?')} registers")
         assert hmma > 0, f"{name} has no tensor-core instructions"
+        assert cp_async > 0 and ldmatrix > 0, f"{name} loads without cp.async / ldmatrix"
         assert local == 0, f"{name} spills to local memory ({local} LDL/STL)"

@@ -58,7 +58,9 @@ def _random_case(rng: random.Random, rank: int, dim: int) -> GnaCase:
 
 def _poisoned_forward(case: GnaCase, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     """Run the op right after freeing NaN-filled blocks of the outputs' sizes: the caching allocator hands those blocks
-    to the op's outputs, so an element the kernel never writes stays NaN."""
+    to the op's outputs, so an element the kernel never writes stays NaN. Emptying the cache first leaves those blocks
+    the only candidates."""
+    torch.cuda.empty_cache()
     poison_out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=DEVICE)
     poison_lse = torch.full(q.shape[:-1], float("nan"), dtype=torch.float32, device=DEVICE)
     ptrs = {poison_out.data_ptr(), poison_lse.data_ptr()}

@@ -192,7 +192,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   Tensor rQ = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   Tensor rK = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
   Tensor rVt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDim>, Int<kBlockN>>{}));
-  Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_K)
+  Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_D)
   clear(acc_o);
 
   auto copy_q = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);

@@ -43,7 +43,7 @@ def test_dry_run_lists_every_backend_with_tiles_and_reasons(capsys: pytest.Captu
         assert f"\n  {name} " in out
     # The CPU row carries the CPU tile table's shape and the simulator's tile bound for it.
     assert "8x8 / 8x8 (cpu)" in out
-    assert "cuda: no CUDA kernels are built yet; tensors are not on a CUDA device" in out
+    assert "cuda: " in out and "tensors are not on a CUDA device" in out
     assert "auto-dispatch picks: cpu" in out
     assert "fwd ms" not in out  # nothing timed
 

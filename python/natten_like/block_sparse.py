@@ -386,33 +386,9 @@ def block_sparse_reference(
 # ---- torch.library: fake implementations and autograd of the compiled ops ----
 
 
-def _forward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """out [..., H, D_v] in q's dtype, lse [..., H] float32."""
-    return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
-
-
-def _backward_fake(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    q, k, v, kv_num, kv_idx, full_num, full_idx, cu_q, cu_kv, *ctx.config = inputs
-    ctx.save_for_backward(q, k, v, *output, kv_num, kv_idx, full_num, full_idx, cu_q, cu_kv)
-
-
-def _backward(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    q, k, v, out, lse, *lists = ctx.saved_tensors
-    dq, dk, dv = torch.ops.natten_like.block_sparse_backward(grad_out, q, k, v, out, lse, grad_lse, *lists, *ctx.config)
-    # Gradients for q, k, v; none for the 6 list/offset tensors and the 4 configuration arguments.
-    return (dq, dk, dv) + (None,) * (6 + len(ctx.config))
-
-
 if ops.EXTENSION_ERROR is None:
-    torch.library.register_fake("natten_like::block_sparse_forward", _forward_fake)
-    torch.library.register_fake("natten_like::block_sparse_backward", _backward_fake)
-    torch.library.register_autograd("natten_like::block_sparse_forward", _backward, setup_context=_setup_context)
+    # The 4 block-list tensors and 2 cu_seqlens travel with q, k, v to the backward op.
+    ops.register_qkv_op("block_sparse", 6)
 
 
 # ---- backends ----

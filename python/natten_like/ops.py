@@ -2,7 +2,8 @@
 
 The schemas live in ``csrc/bindings/ops.cpp``. Fake implementations let ``torch.compile`` trace the ops without running
 them; ``register_autograd`` makes ``gna_forward`` differentiable in q, k, v, the additional KV and through its logsumexp
-output. When the extension is missing, :data:`EXTENSION_ERROR` says why and the cpu backend refuses every problem.
+output; :func:`register_qkv_op` does the same for the families whose backward returns (dq, dk, dv). When the
+extension is missing, :data:`EXTENSION_ERROR` says why and the cpu backend refuses every problem.
 """
 
 from __future__ import annotations
@@ -19,24 +20,9 @@ else:
     EXTENSION_ERROR = None
 
 
-def _gna_forward_fake(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    additional_k: torch.Tensor | None,
-    additional_v: torch.Tensor | None,
-    window: list[int],
-    stride: list[int],
-    dilation: list[int],
-    is_causal: list[bool],
-    scale: float,
-    q_tile: list[int],
-    kv_tile: list[int],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """out [B, *tokens, H, D_v] in q's dtype, lse [B, *tokens, H] float32, both contiguous like the kernel's."""
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
-    lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-    return out, lse
+def _forward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """out [..., H, D_v] in q's dtype, lse [..., H] float32, both contiguous like the kernel's."""
+    return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 def _gna_backward_fake(
@@ -49,13 +35,7 @@ def _gna_backward_fake(
     out: torch.Tensor,
     lse: torch.Tensor,
     grad_lse: torch.Tensor | None,
-    window: list[int],
-    stride: list[int],
-    dilation: list[int],
-    is_causal: list[bool],
-    scale: float,
-    q_tile: list[int],
-    kv_tile: list[int],
+    *config: Any,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients shaped like their (contiguous) inputs; [0] tensors for the additional KV when there is none."""
     grad_add_k = q.new_empty(additional_k.shape) if additional_k is not None else q.new_empty(0)
@@ -81,6 +61,35 @@ def _gna_backward(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> t
 
 
 if EXTENSION_ERROR is None:
-    torch.library.register_fake("natten_like::gna_forward", _gna_forward_fake)
+    torch.library.register_fake("natten_like::gna_forward", _forward_fake)
     torch.library.register_fake("natten_like::gna_backward", _gna_backward_fake)
     torch.library.register_autograd("natten_like::gna_forward", _gna_backward, setup_context=_gna_setup_context)
+
+
+def register_qkv_op(family: str, num_tensors: int) -> None:
+    """Fake implementations and autograd of ``natten_like::{family}_forward`` / ``{family}_backward``.
+
+    The forward takes (q, k, v, ``num_tensors`` further tensors, configuration...) and returns (out, lse); the backward
+    takes (grad_out, q, k, v, out, lse, grad_lse, the same tensors, the same configuration) and returns (dq, dk, dv).
+    """
+
+    def backward_fake(
+        grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
+        q, k, v, *rest = inputs
+        ctx.config = rest[num_tensors:]
+        ctx.save_for_backward(q, k, v, *output, *rest[:num_tensors])
+
+    def backward(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, k, v, out, lse, *tensors = ctx.saved_tensors
+        backward_op = getattr(torch.ops.natten_like, f"{family}_backward")
+        dq, dk, dv = backward_op(grad_out, q, k, v, out, lse, grad_lse, *tensors, *ctx.config)
+        # Gradients for q, k, v; none for the further tensors and the configuration arguments.
+        return (dq, dk, dv) + (None,) * (num_tensors + len(ctx.config))
+
+    torch.library.register_fake(f"natten_like::{family}_forward", _forward_fake)
+    torch.library.register_fake(f"natten_like::{family}_backward", backward_fake)
+    torch.library.register_autograd(f"natten_like::{family}_forward", backward, setup_context=setup_context)

@@ -13,7 +13,6 @@ head ``h`` (query heads of a GQA group share their KV head's pattern), ``step = 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -205,32 +204,8 @@ def is_kv_cache_efficient(pattern: torch.Tensor, q_block: int, kv_block: int | N
 # ---- torch.library: fake implementations and autograd of the compiled ops ----
 
 
-def _forward_fake(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """out [B, N_q, H, D_v] in q's dtype, lse [B, N_q, H] float32."""
-    return q.new_empty((*q.shape[:-1], v.shape[-1])), q.new_empty(q.shape[:-1], dtype=torch.float32)
-
-
-def _backward_fake(
-    grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *args: Any
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
-
-
-def _setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Tensor, torch.Tensor]) -> None:
-    q, k, v, *ctx.config = inputs
-    ctx.save_for_backward(q, k, v, *output)
-
-
-def _backward(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-    q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = torch.ops.natten_like.strided_shard_backward(grad_out, q, k, v, out, lse, grad_lse, *ctx.config)
-    return (dq, dk, dv) + (None,) * len(ctx.config)
-
-
 if ops.EXTENSION_ERROR is None:
-    torch.library.register_fake("natten_like::strided_shard_forward", _forward_fake)
-    torch.library.register_fake("natten_like::strided_shard_backward", _backward_fake)
-    torch.library.register_autograd("natten_like::strided_shard_forward", _backward, setup_context=_setup_context)
+    ops.register_qkv_op("strided_shard", 0)
 
 
 # ---- backends ----

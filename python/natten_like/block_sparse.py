@@ -27,7 +27,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from . import ops
 from ._validation import check_backend, check_bool, check_int, check_same_floating, check_scale, check_tensor
-from .backends import Problem, register_backend, select_backend
+from .backends import Problem, cpu, reference, register_backend, select_backend
 from .backends.reference import masked_attention
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK = 128
-CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -385,24 +384,12 @@ def block_sparse_reference(
 
 # ---- torch.library: fake implementations and autograd of the compiled ops ----
 
-
 if ops.EXTENSION_ERROR is None:
     # The 4 block-list tensors and 2 cu_seqlens travel with q, k, v to the backward op.
     ops.register_qkv_op("block_sparse", 6)
 
 
 # ---- backends ----
-
-
-def _cpu_reasons(problem: Problem) -> list[str]:
-    reasons = []
-    if ops.EXTENSION_ERROR is not None:
-        reasons.append(ops.EXTENSION_ERROR)
-    if problem.device_type != "cpu":
-        reasons.append(f"tensors are on {problem.device_type}, not on the CPU")
-    if problem.dtype not in CPU_DTYPES:
-        reasons.append(f"dtype {problem.dtype} is not supported (float32, float16 and bfloat16 only)")
-    return reasons
 
 
 def _cpu_run(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -412,18 +399,14 @@ def _cpu_run(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     )
 
 
-def _reference_reasons(problem: Problem) -> list[str]:
-    return []
-
-
 def _reference_run(
     problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     return block_sparse_reference(q, k, v, problem.params)
 
 
-register_backend("block_sparse", "cpu", _cpu_reasons, _cpu_run)
-register_backend("block_sparse", "reference", _reference_reasons, _reference_run)
+register_backend("block_sparse", "cpu", cpu.not_supported_reasons, _cpu_run)
+register_backend("block_sparse", "reference", reference.not_supported_reasons, _reference_run)
 
 
 def block_sparse_attention(

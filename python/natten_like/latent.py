@@ -21,12 +21,10 @@ import torch
 
 from . import ops
 from ._validation import check_backend, check_bool, check_int, check_same_floating, check_scale, check_tensor
-from .backends import Problem, register_backend, select_backend
+from .backends import Problem, cpu, reference, register_backend, select_backend
 from .backends.reference import masked_attention
 
 __all__ = ["LatentParams", "MultiHeadLatentAttention", "latent_attention", "latent_reference"]
-
-CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -163,13 +161,7 @@ if ops.EXTENSION_ERROR is None:
 
 
 def _cpu_reasons(problem: Problem) -> list[str]:
-    reasons = []
-    if ops.EXTENSION_ERROR is not None:
-        reasons.append(ops.EXTENSION_ERROR)
-    if problem.device_type != "cpu":
-        reasons.append(f"tensors are on {problem.device_type}, not on the CPU")
-    if problem.dtype not in CPU_DTYPES:
-        reasons.append(f"dtype {problem.dtype} is not supported (float32, float16 and bfloat16 only)")
+    reasons = cpu.not_supported_reasons(problem)
     if problem.requires_grad:
         reasons.append("the fused latent kernel is forward only (inference) and an input requires grad")
     return reasons
@@ -182,16 +174,12 @@ def _cpu_run(problem: Problem, q: torch.Tensor, kv_cache: torch.Tensor) -> tuple
     )
 
 
-def _reference_reasons(problem: Problem) -> list[str]:
-    return []
-
-
 def _reference_run(problem: Problem, q: torch.Tensor, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return latent_reference(q, kv_cache, problem.params)
 
 
 register_backend("latent", "cpu", _cpu_reasons, _cpu_run)
-register_backend("latent", "reference", _reference_reasons, _reference_run)
+register_backend("latent", "reference", reference.not_supported_reasons, _reference_run)
 
 
 def latent_attention(

@@ -20,7 +20,7 @@ from simulator.strided_shard import s2_block_mask
 
 from . import ops
 from ._validation import check_backend, check_bool, check_int, check_same_floating, check_scale, check_tensor
-from .backends import Problem, register_backend, select_backend
+from .backends import Problem, cpu, reference, register_backend, select_backend
 from .backends.reference import masked_attention
 
 __all__ = [
@@ -30,8 +30,6 @@ __all__ = [
     "strided_shard_block_mask",
     "strided_shard_reference",
 ]
-
-CPU_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass(frozen=True)
@@ -203,7 +201,6 @@ def is_kv_cache_efficient(pattern: torch.Tensor, q_block: int, kv_block: int | N
 
 # ---- torch.library: fake implementations and autograd of the compiled ops ----
 
-
 if ops.EXTENSION_ERROR is None:
     ops.register_qkv_op("strided_shard", 0)
 
@@ -211,24 +208,9 @@ if ops.EXTENSION_ERROR is None:
 # ---- backends ----
 
 
-def _cpu_reasons(problem: Problem) -> list[str]:
-    reasons = []
-    if ops.EXTENSION_ERROR is not None:
-        reasons.append(ops.EXTENSION_ERROR)
-    if problem.device_type != "cpu":
-        reasons.append(f"tensors are on {problem.device_type}, not on the CPU")
-    if problem.dtype not in CPU_DTYPES:
-        reasons.append(f"dtype {problem.dtype} is not supported (float32, float16 and bfloat16 only)")
-    return reasons
-
-
 def _cpu_run(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     p: StridedShardParams = problem.params
     return torch.ops.natten_like.strided_shard_forward(q, k, v, *p.pattern_args(), p.scale)
-
-
-def _reference_reasons(problem: Problem) -> list[str]:
-    return []
 
 
 def _reference_run(
@@ -237,8 +219,8 @@ def _reference_run(
     return strided_shard_reference(q, k, v, problem.params)
 
 
-register_backend("strided_shard", "cpu", _cpu_reasons, _cpu_run)
-register_backend("strided_shard", "reference", _reference_reasons, _reference_run)
+register_backend("strided_shard", "cpu", cpu.not_supported_reasons, _cpu_run)
+register_backend("strided_shard", "reference", reference.not_supported_reasons, _reference_run)
 
 
 def strided_shard_attention(

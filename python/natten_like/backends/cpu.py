@@ -18,7 +18,8 @@ from . import Problem, register_backend
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def gna_not_supported_reasons(problem: Problem) -> list[str]:
+def not_supported_reasons(problem: Problem) -> list[str]:
+    """What every fused CPU kernel (each family's) needs: the extension, CPU tensors, a supported dtype."""
     reasons = []
     if ops.EXTENSION_ERROR is not None:
         reasons.append(ops.EXTENSION_ERROR)
@@ -67,7 +68,7 @@ def run_gna(
 
 
 def attention_not_supported_reasons(problem: Problem) -> list[str]:
-    reasons = gna_not_supported_reasons(problem)  # the same kernel, so the same limits
+    reasons = not_supported_reasons(problem)  # the same kernel, so the same limits
     params: AttentionParams = problem.params
     if params.num_q != params.num_kv:
         reasons.append(f"N_q ({params.num_q}) != N_kv ({params.num_kv}): only self-attention shapes run here")
@@ -92,5 +93,5 @@ def run_attention(
     return _gna_op(q, k, v, None, None, full)
 
 
-register_backend("gna", "cpu", gna_not_supported_reasons, run_gna)
+register_backend("gna", "cpu", not_supported_reasons, run_gna)
 register_backend("attention", "cpu", attention_not_supported_reasons, run_attention)

@@ -98,7 +98,7 @@ def run_attention(
 
 
 def not_supported_reasons(problem: Problem) -> list[str]:
-    """The reference runs every problem of the families it registers for."""
+    """The reference runs every problem of every family, so every family registers it with this."""
     return []
 
 

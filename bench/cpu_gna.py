@@ -12,8 +12,14 @@ Run from the repository root::
     python bench/cpu_gna.py                       # the five configs of issue 2, float32, 2 threads
     python bench/cpu_gna.py --configs 2d-64x64-w7 --reps 9 --json out.json
     python bench/cpu_gna.py --configs "shape=32x32,window=9x9,stride=3,dilation=2,causal=0" --no-backward
+    python bench/cpu_gna.py --configs 2d-64x64-w7 --reps 2 --json out.json --plot out.png
+    python bench/cpu_gna.py --plot-from out.json --plot out.png   # redraw only, no run
 
-Prints markdown tables (per backend, then a per-config summary) and the machine description.
+Prints markdown tables (per backend, then a per-config summary) and the machine description. ``--plot`` draws measured
+speedup over dense (ours and flex forward, ours backward) against ``simulator.simulate_gna``'s FLOP and tile bounds
+(CPU tiles); matplotlib is needed only for it. Every kernel call runs in an NVTX range
+``natten_like/<config>/<backend>/<pass>`` (inside one ``natten_like`` range for the run) when CUDA is available or
+``--nvtx on``; bench/README.md gives the ``nsys``/``ncu`` command lines.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -37,7 +44,16 @@ from simulator.gna_policy import GnaDim, gna_window
 from simulator.tile_configs import clamp_tile, gna_tiles
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _timing import Measured, Timing, machine_info, peak_alloc_bytes, time_interleaved  # noqa: E402
+from _timing import (  # noqa: E402
+    Measured,
+    Timing,
+    machine_info,
+    nvtx_range,
+    nvtx_wrap,
+    peak_alloc_bytes,
+    set_nvtx,
+    time_interleaved,
+)
 
 # The configs of issue 2 (B=1, H=4, D=64 unless overridden on the command line).
 DEFAULT_CONFIGS: dict[str, str] = {
@@ -46,6 +62,13 @@ DEFAULT_CONFIGS: dict[str, str] = {
     "2d-96x96-w13": "shape=96x96,window=13x13",
     "3d-16x32x32-w8": "shape=16x32x32,window=8x8x8",
     "1d-8192-w512": "shape=8192,window=512",
+}
+# Short backend names used in NVTX ranges ``natten_like/<config>/<backend>/<pass>`` (no spaces: easy to filter on).
+BACKEND_SLUGS: dict[str, str] = {
+    "ours (fused CPU)": "ours",
+    "torch SDPA dense": "sdpa_dense",
+    "torch flex (compiled)": "flex",
+    "autograd SDPA + bool mask": "sdpa_masked",
 }
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MiB = 1024.0**2
@@ -333,8 +356,12 @@ def bench_config(cfg: Config, args: argparse.Namespace, mode: str) -> tuple[list
         )
         return row
 
-    def mem(fn: Callable[[], object], setup: Callable[[], None] | None = None) -> int | None:
-        return peak_alloc_bytes(fn, setup) if args.memory else None
+    def mem(c: Measured) -> int | None:
+        return peak_alloc_bytes(c.fn, c.setup, c.nvtx) if args.memory else None
+
+    def rng(backend: str, pass_: str) -> str:
+        """NVTX range name of one kernel call (see bench/README.md, "Profiling with Nsight")."""
+        return f"natten_like/{cfg.name}/{BACKEND_SLUGS[backend]}/{pass_}"
 
     timed = lambda entries: time_interleaved(entries, args.reps, warmup=args.warmup)  # noqa: E731
 
@@ -343,8 +370,11 @@ def bench_config(cfg: Config, args: argparse.Namespace, mode: str) -> tuple[list
     with torch.no_grad():
         out, lse = ours.forward(q, k, v)
         forward = {
-            "ours (fused CPU)": Measured(lambda: ours.forward(q, k, v)),
-            "torch SDPA dense": Measured(lambda: F.scaled_dot_product_attention(qd, kd, vd, scale=scale)),
+            "ours (fused CPU)": Measured(lambda: ours.forward(q, k, v), nvtx=rng("ours (fused CPU)", "forward")),
+            "torch SDPA dense": Measured(
+                lambda: F.scaled_dot_product_attention(qd, kd, vd, scale=scale),
+                nvtx=rng("torch SDPA dense", "forward"),
+            ),
         }
         if args.flex:
             torch._dynamo.reset()
@@ -356,9 +386,9 @@ def bench_config(cfg: Config, args: argparse.Namespace, mode: str) -> tuple[list
             flex = torch.compile(flex_attention, dynamic=False)
             fwd_flex = lambda: flex(qd, kd, vd, block_mask=block_mask, scale=scale)  # noqa: E731
             summary.checks["flex_fwd_maxdiff"] = _max_diff(from_bhnd(fwd_flex()), out)  # first call compiles
-            forward["torch flex (compiled)"] = Measured(fwd_flex)
+            forward["torch flex (compiled)"] = Measured(fwd_flex, nvtx=rng("torch flex (compiled)", "forward"))
         times = timed(forward)
-        fwd_rows = {name: add("forward", name, times[name], fwd_flop, mem(c.fn)) for name, c in forward.items()}
+        fwd_rows = {name: add("forward", name, times[name], fwd_flop, mem(c)) for name, c in forward.items()}
         del forward
     r_ours, r_dense = fwd_rows["ours (fused CPU)"], fwd_rows["torch SDPA dense"]
     r_flex = fwd_rows.get("torch flex (compiled)")
@@ -408,12 +438,16 @@ def bench_config(cfg: Config, args: argparse.Namespace, mode: str) -> tuple[list
         bwd_ref()
         for name, a, b in zip("qkv", grads_ours, (qr.grad, kr.grad, vr.grad), strict=True):
             summary.checks[f"ref_d{name}_maxdiff"] = _max_diff(a, from_bhnd(b))
+        # The untimed setups (the forward a backward needs) get ranges of their own, ".../backward-setup".
         backward = {
-            "ours (fused CPU)": Measured(bwd_ours, setup_ours),
-            "autograd SDPA + bool mask": Measured(bwd_ref, setup_ref),
+            name: Measured(fn, nvtx_wrap(rng(name, "backward-setup"), setup), nvtx=rng(name, "backward"))
+            for name, fn, setup in (
+                ("ours (fused CPU)", bwd_ours, setup_ours),
+                ("autograd SDPA + bool mask", bwd_ref, setup_ref),
+            )
         }
         times = timed(backward)
-        bwd_rows = {n: add("backward", n, times[n], bwd_flop, mem(c.fn, c.setup)) for n, c in backward.items()}
+        bwd_rows = {n: add("backward", n, times[n], bwd_flop, mem(c)) for n, c in backward.items()}
         # The masked reference does dense work, so it is also the dense baseline of the backward pass.
         r_bo, r_br = bwd_rows["ours (fused CPU)"], bwd_rows["autograd SDPA + bool mask"]
         for r in (r_br, r_bo):
@@ -474,7 +508,191 @@ def render(rows: list[Row], summaries: list[Summary], info: dict[str, object], c
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+# ----------------------------------------------------------------------------------------------------------------------
+# Plot: measured speedup over dense vs the simulator's bounds.
+
+
+@dataclass
+class PlotPoint:
+    """One config of the plot: measured speedups over the dense baseline and the simulator's bounds."""
+
+    config: str
+    ours_fwd: float | None
+    flex_fwd: float | None
+    ours_bwd: float | None
+    flop_bound: float
+    tile_bound: float
+    tiles: str
+
+
+def simulated_bounds(cfg: Config, args: argparse.Namespace) -> tuple[float, float, str]:
+    """(FLOP bound, tile bound, "q/kv tile") of ``simulator.simulate_gna`` with the CPU tiles of tile_configs.py.
+
+    The tile bound is the simulator's ``tile_bound_avg`` (dense / sparse KV tiles visited in total, static tiling): the
+    CPU kernel's threads share the Q tiles, so total work, not the slowest tile, sets the pace.
+    """
+    from simulator import simulate_gna
+
+    r = simulate_gna(
+        cfg.shape,
+        cfg.window,
+        cfg.stride,
+        cfg.dilation,
+        cfg.causal,
+        arch="cpu",
+        tiling="static",
+        batch=args.batch,
+        heads=args.heads,
+        head_dim=args.dim,
+        flattened=False,
+        suggest=False,
+    )
+    tiles = f"{'x'.join(map(str, r.tiles.q_tile))}/{'x'.join(map(str, r.tiles.kv_tile))}"
+    return r.flop_bound, r.tile_bound_avg, tiles
+
+
+def _speedup_table(rows: list[dict]) -> dict[tuple[str, str, str], float]:
+    """(config, pass, backend) -> speedup over the dense baseline, from rows as written by ``--json``."""
+    return {(r["config"], r["pass_"], r["backend"]): r["vs_dense"] for r in rows if r.get("vs_dense") is not None}
+
+
+def _parse_markdown(text: str) -> tuple[list[dict], str, str]:
+    """(rows, command, machine line) from the markdown this script prints (a saved stdout, or a log holding it)."""
+    rows: list[dict] = []
+    command = machine = ""
+    in_rows = False
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("| config | pass | backend"):
+            in_rows = True
+            continue
+        if in_rows and line.startswith("| ") and not line.startswith("| ---"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            speed = cells[5].rstrip("x")
+            rows.append(
+                {
+                    "config": cells[0],
+                    "pass_": cells[1],
+                    "backend": cells[2],
+                    "vs_dense": None if speed == "-" else float(speed),
+                }
+            )
+        elif in_rows and not line.startswith("| ---"):
+            in_rows = False
+        if line.startswith("Command: `"):
+            command = line[len("Command: `") :].rstrip("`")
+        elif line.startswith("Machine: "):
+            machine = line[len("Machine: ") :]
+    if not rows:
+        raise ValueError("no results table (a line starting '| config | pass | backend') found")
+    return rows, command, machine
+
+
+def load_results(path: str) -> tuple[list[dict], list[Config], argparse.Namespace, str]:
+    """(rows, configs, run args, subtitle) of a saved run: a ``--json`` file, or this script's markdown output/log.
+
+    Configs and problem flags come from the JSON's "configs"/"args" when present, else from re-parsing the recorded
+    command line (so JSON files of older versions and the markdown tables work too).
+    """
+    with open(path) as f:
+        text = f.read()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        rows, command, machine = _parse_markdown(text)
+        data = {"rows": rows, "command": command}
+        subtitle = machine
+    else:
+        info = data.get("machine", {})
+        subtitle = ", ".join(f"{k} {info[k]}" for k in ("cpu", "torch_threads", "torch", "date", "commit") if k in info)
+    command = data.get("command") or "python bench/cpu_gna.py"
+    args = build_parser().parse_args(shlex.split(command)[2:])
+    if "configs" in data:
+        configs = [Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in c.items()}) for c in data["configs"]]
+    else:
+        configs = [parse_config(c, args.stride, args.dilation, args.causal) for c in args.configs]
+    for k, v in data.get("args", {}).items():
+        setattr(args, k, v)
+    subtitle = f"{command}\n{subtitle}" if subtitle else command
+    return data["rows"], configs, args, subtitle
+
+
+def plot_points(rows: list[dict], configs: list[Config], args: argparse.Namespace) -> list[PlotPoint]:
+    speed = _speedup_table(rows)
+    points = []
+    for cfg in configs:
+        flop, tile, tiles = simulated_bounds(cfg, args)
+        points.append(
+            PlotPoint(
+                cfg.name,
+                speed.get((cfg.name, "forward", "ours (fused CPU)")),
+                speed.get((cfg.name, "forward", "torch flex (compiled)")),
+                speed.get((cfg.name, "backward", "ours (fused CPU)")),
+                flop,
+                tile,
+                tiles,
+            )
+        )
+    return points
+
+
+def plot_speedups(points: list[PlotPoint], out_png: str, subtitle: str = "") -> None:
+    """Grouped bars (log scale) of measured speedup over dense per config, with the simulator's bounds as markers."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise SystemExit(
+            f"--plot needs matplotlib ({e}); install it (pip install matplotlib) or drop --plot: the tables and --json "
+            "do not need it"
+        ) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [
+        ("ours forward", "ours_fwd", "#1f77b4"),
+        ("flex forward (compiled)", "flex_fwd", "#ff7f0e"),
+        ("ours backward (vs masked SDPA)", "ours_bwd", "#2ca02c"),
+    ]
+    width = 0.8 / len(bars)
+    fig, ax = plt.subplots(figsize=(10, 5.2), dpi=100)
+    for j, (label, attr, color) in enumerate(bars):
+        xs, ys = [], []
+        for i, p in enumerate(points):
+            v = getattr(p, attr)
+            if v is not None:
+                xs.append(i - 0.4 + (j + 0.5) * width)
+                ys.append(v)
+        if not xs:
+            continue
+        ax.bar(xs, ys, width, label=label, color=color)
+        for x, y in zip(xs, ys, strict=True):
+            ax.annotate(f"{y:.1f}", (x, y), ha="center", va="bottom", fontsize=7)
+    for i, p in enumerate(points):
+        for bound, color, style, label, va in (
+            (p.flop_bound, "black", "-", "FLOP bound (simulator)", "bottom"),
+            (p.tile_bound, "crimson", "--", "tile bound (simulator, CPU tiles)", "top"),
+        ):
+            ax.hlines(bound, i - 0.45, i + 0.45, color=color, linestyle=style, linewidth=2, label=None if i else label)
+            ax.annotate(f"{bound:.1f}", (i + 0.45, bound), fontsize=7, va=va, ha="right", color=color)
+    ax.axhline(1.0, color="grey", linewidth=0.8)
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(points)), [f"{p.config}\n(tiles {p.tiles})" for p in points], fontsize=8)
+    ax.set_ylabel("speedup over dense (x)")
+    ax.set_title("CPU GNA: measured speedup over dense vs simulated bounds", fontsize=11)
+    if subtitle:
+        fig.text(0.5, 0.005, subtitle, ha="center", va="bottom", fontsize=6, color="dimgrey", wrap=True)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", which="both", alpha=0.3)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(out_png)
+    plt.close(fig)
+    print(f"plot written to {out_png}", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter
     )
@@ -510,13 +728,44 @@ def main(argv: list[str] | None = None) -> int:
         help="measure natten_like.gna (api), the raw torch op (op), or the API when it works (auto)",
     )
     parser.add_argument("--json", help="write rows, summaries and machine info to this file")
+    parser.add_argument(
+        "--nvtx",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="NVTX ranges natten_like/<config>/<backend>/<pass> around each kernel call: when CUDA is available\n"
+        "(auto), always (on; for nsys -t nvtx on a CPU-only machine) or never",
+    )
+    parser.add_argument("--plot", metavar="FILE.png", help="plot measured speedup over dense vs simulated bounds")
+    parser.add_argument(
+        "--plot-from",
+        metavar="FILE",
+        help="redraw the plot from a saved --json file (or this script's markdown output) without running; writes\n"
+        "--plot, or FILE with .png",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    if args.plot_from:
+        rows, configs, run_args, subtitle = load_results(args.plot_from)
+        out = args.plot or os.path.splitext(args.plot_from)[0] + ".png"
+        plot_speedups(plot_points(rows, configs, run_args), out, subtitle)
+        return 0
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (fail before the run, not after it)
+        except ImportError as e:
+            parser.error(f"--plot needs matplotlib ({e}): pip install matplotlib, or drop --plot")
+
+    set_nvtx(args.nvtx)
 
     torch.set_num_threads(args.threads)
     configs = [parse_config(c, args.stride, args.dilation, args.causal) for c in args.configs]
     mode, why = Ours.resolve_mode(args.ours)
     command = "python bench/cpu_gna.py" + (
-        "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+        "" if argv is None and len(sys.argv) == 1 else " " + shlex.join(sys.argv[1:] if argv is None else argv)
     )
     print(
         f"ours via {why}; B={args.batch} H={args.heads} D={args.dim} {args.dtype}, {args.threads} threads",
@@ -525,28 +774,34 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     summaries: list[Summary] = []
     load_start = os.getloadavg()[0]
-    for cfg in configs:
-        print(f"{cfg.name}: stride {cfg.stride}, dilation {cfg.dilation}, causal {cfg.causal}", file=sys.stderr)
-        r, s = bench_config(cfg, args, mode)
-        rows += r
-        summaries.append(s)
+    with nvtx_range("natten_like"):  # the whole run, so that `ncu --nvtx-include "natten_like/"` selects it
+        for cfg in configs:
+            print(f"{cfg.name}: stride {cfg.stride}, dilation {cfg.dilation}, causal {cfg.causal}", file=sys.stderr)
+            r, s = bench_config(cfg, args, mode)
+            rows += r
+            summaries.append(s)
     info = machine_info()
     info["loadavg_1m"] = f"{load_start:.2f} at start, {info['loadavg_1m']:.2f} at end"
     info["ours_via"] = why
     info["problem"] = f"B={args.batch} H={args.heads} D={args.dim} {args.dtype}"
     print(render(rows, summaries, info, command))
+    machine_line = ", ".join(f"{k} {info[k]}" for k in ("cpu", "torch_threads", "torch", "date", "commit"))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
                 {
                     "machine": info,
                     "command": command,
+                    "args": {k: getattr(args, k) for k in ("batch", "heads", "dim", "dtype", "threads")},
+                    "configs": [asdict(c) for c in configs],
                     "rows": [asdict(r) for r in rows],
                     "summaries": [asdict(s) for s in summaries],
                 },
                 f,
                 indent=2,
             )
+    if args.plot:
+        plot_speedups(plot_points([asdict(r) for r in rows], configs, args), args.plot, f"{command}\n{machine_line}")
     return 0
 
 

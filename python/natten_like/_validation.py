@@ -99,6 +99,19 @@ def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"head dims must be >= 1, got D={q.shape[-1]}, D_v={v.shape[-1]}")
 
 
+def check_sequence_qkv(q: object, k: object, v: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v after checking that they are 4-D ``[B, N, H, D]`` with one batch size and v with k's token count."""
+    q, k, v = check_tensor(q, "q"), check_tensor(k, "k"), check_tensor(v, "v")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, N, H, D], got shape {tuple(t.shape)}")
+    if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]:
+        raise ValueError(f"q, k and v must share the batch size, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
+    if v.shape[1] != k.shape[1]:
+        raise ValueError(f"v must have k's token count ({k.shape[1]}), got {v.shape[1]}")
+    return q, k, v
+
+
 @dataclass(frozen=True)
 class GnaParams:
     """Normalised arguments of one GNA call; every tuple has one entry per token dim."""
@@ -203,14 +216,7 @@ class AttentionParams:
 
 def validate_attention(q: object, k: object, v: object, is_causal: object, scale: object) -> AttentionParams:
     """Check the arguments of :func:`natten_like.attention`: q ``[B, N_q, H, D]``, k/v ``[B, N_kv, H_kv, D / D_v]``."""
-    q, k, v = check_tensor(q, "q"), check_tensor(k, "k"), check_tensor(v, "v")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D [B, N, H, D], got shape {tuple(t.shape)}")
-    if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]:
-        raise ValueError(f"q, k and v must share the batch size, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
-    if v.shape[1] != k.shape[1]:
-        raise ValueError(f"v must have k's token count ({k.shape[1]}), got {v.shape[1]}")
+    q, k, v = check_sequence_qkv(q, k, v)
     _check_heads(q, k, v)
     check_same_floating({"q": q, "k": k, "v": v})
     return AttentionParams(

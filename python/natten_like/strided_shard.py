@@ -19,7 +19,15 @@ import torch
 from simulator.strided_shard import s2_block_mask
 
 from . import ops
-from ._validation import check_backend, check_bool, check_int, check_same_floating, check_scale, check_tensor
+from ._validation import (
+    check_backend,
+    check_bool,
+    check_int,
+    check_same_floating,
+    check_scale,
+    check_sequence_qkv,
+    check_tensor,
+)
 from .backends import Problem, cpu, reference, register_backend, select_backend
 from .backends.reference import masked_attention
 
@@ -76,14 +84,7 @@ def validate_strided_shard(
     scale: object,
 ) -> StridedShardParams:
     """Check every argument of :func:`strided_shard_attention` and return them normalised."""
-    q, k, v = check_tensor(q, "q"), check_tensor(k, "k"), check_tensor(v, "v")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D [B, N, H, D], got shape {tuple(t.shape)}")
-    if k.shape[0] != q.shape[0] or v.shape[0] != q.shape[0]:
-        raise ValueError(f"q, k and v must share the batch size, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
-    if v.shape[1] != k.shape[1]:
-        raise ValueError(f"v must have k's token count ({k.shape[1]}), got {v.shape[1]}")
+    q, k, v = check_sequence_qkv(q, k, v)
     heads, kv_heads = q.shape[2], k.shape[2]
     if v.shape[2] != kv_heads or kv_heads < 1 or heads % kv_heads != 0:
         raise ValueError(

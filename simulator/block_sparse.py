@@ -8,7 +8,6 @@ attended and it holds ``kv_block`` keys (a block cut by the sequence end must ma
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -24,7 +23,7 @@ from simulator.common import (
     roofline,
     select_gpus,
 )
-from simulator.gna import TileCounts, headline, summarise
+from simulator.gna import TileCounts, TiledResult, summarise
 from simulator.gna_policy import ceil_div
 
 PATTERNS = ("random", "band")
@@ -101,7 +100,7 @@ def make_block_mask(
 
 
 @dataclass(frozen=True)
-class BlockSparseResult:
+class BlockSparseResult(TiledResult):
     """Predictions for a block-sparse (or strided-shard) problem, forward pass, bf16."""
 
     family: str
@@ -121,22 +120,6 @@ class BlockSparseResult:
     tiles: TileCounts
     endtoend: Endtoend | None
     roofline: tuple[Roofline, ...]
-
-    @property
-    def tile_bound(self) -> float:
-        return self.tiles.tile_bound
-
-    @property
-    def tile_bound_avg(self) -> float:
-        return self.tiles.tile_bound_avg
-
-    @property
-    def fully_block_sparse(self) -> bool:
-        return self.tiles.fully_block_sparse
-
-    def to_dict(self) -> dict:
-        """JSON-ready: the headline figures first, then every field."""
-        return headline(self.flop_bound, self.tiles, self.endtoend) | dataclasses.asdict(self)
 
 
 def _as_4d(block_mask: np.ndarray, batch: int, heads: int, n_q: int, n_kv: int) -> np.ndarray:

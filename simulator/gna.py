@@ -199,6 +199,26 @@ def headline(flop_bound: float, tiles: TileCounts, e2e: Endtoend | None) -> dict
     return head
 
 
+class TiledResult:
+    """Base of the result dataclasses that hold ``flop_bound``, ``tiles`` (:class:`TileCounts`) and ``endtoend``."""
+
+    @property
+    def tile_bound(self) -> float:
+        return self.tiles.tile_bound
+
+    @property
+    def tile_bound_avg(self) -> float:
+        return self.tiles.tile_bound_avg
+
+    @property
+    def fully_block_sparse(self) -> bool:
+        return self.tiles.fully_block_sparse
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the headline figures first, then every field."""
+        return headline(self.flop_bound, self.tiles, self.endtoend) | dataclasses.asdict(self)
+
+
 def summarise(
     tiling: str,
     q_tile: tuple[int, ...],
@@ -454,7 +474,7 @@ def _fmt(shape: tuple[int, ...]) -> str:
 
 
 @dataclass(frozen=True)
-class GnaResult:
+class GnaResult(TiledResult):
     """Everything the simulator predicts for one GNA config (forward pass, bf16, D_v = D)."""
 
     config: GnaConfig
@@ -470,22 +490,6 @@ class GnaResult:
     suggestions: tuple[Suggestion, ...]
     endtoend: Endtoend | None
     roofline: tuple[Roofline, ...]
-
-    @property
-    def tile_bound(self) -> float:
-        return self.tiles.tile_bound
-
-    @property
-    def tile_bound_avg(self) -> float:
-        return self.tiles.tile_bound_avg
-
-    @property
-    def fully_block_sparse(self) -> bool:
-        return self.tiles.fully_block_sparse
-
-    def to_dict(self) -> dict:
-        """JSON-ready: the headline figures first, then every field."""
-        return headline(self.flop_bound, self.tiles, self.endtoend) | dataclasses.asdict(self)
 
 
 def simulate_gna(

@@ -377,19 +377,47 @@ def attention_case(v: dict[str, Any], dtype: torch.dtype) -> Case:
     )
 
 
-def block_tiles(label: str, result: Any) -> Callable[[str], tuple[str, dict[str, float] | None]]:
-    """Block-list families: a kernel's tile is one block, so every kernel backend shares the block prediction."""
+def block_case(
+    v: dict[str, Any],
+    dtype: torch.dtype,
+    family: str,
+    summary: str,
+    call: Callable[[list[Tensor], str], Tensor],
+    validate: Callable[[list[Tensor]], Any],
+    causal: bool,
+    block_label: str,
+    result: Any,
+) -> Case:
+    """A block-list family's case (block-sparse, strided-shard) from its simulator ``result``: SDPA on the same tokens
+    as the baseline, FLOPs from the kept pairs, and a kernel's tile is one block, so every kernel backend shares the
+    block prediction."""
+    n, b, h, d, dv = v["input"][0], v["batch"], v["heads"], v["dim"], v["dim_v"]
 
     def tiles(backend: str) -> tuple[str, dict[str, float] | None]:
         if backend not in ("cpu", "cuda"):
             return UNTILED.get(backend, "-"), None
-        return label, bounds(result)
+        return block_label, bounds(result)
 
-    return tiles
+    return Case(
+        family=family,
+        summary=summary,
+        make_inputs=sequence_inputs(v, dtype),
+        differentiable=3,
+        call=call,
+        validate=validate,
+        baseline=lambda x: [heads_first(t) for t in x],
+        baseline_causal=causal,
+        baseline_summary=f"torch SDPA on the same {n} tokens",
+        # sparse_pairs already counts every (batch, head).
+        forward_flops=2.0 * result.sparse_pairs * (d + dv),
+        score_elements=b * h * n * n,
+        simulator={"flop_bound": result.flop_bound, "density": result.density, "sparse_pairs": result.sparse_pairs},
+        tiles=tiles,
+    )
 
 
 def block_sparse_case(v: dict[str, Any], dtype: torch.dtype) -> Case:
-    n, b, h, d, dv = v["input"][0], v["batch"], v["heads"], v["dim"], v["dim_v"]
+    n, b, h, d = v["input"][0], v["batch"], v["heads"], v["dim"]
     causal, q_block, kv_block = v["causal"][0], v["q_block"], v["kv_block"]
     blocks = make_block_mask(n, n, q_block, kv_block, v["density"], v["pattern"], h, v["seed"], causal)
     mask = torch.from_numpy(blocks)[None]  # [1, H, QB, KB]
@@ -402,27 +430,22 @@ def block_sparse_case(v: dict[str, Any], dtype: torch.dtype) -> Case:
     result = simulate_block_sparse(
         blocks, seq_len=n, q_block=q_block, kv_block=kv_block, causal=causal, batch=b, heads=h, head_dim=d, gpu="h100"
     )
-    return Case(
-        family="block-sparse",
-        summary=f"block-sparse  {n} tokens  blocks {q_block} x {kv_block}  {v['pattern']} density {v['density']:g} "
+    return block_case(
+        v,
+        dtype,
+        "block-sparse",
+        f"block-sparse  {n} tokens  blocks {q_block} x {kv_block}  {v['pattern']} density {v['density']:g} "
         f"(kept {100 * result.density:.1f}%)  causal {int(causal)}",
-        make_inputs=sequence_inputs(v, dtype),
-        differentiable=3,
-        call=call,
-        validate=lambda x: validate_block_sparse(x[0], x[1], x[2], mask, q_block, kv_block, causal, None, None, None),
-        baseline=lambda x: [heads_first(t) for t in x],
-        baseline_causal=causal,
-        baseline_summary=f"torch SDPA on the same {n} tokens",
-        # sparse_pairs already counts every (batch, head).
-        forward_flops=2.0 * result.sparse_pairs * (d + dv),
-        score_elements=b * h * n * n,
-        simulator={"flop_bound": result.flop_bound, "density": result.density, "sparse_pairs": result.sparse_pairs},
-        tiles=block_tiles(f"{q_block} / {kv_block} (the blocks)", result),
+        call,
+        lambda x: validate_block_sparse(x[0], x[1], x[2], mask, q_block, kv_block, causal, None, None, None),
+        causal,
+        f"{q_block} / {kv_block} (the blocks)",
+        result,
     )
 
 
 def strided_shard_case(v: dict[str, Any], dtype: torch.dtype) -> Case:
-    n, b, h, hk, d, dv = v["input"][0], v["batch"], v["heads"], v["heads_kv"], v["dim"], v["dim_v"]
+    n, b, h, hk, d = v["input"][0], v["batch"], v["heads"], v["heads_kv"], v["dim"]
     causal = v["causal"][0]
     pattern = {k: v[k] for k in ("block_size", "local_blocks", "vert_stride", "homo_head", "num_dense_heads",
                                  "head_sliding_offset")}  # fmt: skip
@@ -440,22 +463,18 @@ def strided_shard_case(v: dict[str, Any], dtype: torch.dtype) -> Case:
     result = simulate_strided_shard(
         seq_len=n, heads=h, kv_heads=hk, causal=causal, batch=b, head_dim=d, gpu="h100", **pattern
     )
-    return Case(
-        family="strided-shard",
-        summary=f"strided-shard  {n} tokens  block {v['block_size']}  local {v['local_blocks']}  vert_stride "
+    return block_case(
+        v,
+        dtype,
+        "strided-shard",
+        f"strided-shard  {n} tokens  block {v['block_size']}  local {v['local_blocks']}  vert_stride "
         f"{v['vert_stride']}  homo_head {int(v['homo_head'])}  dense heads {v['num_dense_heads']}  offset "
         f"{v['head_sliding_offset']}  causal {int(causal)}  (kept {100 * result.density:.1f}% of the blocks)",
-        make_inputs=sequence_inputs(v, dtype),
-        differentiable=3,
-        call=call,
-        validate=validate,
-        baseline=lambda x: [heads_first(t) for t in x],
-        baseline_causal=causal,
-        baseline_summary=f"torch SDPA on the same {n} tokens",
-        forward_flops=2.0 * result.sparse_pairs * (d + dv),
-        score_elements=b * h * n * n,
-        simulator={"flop_bound": result.flop_bound, "density": result.density, "sparse_pairs": result.sparse_pairs},
-        tiles=block_tiles(f"{v['block_size']} / {v['block_size']} (the blocks)", result),
+        call,
+        validate,
+        causal,
+        f"{v['block_size']} / {v['block_size']} (the blocks)",
+        result,
     )
 
 

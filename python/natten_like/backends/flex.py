@@ -38,6 +38,7 @@ from simulator.gna_policy import gna_group_length, gna_window_np
 from .. import block_sparse, strided_shard
 from .._validation import GnaParams
 from . import _REGISTRY, BACKEND_ORDER, Problem, register_backend
+from .reference import flatten_gna_tokens
 
 MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -274,14 +275,7 @@ def run_gna(
     """Shapes as in :func:`natten_like.gna`. Returns (out ``[B, *tokens, H, D_v]``, lse ``[B, *tokens, H]`` float32)."""
     _warn_fallback(problem)
     params: GnaParams = problem.params
-    batch, heads, kv_heads = q.shape[0], q.shape[-2], k.shape[-2]
-    n = math.prod(params.shape)
-    qf = q.reshape(batch, n, heads, q.shape[-1])
-    kf = k.reshape(batch, n, kv_heads, k.shape[-1])
-    vf = v.reshape(batch, n, kv_heads, v.shape[-1])
-    if additional_keys is not None:
-        kf = torch.cat([kf, additional_keys], dim=1)
-        vf = torch.cat([vf, additional_values], dim=1)
+    qf, kf, vf = flatten_gna_tokens(q, k, v, additional_keys, additional_values)
     out, lse = _flex(qf, kf, vf, _gna_block_mask(params, q.device), params.scale)
     return out.reshape(*q.shape[:-1], v.shape[-1]), lse.reshape(q.shape[:-1])
 

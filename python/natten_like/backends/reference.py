@@ -60,6 +60,25 @@ def gna_mask(params: GnaParams, device: torch.device) -> torch.Tensor:
     return mask
 
 
+def flatten_gna_tokens(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    additional_keys: torch.Tensor | None,
+    additional_values: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GNA inputs as a sequence: q ``[B, N, H, D]``, k/v ``[B, N + N_add, H_kv, D / D_v]`` with the token grid
+    flattened row-major and the additional KV appended."""
+    batch, n = q.shape[0], math.prod(q.shape[1:-2])
+    qf = q.reshape(batch, n, q.shape[-2], q.shape[-1])
+    kf = k.reshape(batch, n, k.shape[-2], k.shape[-1])
+    vf = v.reshape(batch, n, v.shape[-2], v.shape[-1])
+    if additional_keys is not None:
+        kf = torch.cat([kf, additional_keys], dim=1)
+        vf = torch.cat([vf, additional_values], dim=1)
+    return qf, kf, vf
+
+
 def run_gna(
     problem: Problem,
     q: torch.Tensor,
@@ -70,16 +89,10 @@ def run_gna(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """GNA as dense masked attention; shapes as in :func:`natten_like.gna`. Returns (out, lse)."""
     params: GnaParams = problem.params
-    batch, heads, kv_heads = q.shape[0], q.shape[-2], k.shape[-2]
-    n = math.prod(params.shape)
-    qf = q.reshape(batch, n, heads, q.shape[-1])
-    kf = k.reshape(batch, n, kv_heads, k.shape[-1])
-    vf = v.reshape(batch, n, kv_heads, v.shape[-1])
+    qf, kf, vf = flatten_gna_tokens(q, k, v, additional_keys, additional_values)
     mask = gna_mask(params, q.device)
     if additional_keys is not None:
-        kf = torch.cat([kf, additional_keys], dim=1)
-        vf = torch.cat([vf, additional_values], dim=1)
-        mask = torch.cat([mask, mask.new_ones(n, additional_keys.shape[1])], dim=1)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], additional_keys.shape[1])], dim=1)
     out, lse = masked_attention(qf, kf, vf, mask, params.scale)
     return out.reshape(*q.shape[:-1], v.shape[-1]), lse.reshape(q.shape[:-1])
 

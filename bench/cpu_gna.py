@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import (  # noqa: E402
     Measured,
     Timing,
+    git_commit,
     machine_info,
     nvtx_range,
     nvtx_wrap,
@@ -773,7 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     rows: list[Row] = []
     summaries: list[Summary] = []
-    load_start = os.getloadavg()[0]
+    load_start, commit_start = os.getloadavg()[0], git_commit()
     with nvtx_range("natten_like"):  # the whole run, so that `ncu --nvtx-include "natten_like/"` selects it
         for cfg in configs:
             print(f"{cfg.name}: stride {cfg.stride}, dilation {cfg.dilation}, causal {cfg.causal}", file=sys.stderr)
@@ -782,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
             summaries.append(s)
     info = machine_info()
     info["loadavg_1m"] = f"{load_start:.2f} at start, {info['loadavg_1m']:.2f} at end"
+    if info["commit"] != commit_start:  # the code measured is the one imported at the start
+        info["commit"] = f"{commit_start} at start, {info['commit']} at end"
     info["ours_via"] = why
     info["problem"] = f"B={args.batch} H={args.heads} D={args.dim} {args.dtype}"
     print(render(rows, summaries, info, command))

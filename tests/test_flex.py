@@ -173,12 +173,12 @@ def _gna_problem(device_type: str, dtype: torch.dtype, requires_grad: bool) -> P
 
 
 def test_refusal_reasons() -> None:
-    assert flex.gna_not_supported_reasons(_gna_problem("cpu", torch.float32, False)) == []
-    assert flex.gna_not_supported_reasons(_gna_problem("cuda", torch.bfloat16, True)) == []
-    reasons = flex.gna_not_supported_reasons(_gna_problem("meta", torch.float64, False))
+    assert flex.not_supported_reasons(_gna_problem("cpu", torch.float32, False)) == []
+    assert flex.not_supported_reasons(_gna_problem("cuda", torch.bfloat16, True)) == []
+    reasons = flex.not_supported_reasons(_gna_problem("meta", torch.float64, False))
     assert len(reasons) == 2
     assert "does not run on meta" in reasons[0] and "float64" in reasons[1]
-    reasons = flex.gna_not_supported_reasons(_gna_problem("cpu", torch.float32, True))
+    reasons = flex.not_supported_reasons(_gna_problem("cpu", torch.float32, True))
     assert reasons == [reasons[0]] and "no backward on cpu" in reasons[0]
 
     # Forced through the public API, every reason is listed at once.

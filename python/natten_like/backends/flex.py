@@ -243,7 +243,8 @@ def _warn_fallback(problem: Problem) -> None:
         )
 
 
-def _common_reasons(problem: Problem) -> list[str]:
+def not_supported_reasons(problem: Problem) -> list[str]:
+    """What FlexAttention needs for every family: a device it runs on, a supported dtype, a backward when one is due."""
     reasons = []
     if problem.device_type not in FLEX_DEVICES:
         reasons.append(f"FlexAttention does not run on {problem.device_type} (only {', '.join(FLEX_DEVICES)})")
@@ -258,10 +259,6 @@ def _common_reasons(problem: Problem) -> list[str]:
             "it under torch.no_grad or with inputs that do not require grad)"
         )
     return reasons
-
-
-def gna_not_supported_reasons(problem: Problem) -> list[str]:
-    return _common_reasons(problem)
 
 
 def run_gna(
@@ -281,7 +278,7 @@ def run_gna(
 
 
 def block_sparse_not_supported_reasons(problem: Problem) -> list[str]:
-    reasons = _common_reasons(problem)
+    reasons = not_supported_reasons(problem)
     if problem.params.cu_seqlens_q is not None:
         reasons.append("packed variable-length batches (cu_seqlens) are not supported")
     return reasons
@@ -308,10 +305,6 @@ def run_block_sparse(
     return _flex(q, k, v, mask, p.scale)
 
 
-def strided_shard_not_supported_reasons(problem: Problem) -> list[str]:
-    return _common_reasons(problem)
-
-
 def run_strided_shard(
     problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -323,6 +316,6 @@ def run_strided_shard(
     return _flex(q, k, v, _strided_shard_block_mask(p, q.device), p.scale)
 
 
-register_backend("gna", "flex", gna_not_supported_reasons, run_gna)
+register_backend("gna", "flex", not_supported_reasons, run_gna)
 register_backend("block_sparse", "flex", block_sparse_not_supported_reasons, run_block_sparse)
-register_backend("strided_shard", "flex", strided_shard_not_supported_reasons, run_strided_shard)
+register_backend("strided_shard", "flex", not_supported_reasons, run_strided_shard)

@@ -5,7 +5,8 @@ refuses with "no CUDA kernels are built yet"); they run on every GPU of compute 
 yet been verified on a GPU (issue 5), so the backend accepts a problem only when ``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is
 set; otherwise it refuses, saying so, and the flex / reference backends take CUDA tensors. What the kernels run: GNA
 1-3 D and dense self-attention, forward only (no autograd), float16 / bfloat16, the built head dims with ``D_v == D``,
-GQA, no additional KV.
+GQA, no additional KV. Head dims and the device's compute capability are only visible in the tensors, so they are
+checked when the kernel is about to run, and an opted-in call they rule out raises ``BackendNotSupportedError``.
 
 Tile shapes come from the one table, ``simulator/tile_configs.py`` (``GNA_TILES["sm80"]``), clamped to the problem.
 """
@@ -13,7 +14,6 @@ Tile shapes come from the one table, ``simulator/tile_configs.py`` (``GNA_TILES[
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import torch
 
@@ -21,7 +21,7 @@ from simulator.tile_configs import clamp_tile, gna_tiles
 
 from .. import ops
 from .._validation import AttentionParams, GnaParams
-from . import BackendNotSupportedError, Problem, logger, register_backend, registered_backends, select_backend
+from . import BackendNotSupportedError, Problem, register_backend
 
 EXPERIMENTAL_ENV = "NATTEN_LIKE_EXPERIMENTAL_CUDA"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -83,18 +83,11 @@ def _tensor_reasons(q: torch.Tensor, v: torch.Tensor) -> list[str]:
     return reasons
 
 
-def _fallback(problem: Problem, reasons: list[str], *tensors: Any) -> Any:
-    """Run ``problem`` on the next backend that accepts it, as auto-dispatch would have had it known ``reasons``."""
-    logger.debug("natten_like %s: cuda refused at run time (%s)", problem.family, "; ".join(reasons))
-    for name in registered_backends(problem.family):
-        if name == "cuda":
-            continue
-        try:
-            backend = select_backend(problem, name)
-        except BackendNotSupportedError:
-            continue
-        return backend.run(problem, *tensors)
-    raise BackendNotSupportedError(f"backend 'cuda' cannot run this {problem.family} problem: " + "; ".join(reasons))
+def _refuse(problem: Problem, reasons: list[str]) -> BackendNotSupportedError:
+    # Raised, never a silent switch to another backend: a forced backend="cuda" must run here or fail. Reaching this
+    # needs the opt-in NATTEN_LIKE_EXPERIMENTAL_CUDA=1; the head dims belong in the Problem so that dispatch can see
+    # them before choosing (then auto-dispatch would fall back instead).
+    return BackendNotSupportedError(f"backend 'cuda' cannot run this {problem.family} problem: " + "; ".join(reasons))
 
 
 def gna_not_supported_reasons(problem: Problem) -> list[str]:
@@ -134,7 +127,7 @@ def run_gna(
     """Shapes as in :func:`natten_like.gna`. Returns (out [B, *tokens, H, D], lse [B, *tokens, H] float32)."""
     reasons = _tensor_reasons(q, v)
     if reasons:
-        return _fallback(problem, reasons, q, k, v, additional_keys, additional_values)
+        raise _refuse(problem, reasons)
     return _gna_op(q, k, v, problem.params)
 
 
@@ -152,7 +145,7 @@ def run_attention(
     """Dense self-attention as 1-D GNA with window = N. q [B, N, H, D], k/v [B, N, H_kv, D] -> (out, lse)."""
     reasons = _tensor_reasons(q, v)
     if reasons:
-        return _fallback(problem, reasons, q, k, v)
+        raise _refuse(problem, reasons)
     params: AttentionParams = problem.params
     n = params.num_q
     full = GnaParams(

@@ -27,7 +27,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from . import ops
 from ._validation import check_backend, check_bool, check_int, check_same_floating, check_scale, check_tensor
-from .backends import Problem, cpu, reference, register_backend, select_backend
+from .backends import Problem, cpu, dispatch, reference, register_backend
 from .backends.reference import masked_attention
 
 __all__ = [
@@ -262,7 +262,12 @@ def _normalise_mask(
             raise ValueError(
                 "block_mask lists a KV block twice for one query block (in kv_indices and/or full_kv_indices)"
             )
-    elif (_block_counts(lists.kv_num_blocks, lists.kv_indices, kb) > 1).any():
+    elif (
+        not isinstance(block_mask, torch.Tensor)
+        and (_block_counts(lists.kv_num_blocks, lists.kv_indices, kb) > 1).any()
+    ):
+        # Lists made from a bool mask cannot repeat a block; skipping the check keeps that path free of data-dependent
+        # branches, so torch.compile(fullgraph=True) traces it.
         raise ValueError("block_mask lists a KV block twice for one query block in kv_indices")
     return lists, q_block, kv_block, qb, kb
 
@@ -445,7 +450,5 @@ def block_sparse_attention(
         q, k, v, block_mask, q_block, kv_block, is_causal, scale, cu_seqlens_q, cu_seqlens_kv
     )
     check_bool(return_lse, "return_lse")
-    requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    problem = Problem("block_sparse", q.device.type, q.dtype, requires_grad, params)
-    out, lse = select_backend(problem, check_backend(backend)).run(problem, q, k, v)
+    out, lse = dispatch("block_sparse", params, check_backend(backend), q, k, v)
     return (out, lse) if return_lse else out

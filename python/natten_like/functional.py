@@ -18,15 +18,11 @@ from ._validation import (
     validate_gna,
     validate_merge,
 )
-from .backends import Problem, select_backend
+from .backends import dispatch
 
 Tensor = torch.Tensor
 IntOrTuple = int | Sequence[int]
 BoolOrTuple = bool | Sequence[bool]
-
-
-def _requires_grad(*tensors: Tensor | None) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def gna(
@@ -66,9 +62,7 @@ def gna(
     """
     params = validate_gna(q, k, v, window, stride, dilation, is_causal, scale, additional_keys, additional_values)
     return_lse = check_bool(return_lse, "return_lse")
-    requires_grad = _requires_grad(q, k, v, additional_keys, additional_values)
-    problem = Problem("gna", q.device.type, q.dtype, requires_grad, params)
-    out, lse = select_backend(problem, check_backend(backend)).run(problem, q, k, v, additional_keys, additional_values)
+    out, lse = dispatch("gna", params, check_backend(backend), q, k, v, additional_keys, additional_values)
     return (out, lse) if return_lse else out
 
 
@@ -169,8 +163,7 @@ def attention(
     """
     params = validate_attention(q, k, v, is_causal, scale)
     return_lse = check_bool(return_lse, "return_lse")
-    problem = Problem("attention", q.device.type, q.dtype, _requires_grad(q, k, v), params)
-    out, lse = select_backend(problem, check_backend(backend)).run(problem, q, k, v)
+    out, lse = dispatch("attention", params, check_backend(backend), q, k, v)
     return (out, lse) if return_lse else out
 
 

@@ -21,7 +21,7 @@ import torch
 
 from . import ops
 from ._validation import check_backend, check_bool, check_int, check_same_floating, check_scale, check_tensor
-from .backends import Problem, cpu, reference, register_backend, select_backend
+from .backends import Problem, cpu, dispatch, reference, register_backend
 from .backends.reference import masked_attention
 
 __all__ = ["LatentParams", "MultiHeadLatentAttention", "latent_attention", "latent_reference"]
@@ -218,9 +218,7 @@ def latent_attention(
         q, kv_cache, latent_dim, rope_dim, cache_seqlens, block_table, is_causal, scale, num_splits
     )
     check_bool(return_lse, "return_lse")
-    requires_grad = torch.is_grad_enabled() and (q.requires_grad or kv_cache.requires_grad)
-    problem = Problem("latent", q.device.type, q.dtype, requires_grad, params)
-    out, lse = select_backend(problem, check_backend(backend)).run(problem, q, kv_cache)
+    out, lse = dispatch("latent", params, check_backend(backend), q, kv_cache)
     return (out, lse) if return_lse else out
 
 

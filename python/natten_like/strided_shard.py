@@ -28,7 +28,7 @@ from ._validation import (
     check_sequence_qkv,
     check_tensor,
 )
-from .backends import Problem, cpu, reference, register_backend, select_backend
+from .backends import Problem, cpu, dispatch, reference, register_backend
 from .backends.reference import masked_attention
 
 __all__ = [
@@ -274,7 +274,5 @@ def strided_shard_attention(
         scale,
     )
     check_bool(return_lse, "return_lse")
-    requires_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
-    problem = Problem("strided_shard", q.device.type, q.dtype, requires_grad, params)
-    out, lse = select_backend(problem, check_backend(backend)).run(problem, q, k, v)
+    out, lse = dispatch("strided_shard", params, check_backend(backend), q, k, v)
     return (out, lse) if return_lse else out

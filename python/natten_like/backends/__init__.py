@@ -15,7 +15,7 @@ the graph).
 
 Adding a family needs no edit here. In its own module (e.g. ``python/natten_like/block_sparse.py``)::
 
-    from natten_like.backends import Problem, register_backend, select_backend
+    from natten_like.backends import Problem, dispatch, register_backend
 
     def _cpu_reasons(problem: Problem) -> list[str]: ...
     def _cpu_run(problem: Problem, q, k, v, block_mask): ...
@@ -24,8 +24,7 @@ Adding a family needs no edit here. In its own module (e.g. ``python/natten_like
 
     def block_sparse_attention(q, k, v, block_mask, ..., backend=None):
         params = ...  # validate
-        problem = Problem("block_sparse", q.device.type, q.dtype, requires_grad, params)
-        return select_backend(problem, backend).run(problem, q, k, v, block_mask)
+        return dispatch("block_sparse", params, backend, q, k, v, block_mask)
 
 Only a new *kind* of backend (a new name) is added to :data:`BACKEND_ORDER`, once.
 """
@@ -120,6 +119,15 @@ def select_backend(problem: Problem, backend: str | None = None) -> Backend:
             return candidate
         refusals.append(f"{name} refused: " + ", ".join(reasons))
     raise BackendNotSupportedError(f"no backend can run this {problem.family} problem: " + "; ".join(refusals))
+
+
+def dispatch(family: str, params: Any, backend: str | None, *tensors: torch.Tensor | None) -> Any:
+    """Run ``family`` with ``params`` on ``tensors`` through :func:`select_backend`. The first tensor (q) gives the
+    device and dtype; the problem needs autograd when grad is enabled and any tensor requires grad."""
+    q = tensors[0]
+    requires_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    problem = Problem(family, q.device.type, q.dtype, requires_grad, params)
+    return select_backend(problem, backend).run(problem, *tensors)
 
 
 # The built-in backends register themselves on import (after the definitions above, which they use).

@@ -184,10 +184,26 @@ def test_compile_fullgraph_forward_backward() -> None:
         torch.testing.assert_close(a, e)
 
 
-def test_strided_shard_has_no_graph_breaks() -> None:
+@pytest.mark.parametrize(
+    ("build", "inputs"),
+    [
+        (lambda: NeighborhoodAttention1D(16, 2, 3), lambda: (torch.randn(1, 9, 16),)),
+        (lambda: NeighborhoodAttention2D(16, 2, 3, stride=2), lambda: (torch.randn(1, 6, 5, 16),)),
+        (lambda: NeighborhoodAttention3D(16, 2, 2, is_causal=True), lambda: (torch.randn(1, 3, 4, 4, 16),)),
+        (
+            lambda: BlockSparseAttention(16, 2, q_block=4, kv_block=4),
+            lambda: (torch.randn(1, 12, 16), torch.rand(1, 2, 3, 3, generator=torch.Generator().manual_seed(0)) > 0.3),
+        ),
+        (
+            lambda: StridedShardAttention(16, 4, block_size=4, local_blocks=1, vert_stride=2),
+            lambda: (torch.randn(1, 12, 16),),
+        ),
+    ],
+    ids=["na1d", "na2d", "na3d-causal", "block-sparse", "strided-shard"],
+)
+def test_modules_have_no_graph_breaks(build, inputs) -> None:
     torch._dynamo.reset()
-    layer = StridedShardAttention(16, 4, block_size=4, local_blocks=1, vert_stride=2)
-    explanation = torch._dynamo.explain(layer)(torch.randn(1, 12, 16))
+    explanation = torch._dynamo.explain(build())(*inputs())
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 

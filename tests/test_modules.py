@@ -253,3 +253,11 @@ def test_forward_validation() -> None:
         layer(torch.randn(1, 5, 6, 16))
     with pytest.raises(ValueError, match=r"additional_tokens must be \[B=1, N_add, dim=16\]"):
         layer(torch.randn(1, 6, 6, 16), torch.randn(2, 3, 16))
+
+
+def test_latent_layer_has_no_graph_breaks() -> None:
+    torch._dynamo.reset()
+    layer = MultiHeadLatentAttention(32, 4, latent_dim=16, rope_dim=8, nope_dim=8, v_dim=8)
+    with torch.no_grad():  # inference: the fused latent kernel is forward-only
+        explanation = torch._dynamo.explain(layer)(torch.randn(2, 5, 32))
+    assert explanation.graph_break_count == 0, explanation.break_reasons

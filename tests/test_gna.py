@@ -237,6 +237,8 @@ def test_reference_mask_is_the_and_over_dims() -> None:
         is_causal=(False, True, True),
         scale=1.0,
         num_additional=0,
+        head_dim=4,
+        head_dim_v=4,
     )
     per_dim = (params.shape, params.window, params.stride, params.dilation, params.is_causal)
     dims = [GnaDim(*a) for a in zip(*per_dim, strict=True)]

@@ -123,6 +123,8 @@ class GnaParams:
     is_causal: tuple[bool, ...]
     scale: float
     num_additional: int  # additional KV tokens (0 when none are given)
+    head_dim: int  # D of q and k
+    head_dim_v: int  # D_v of v
 
     @property
     def rank(self) -> int:
@@ -201,6 +203,8 @@ def validate_gna(
         is_causal=causal_t,
         scale=check_scale(scale, q.shape[-1]),
         num_additional=num_additional,
+        head_dim=q.shape[-1],
+        head_dim_v=v.shape[-1],
     )
 
 
@@ -212,6 +216,8 @@ class AttentionParams:
     num_kv: int
     is_causal: bool
     scale: float
+    head_dim: int  # D of q and k
+    head_dim_v: int  # D_v of v
 
 
 def validate_attention(q: object, k: object, v: object, is_causal: object, scale: object) -> AttentionParams:
@@ -224,6 +230,8 @@ def validate_attention(q: object, k: object, v: object, is_causal: object, scale
         num_kv=k.shape[1],
         is_causal=check_bool(is_causal, "is_causal"),
         scale=check_scale(scale, q.shape[-1]),
+        head_dim=q.shape[-1],
+        head_dim_v=v.shape[-1],
     )
 
 

@@ -89,6 +89,8 @@ def run_attention(
         is_causal=(params.is_causal,),
         scale=params.scale,
         num_additional=0,
+        head_dim=params.head_dim,
+        head_dim_v=params.head_dim_v,
     )
     return _gna_op(q, k, v, None, None, full)
 

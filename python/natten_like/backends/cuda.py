@@ -5,8 +5,8 @@ refuses with "no CUDA kernels are built yet"); they run on every GPU of compute 
 yet been verified on a GPU (issue 5), so the backend accepts a problem only when ``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is
 set; otherwise it refuses, saying so, and the flex / reference backends take CUDA tensors. What the kernels run: GNA
 1-3 D and dense self-attention, forward only (no autograd), float16 / bfloat16, the built head dims with ``D_v == D``,
-GQA, no additional KV. Head dims and the device's compute capability are only visible in the tensors, so they are
-checked when the kernel is about to run, and an opted-in call they rule out raises ``BackendNotSupportedError``.
+GQA, no additional KV. The compute capability of the tensors' own GPU is checked when the kernel is about to run
+(the problem names only the device type); an opted-in call it rules out raises ``BackendNotSupportedError``.
 
 Tile shapes come from the one table, ``simulator/tile_configs.py`` (``GNA_TILES["sm80"]``), clamped to the problem.
 """
@@ -72,26 +72,28 @@ def _common_reasons(problem: Problem) -> list[str]:
     return reasons
 
 
-def _tensor_reasons(q: torch.Tensor, v: torch.Tensor) -> list[str]:
-    """What only the tensors tell (the problem carries neither head dims nor the device index)."""
-    reasons = _device_reasons(q.device)
-    built = sorted(hd for dt, hd in built_kernels() if dt == q.dtype)
-    if q.shape[-1] not in built:
-        reasons.append(f"head dim {q.shape[-1]} has no kernel (built: {built})")
-    if v.shape[-1] != q.shape[-1]:
-        reasons.append(f"D_v ({v.shape[-1]}) != D ({q.shape[-1]})")
+def _head_dim_reasons(problem: Problem) -> list[str]:
+    params: GnaParams | AttentionParams = problem.params
+    reasons = []
+    built = sorted(hd for dt, hd in built_kernels() if dt == problem.dtype)
+    if params.head_dim not in built:
+        reasons.append(f"head dim {params.head_dim} has no kernel (built for {problem.dtype}: {built})")
+    if params.head_dim_v != params.head_dim:
+        reasons.append(f"D_v ({params.head_dim_v}) != D ({params.head_dim})")
     return reasons
 
 
-def _refuse(problem: Problem, reasons: list[str]) -> BackendNotSupportedError:
-    # Raised, never a silent switch to another backend: a forced backend="cuda" must run here or fail. Reaching this
-    # needs the opt-in NATTEN_LIKE_EXPERIMENTAL_CUDA=1; the head dims belong in the Problem so that dispatch can see
-    # them before choosing (then auto-dispatch would fall back instead).
-    return BackendNotSupportedError(f"backend 'cuda' cannot run this {problem.family} problem: " + "; ".join(reasons))
+def _check_device(problem: Problem, device: torch.device) -> None:
+    # The problem names the device type, not the device: on a machine mixing GPU generations the capability of the
+    # tensors' own GPU is only known here. Raised, never a silent switch, so a forced backend="cuda" runs here or fails.
+    reasons = _device_reasons(device)
+    if reasons:
+        message = f"backend 'cuda' cannot run this {problem.family} problem: " + "; ".join(reasons)
+        raise BackendNotSupportedError(message)
 
 
 def gna_not_supported_reasons(problem: Problem) -> list[str]:
-    reasons = _common_reasons(problem)
+    reasons = _common_reasons(problem) + _head_dim_reasons(problem)
     params: GnaParams = problem.params
     if params.num_additional:
         reasons.append("additional KV is not supported by the CUDA kernels yet")
@@ -125,14 +127,12 @@ def run_gna(
     additional_values: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shapes as in :func:`natten_like.gna`. Returns (out [B, *tokens, H, D], lse [B, *tokens, H] float32)."""
-    reasons = _tensor_reasons(q, v)
-    if reasons:
-        raise _refuse(problem, reasons)
+    _check_device(problem, q.device)
     return _gna_op(q, k, v, problem.params)
 
 
 def attention_not_supported_reasons(problem: Problem) -> list[str]:
-    reasons = _common_reasons(problem)
+    reasons = _common_reasons(problem) + _head_dim_reasons(problem)
     params: AttentionParams = problem.params
     if params.num_q != params.num_kv:
         reasons.append(f"N_q ({params.num_q}) != N_kv ({params.num_kv}): only self-attention shapes run here")
@@ -143,9 +143,7 @@ def run_attention(
     problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense self-attention as 1-D GNA with window = N. q [B, N, H, D], k/v [B, N, H_kv, D] -> (out, lse)."""
-    reasons = _tensor_reasons(q, v)
-    if reasons:
-        raise _refuse(problem, reasons)
+    _check_device(problem, q.device)
     params: AttentionParams = problem.params
     n = params.num_q
     full = GnaParams(
@@ -156,6 +154,8 @@ def run_attention(
         is_causal=(params.is_causal,),
         scale=params.scale,
         num_additional=0,
+        head_dim=params.head_dim,
+        head_dim_v=params.head_dim_v,
     )
     return _gna_op(q, k, v, full)
 

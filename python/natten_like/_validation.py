@@ -219,6 +219,21 @@ class AttentionParams:
     head_dim: int  # D of q and k
     head_dim_v: int  # D_v of v
 
+    def as_gna(self) -> GnaParams:
+        """Dense self-attention (N_q == N_kv) as 1-D GNA with window N: causal window N is exactly causal attention."""
+        n = self.num_q
+        return GnaParams(
+            shape=(n,),
+            window=(n,),
+            stride=(1,),
+            dilation=(1,),
+            is_causal=(self.is_causal,),
+            scale=self.scale,
+            num_additional=0,
+            head_dim=self.head_dim,
+            head_dim_v=self.head_dim_v,
+        )
+
 
 def validate_attention(q: object, k: object, v: object, is_causal: object, scale: object) -> AttentionParams:
     """Check the arguments of :func:`natten_like.attention`: q ``[B, N_q, H, D]``, k/v ``[B, N_kv, H_kv, D / D_v]``."""

@@ -12,6 +12,10 @@ from typing import Any
 
 import torch
 
+from simulator.tile_configs import clamp_tile, gna_tiles
+
+from ._validation import GnaParams
+
 try:
     from . import _C  # noqa: F401  (importing it registers the operator schemas and kernels)
 except ImportError as exc:
@@ -93,3 +97,33 @@ def register_qkv_op(family: str, num_tensors: int) -> None:
     torch.library.register_fake(f"natten_like::{family}_forward", _forward_fake)
     torch.library.register_fake(f"natten_like::{family}_backward", backward_fake)
     torch.library.register_autograd(f"natten_like::{family}_forward", backward, setup_context=setup_context)
+
+
+def gna_forward(
+    target: str,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    additional_keys: torch.Tensor | None,
+    additional_values: torch.Tensor | None,
+    params: GnaParams,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Call the ``gna_forward`` op with ``target``'s tile shapes (``simulator/tile_configs.py``) clamped to the problem.
+
+    Shapes as in :func:`natten_like.gna`; returns (out ``[B, *tokens, H, D_v]``, lse ``[B, *tokens, H]`` float32).
+    """
+    q_tile, kv_tile = gna_tiles(target, params.rank)
+    return torch.ops.natten_like.gna_forward(
+        q,
+        k,
+        v,
+        additional_keys,
+        additional_values,
+        list(params.window),
+        list(params.stride),
+        list(params.dilation),
+        list(params.is_causal),
+        params.scale,
+        list(clamp_tile(q_tile, params.shape, params.dilation)),
+        list(clamp_tile(kv_tile, params.shape, params.dilation)),
+    )

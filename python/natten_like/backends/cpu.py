@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from simulator.tile_configs import clamp_tile, gna_tiles
-
 from .. import ops
-from .._validation import AttentionParams, GnaParams
+from .._validation import AttentionParams
 from . import Problem, register_backend
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -30,31 +28,6 @@ def not_supported_reasons(problem: Problem) -> list[str]:
     return reasons
 
 
-def _gna_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    additional_keys: torch.Tensor | None,
-    additional_values: torch.Tensor | None,
-    params: GnaParams,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    q_tile, kv_tile = gna_tiles("cpu", params.rank)
-    return torch.ops.natten_like.gna_forward(
-        q,
-        k,
-        v,
-        additional_keys,
-        additional_values,
-        list(params.window),
-        list(params.stride),
-        list(params.dilation),
-        list(params.is_causal),
-        params.scale,
-        list(clamp_tile(q_tile, params.shape, params.dilation)),
-        list(clamp_tile(kv_tile, params.shape, params.dilation)),
-    )
-
-
 def run_gna(
     problem: Problem,
     q: torch.Tensor,
@@ -64,7 +37,7 @@ def run_gna(
     additional_values: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shapes as in :func:`natten_like.gna`. Returns (out [B, *tokens, H, D_v], lse [B, *tokens, H] float32)."""
-    return _gna_op(q, k, v, additional_keys, additional_values, problem.params)
+    return ops.gna_forward("cpu", q, k, v, additional_keys, additional_values, problem.params)
 
 
 def attention_not_supported_reasons(problem: Problem) -> list[str]:
@@ -80,19 +53,7 @@ def run_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q [B, N, H, D], k/v [B, N, H_kv, D / D_v]. Returns (out [B, N, H, D_v], lse [B, N, H] float32)."""
     params: AttentionParams = problem.params
-    n = params.num_q
-    full = GnaParams(
-        shape=(n,),
-        window=(n,),
-        stride=(1,),
-        dilation=(1,),
-        is_causal=(params.is_causal,),
-        scale=params.scale,
-        num_additional=0,
-        head_dim=params.head_dim,
-        head_dim_v=params.head_dim_v,
-    )
-    return _gna_op(q, k, v, None, None, full)
+    return ops.gna_forward("cpu", q, k, v, None, None, params.as_gna())
 
 
 register_backend("gna", "cpu", not_supported_reasons, run_gna)

@@ -17,8 +17,6 @@ import os
 
 import torch
 
-from simulator.tile_configs import clamp_tile, gna_tiles
-
 from .. import ops
 from .._validation import AttentionParams, GnaParams
 from . import BackendNotSupportedError, Problem, register_backend
@@ -100,24 +98,6 @@ def gna_not_supported_reasons(problem: Problem) -> list[str]:
     return reasons
 
 
-def _gna_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, params: GnaParams) -> tuple[torch.Tensor, torch.Tensor]:
-    q_tile, kv_tile = gna_tiles("sm80", params.rank)
-    return torch.ops.natten_like.gna_forward(
-        q,
-        k,
-        v,
-        None,
-        None,
-        list(params.window),
-        list(params.stride),
-        list(params.dilation),
-        list(params.is_causal),
-        params.scale,
-        list(clamp_tile(q_tile, params.shape, params.dilation)),
-        list(clamp_tile(kv_tile, params.shape, params.dilation)),
-    )
-
-
 def run_gna(
     problem: Problem,
     q: torch.Tensor,
@@ -128,7 +108,7 @@ def run_gna(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shapes as in :func:`natten_like.gna`. Returns (out [B, *tokens, H, D], lse [B, *tokens, H] float32)."""
     _check_device(problem, q.device)
-    return _gna_op(q, k, v, problem.params)
+    return ops.gna_forward("sm80", q, k, v, None, None, problem.params)
 
 
 def attention_not_supported_reasons(problem: Problem) -> list[str]:
@@ -145,19 +125,7 @@ def run_attention(
     """Dense self-attention as 1-D GNA with window = N. q [B, N, H, D], k/v [B, N, H_kv, D] -> (out, lse)."""
     _check_device(problem, q.device)
     params: AttentionParams = problem.params
-    n = params.num_q
-    full = GnaParams(
-        shape=(n,),
-        window=(n,),
-        stride=(1,),
-        dilation=(1,),
-        is_causal=(params.is_causal,),
-        scale=params.scale,
-        num_additional=0,
-        head_dim=params.head_dim,
-        head_dim_v=params.head_dim_v,
-    )
-    return _gna_op(q, k, v, full)
+    return ops.gna_forward("sm80", q, k, v, None, None, params.as_gna())
 
 
 register_backend("gna", "cuda", gna_not_supported_reasons, run_gna)

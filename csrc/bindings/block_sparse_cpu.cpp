@@ -193,24 +193,6 @@ Plan make_plan(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, co
   return plan;
 }
 
-template <class T>
-cpu::FmhaParams<T> make_params(const Plan& plan, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               double scale) {
-  cpu::FmhaParams<T> p;
-  p.batch = plan.packed ? 1 : plan.batch;
-  p.nq = plan.nq;
-  p.nkv = plan.nkv;
-  p.heads = q.size(-2);
-  p.kv_heads = k.size(-2);
-  p.dim = q.size(-1);
-  p.dim_v = v.size(-1);
-  p.scale = static_cast<float>(scale);
-  p.q = q.data_ptr<T>();
-  p.k = k.data_ptr<T>();
-  p.v = v.data_ptr<T>();
-  return p;
-}
-
 std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cpu(
     const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const at::Tensor& kv_num, const at::Tensor& kv_idx,
     const c10::optional<at::Tensor>& full_num, const c10::optional<at::Tensor>& full_idx,
@@ -224,7 +206,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cpu(
   auto lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
   if (out.numel() == 0 || q.size(-1) == 0) return {out.zero_(), lse.fill_(-INFINITY)};
   NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "block_sparse_forward_cpu", [&] {
-    auto p = make_params<scalar_t>(plan, q, k, v, scale);
+    auto p = fmha_params<scalar_t>(q, k, v, plan.packed ? 1 : plan.batch, plan.nq, plan.nkv, scale);
     p.out = out.data_ptr<scalar_t>();
     p.lse = lse.data_ptr<float>();
     cpu::fmha_forward(p, plan);
@@ -250,7 +232,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cpu(
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   if (grad_out.numel() == 0 || q.size(-1) == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
   NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "block_sparse_backward_cpu", [&] {
-    auto p = make_params<scalar_t>(plan, q, k, v, scale);
+    auto p = fmha_params<scalar_t>(q, k, v, plan.packed ? 1 : plan.batch, plan.nq, plan.nkv, scale);
     p.grad_out = grad_out.data_ptr<scalar_t>();
     p.lse_in = lse.data_ptr<float>();
     p.delta = delta.data_ptr<float>();

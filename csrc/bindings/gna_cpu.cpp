@@ -34,26 +34,15 @@ GnaPolicy<Rank> make_policy(at::IntArrayRef shape, at::IntArrayRef window, at::I
 
 template <class T>
 cpu::FmhaParams<T> make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                               const c10::optional<at::Tensor>& add_k, const c10::optional<at::Tensor>& add_v, int rank,
+                               const c10::optional<at::Tensor>& add_k, const c10::optional<at::Tensor>& add_v,
                                double scale) {
-  cpu::FmhaParams<T> p;
-  p.batch = q.size(0);
-  p.nq = q.numel() / (p.batch * q.size(-1) * q.size(-2));
-  p.nkv = p.nq;
-  p.heads = q.size(-2);
-  p.kv_heads = k.size(-2);
-  p.dim = q.size(-1);
-  p.dim_v = v.size(-1);
-  p.scale = static_cast<float>(scale);
-  p.q = q.data_ptr<T>();
-  p.k = k.data_ptr<T>();
-  p.v = v.data_ptr<T>();
+  const int64_t batch = q.size(0), tokens = q.numel() / (batch * q.size(-1) * q.size(-2));
+  auto p = fmha_params<T>(q, k, v, batch, tokens, tokens, scale);
   if (add_k.has_value()) {
     p.nadd = add_k->size(1);
     p.add_k = add_k->data_ptr<T>();
     p.add_v = add_v->data_ptr<T>();
   }
-  (void)rank;
   return p;
 }
 
@@ -107,7 +96,7 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cpu(const at::Tensor& q_, const a
   auto lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
   if (q.numel() == 0 || out.numel() == 0) return {out.zero_(), lse.fill_(-INFINITY)};
   NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "gna_forward_cpu", [&] {
-    auto p = make_params<scalar_t>(q, k, v, add_k, add_v, rank, scale);
+    auto p = make_params<scalar_t>(q, k, v, add_k, add_v, scale);
     p.out = out.data_ptr<scalar_t>();
     p.lse = lse.data_ptr<float>();
     dispatch_rank(rank, [&](auto r) {
@@ -142,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
     return {dq.zero_(), dk.zero_(), dv.zero_(), dadd_k.zero_(), dadd_v.zero_()};
   }
   NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "gna_backward_cpu", [&] {
-    auto p = make_params<scalar_t>(q, k, v, add_k, add_v, rank, scale);
+    auto p = make_params<scalar_t>(q, k, v, add_k, add_v, scale);
     p.grad_out = grad_out.data_ptr<scalar_t>();
     p.lse_in = lse.data_ptr<float>();
     p.delta = delta.data_ptr<float>();

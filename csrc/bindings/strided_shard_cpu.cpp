@@ -56,23 +56,6 @@ void check_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
               "natten_like::strided_shard: dtypes differ");
 }
 
-template <class T>
-cpu::FmhaParams<T> make_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, double scale) {
-  cpu::FmhaParams<T> p;
-  p.batch = q.size(0);
-  p.nq = q.size(1);
-  p.nkv = k.size(1);
-  p.heads = q.size(2);
-  p.kv_heads = k.size(2);
-  p.dim = q.size(3);
-  p.dim_v = v.size(3);
-  p.scale = static_cast<float>(scale);
-  p.q = q.data_ptr<T>();
-  p.k = k.data_ptr<T>();
-  p.v = v.data_ptr<T>();
-  return p;
-}
-
 std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cpu(const at::Tensor& q_, const at::Tensor& k_,
                                                              const at::Tensor& v_, int64_t block, int64_t local,
                                                              int64_t vert_stride, bool causal, bool homo_head,
@@ -85,7 +68,7 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cpu(const at::Tensor& q
   auto lse = at::empty({q.size(0), q.size(1), q.size(2)}, q.options().dtype(at::kFloat));
   if (out.numel() == 0 || q.size(3) == 0) return {out.zero_(), lse.fill_(-INFINITY)};
   NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "strided_shard_forward_cpu", [&] {
-    auto p = make_params<scalar_t>(q, k, v, scale);
+    auto p = fmha_params<scalar_t>(q, k, v, q.size(0), q.size(1), k.size(1), scale);
     p.out = out.data_ptr<scalar_t>();
     p.lse = lse.data_ptr<float>();
     cpu::fmha_forward(p, plan);
@@ -111,7 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cpu(
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
   if (grad_out.numel() == 0 || q.size(3) == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
   NL_DISPATCH_FLOAT_HALF_BF16(q.scalar_type(), "strided_shard_backward_cpu", [&] {
-    auto p = make_params<scalar_t>(q, k, v, scale);
+    auto p = fmha_params<scalar_t>(q, k, v, q.size(0), q.size(1), k.size(1), scale);
     p.grad_out = grad_out.data_ptr<scalar_t>();
     p.lse_in = lse.data_ptr<float>();
     p.delta = delta.data_ptr<float>();

@@ -58,12 +58,18 @@ def gna_tile_kv_tiles(t: int, tq: int, tk: int, lg: int, k: int, s: int, causal:
     return b // tk, ceil_div(e, tk)
 
 
-def gna_tile_is_full(t: int, u: int, tq: int, tk: int, lg: int, k: int, s: int, causal: bool) -> bool:
-    """True when Q tile ``t`` x KV tile ``u`` needs no element mask (a KV tile cut by the group end never is)."""
-    if (u + 1) * tk > lg:
-        return False
+def gna_full_kv_tiles(t: int, tq: int, tk: int, lg: int, k: int, s: int, causal: bool) -> tuple[int, int]:
+    """KV tiles ``[begin, end)`` Q tile ``t`` attends in full (no element mask; never a tile cut by the group end)."""
     qb, qe = gna_tile_rows(t, tq, lg)
-    return gna_window(qe - 1, lg, k, s, causal)[0] <= u * tk and gna_window(qb, lg, k, s, causal)[1] >= (u + 1) * tk
+    first_end = gna_window(qb, lg, k, s, causal)[1]
+    last_begin = gna_window(qe - 1, lg, k, s, causal)[0]
+    return ceil_div(last_begin, tk), min(first_end, lg) // tk
+
+
+def gna_tile_is_full(t: int, u: int, tq: int, tk: int, lg: int, k: int, s: int, causal: bool) -> bool:
+    """True when Q tile ``t`` x KV tile ``u`` needs no element mask."""
+    b, e = gna_full_kv_tiles(t, tq, tk, lg, k, s, causal)
+    return b <= u < e
 
 
 def gna_kv_tile_q_tiles(u: int, tq: int, tk: int, lg: int, k: int, s: int, causal: bool) -> tuple[int, int]:

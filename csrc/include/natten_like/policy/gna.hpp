@@ -43,14 +43,20 @@ NL_HOST_DEVICE Range gna_tile_kv_tiles(int64_t t, int64_t Tq, int64_t Tk, int64_
   return Range{r.begin / Tk, ceil_div(r.end, Tk)};
 }
 
-// True when every (query, key) pair of Q tile t x KV tile u is attended: no element mask is needed. A KV tile cut by the
-// group's end is never full (the kernel must mask its out-of-range rows).
+// KV tiles u that Q tile t attends in full (every (query, key) pair of t x u attended: no element mask). Full iff the
+// tile lies inside the group ((u + 1) Tk <= Lg), the last query's window begins at or before u Tk and the first query's
+// window ends at or after (u + 1) Tk; window begins and ends are non-decreasing in the query, so this is an interval.
+// A KV tile cut by the group's end is never full (the kernel must mask its out-of-range rows).
+NL_HOST_DEVICE Range gna_full_kv_tiles(int64_t t, int64_t Tq, int64_t Tk, int64_t Lg, int64_t k, int64_t s, bool causal) {
+  Range q = gna_tile_rows(t, Tq, Lg);
+  const Range first = gna_window(q.begin, Lg, k, s, causal);
+  const Range last = gna_window(q.end - 1, Lg, k, s, causal);
+  return Range{ceil_div(last.begin, Tk), min64(first.end, Lg) / Tk};
+}
+
 NL_HOST_DEVICE bool gna_tile_is_full(int64_t t, int64_t u, int64_t Tq, int64_t Tk, int64_t Lg, int64_t k, int64_t s,
                                      bool causal) {
-  if ((u + 1) * Tk > Lg) return false;
-  Range q = gna_tile_rows(t, Tq, Lg);
-  // Window begins are non-decreasing in the query: the last query has the largest begin; ends: the first the smallest.
-  return gna_window(q.end - 1, Lg, k, s, causal).begin <= u * Tk && gna_window(q.begin, Lg, k, s, causal).end >= (u + 1) * Tk;
+  return gna_full_kv_tiles(t, Tq, Tk, Lg, k, s, causal).contains(u);
 }
 
 // Q tiles that visit KV tile u (the inverse of gna_tile_kv_tiles), for backward passes that iterate over KV tiles.

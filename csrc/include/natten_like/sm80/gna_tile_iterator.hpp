@@ -49,7 +49,7 @@ struct GnaKvTileIterator {
   GnaTileBox<Rank> q;
   int64_t q_tile[Rank];      // group-local Q tile index per dimension
   Range kv_tiles[Rank];      // group-local KV tile indices visited per dimension
-  Range full_tiles[Rank];    // KV tile indices that gna_tile_is_full accepts, per dimension
+  Range full_tiles[Rank];    // gna_full_kv_tiles per dimension
   int64_t group_length[Rank];
   int64_t count;             // number of visited KV tiles (the host keeps it below 2^31)
 
@@ -64,11 +64,7 @@ struct GnaKvTileIterator {
       q.rows[i] = policy::gna_tile_rows(q_tile[i], pol.tq[i], Lg);
       kv_tiles[i] = policy::gna_tile_kv_tiles(q_tile[i], pol.tq[i], Tk, Lg, d.window, d.stride, d.causal);
       count *= kv_tiles[i].size();
-      // gna_tile_is_full(u) <=> (u + 1) Tk <= Lg, last query's window begin <= u Tk, first query's window end >=
-      // (u + 1) Tk: an interval of u, since window begins and ends are monotone in the query.
-      const Range first = policy::gna_window(q.rows[i].begin, Lg, d.window, d.stride, d.causal);
-      const Range last = policy::gna_window(q.rows[i].end - 1, Lg, d.window, d.stride, d.causal);
-      full_tiles[i] = Range{policy::ceil_div(last.begin, Tk), policy::min64(first.end, Lg) / Tk};
+      full_tiles[i] = policy::gna_full_kv_tiles(q_tile[i], pol.tq[i], Tk, Lg, d.window, d.stride, d.causal);
     }
   }
 

@@ -1,0 +1,560 @@
+// The sm80 fused GNA backward, deterministic (no atomics: every output element has exactly one writer, which sums its
+// contributions in a fixed order):
+// 1. delta kernel: delta = rowsum(dO * O) - grad_lse per (token, query head), float32, into the caller's workspace;
+// 2. dK/dV kernel: one CTA per (KV tile, KV head, batch) keeps its K and V tile in smem and walks the query heads of its
+//    GQA group and, for each, the Q tiles visiting the KV tile (GnaQTileIterator), accumulating dK and dV in registers;
+// 3. dQ kernel: one CTA per (Q tile, query head, batch) walks the KV tiles its Q tile visits (GnaKvTileIterator) and
+//    recomputes S, P, dP and dS to accumulate dQ in registers.
+// Semantics are the forward's and the CPU reference's: P = exp(scale S - lse), 0 for masked pairs and for rows with
+// lse = -inf; dS = P (dP - delta); dQ = scale dS K; dK = scale dS^T Q; dV = P^T dO. Rows are gathered from the
+// heads-last tensors by token (the forward's gather_rows_async), masking is the forward's per-dim window test.
+#pragma once
+
+#include <cmath>
+
+#include <cute/tensor.hpp>
+
+#include "natten_like/sm80/gna_q_tile_iterator.hpp"
+#include "natten_like/sm80/gna_tile_iterator.hpp"
+#include "natten_like/sm80/sm80_fmha_bwd_params.hpp"
+#include "natten_like/sm80/sm80_fmha_bwd_traits.hpp"
+#include "natten_like/sm80/sm80_fmha_fwd_kernel.hpp"
+
+namespace natten_like::sm80 {
+
+namespace detail {
+
+using namespace cute;
+
+// lse (natural log) in the log2 domain of the scaled scores. A row with no key has lse = -inf and P = 0 by definition;
+// +inf gives exp2(s - inf) = 0 for every finite or -inf s, where -inf would give exp2(-inf + inf) = NaN on masked pairs.
+CUTE_DEVICE float lse_to_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * static_cast<float>(M_LOG2E); }
+
+// Geometry of step `step` of the dK/dV mainloop (query head h_first + step / count, visiting Q tile step % count) into
+// geometry stage st: per query row its token, window, lse and delta (threads below kBlockM, one row each); the row count,
+// whether the pair needs the element mask and the head (thread 0).
+template <class Traits>
+CUTE_DEVICE void load_q_geometry(typename Traits::DkDvStorage& smem, int st, const GnaBwdParams& p,
+                                 const GnaQTileIterator<kRank>& it, int64_t step, int64_t b, int h_first, int kv_rows,
+                                 int tid) {
+  if (tid >= Traits::kBlockM) return;
+  const GnaFwdParams& f = p.fwd;
+  const int64_t count = it.count;
+  const int h = h_first + static_cast<int>(step / count);
+  int64_t t[kRank];
+  bool full;
+  const GnaTileBox<kRank> q = it.visit(f.policy, step % count, t, full);
+  const int64_t rows = q.num_rows();
+  int32_t x[kRank], wb[kRank], we[kRank];
+  int64_t token = 0;
+  float lse_log2 = INFINITY, delta = 0.f;  // padding rows: P = 0, dS = 0
+  if (tid < rows) {
+    token = q.row(f.policy, static_cast<int32_t>(tid), x);
+    it.q_row_window(f.policy, x, wb, we);
+    const int64_t idx = (b * f.tokens + token) * f.heads + h;
+    lse_log2 = lse_to_log2(f.lse[idx]);
+    delta = p.delta[idx];
+  } else {
+    for (int i = 0; i < kRank; ++i) wb[i] = we[i] = 0;  // empty window: padding queries see no key
+  }
+  smem.q_token[st][tid] = token;
+  for (int i = 0; i < kRank; ++i) {
+    smem.q_begin[st][i][tid] = wb[i];
+    smem.q_end[st][i][tid] = we[i];
+  }
+  smem.lse_log2[st][tid] = lse_log2;
+  smem.delta[st][tid] = delta;
+  if (tid == 0) {
+    smem.q_rows[st] = static_cast<int32_t>(rows);
+    // Padding rows on either side are harmless without the mask (P = 0 for padding queries; padding keys only reach dK/dV
+    // rows that are never stored), but masking them keeps every product finite.
+    smem.q_need_mask[st] = !full || rows < Traits::kBlockM || kv_rows < Traits::kBlockN;
+    smem.q_head[st] = h;
+  }
+}
+
+// Converts an fp32 accumulator tile (MMA=4, MMA_M, MMA_N) to Element, as a register tensor laid out as the A operand of
+// the next product (the same registers in acc_as_a_operand's order; the tensor owns them, so it can be returned).
+template <class Element, class Acc>
+CUTE_DEVICE auto to_a_operand(const Acc& acc) {
+  Tensor r = make_tensor<Element>(acc_as_a_operand(acc.layout()));
+  Tensor r_acc = make_tensor(r.data(), acc.layout());
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); ++i) r_acc(i) = static_cast<Element>(acc(i));
+  return r;
+}
+
+// Stages an fp32 (kRows, kHeadDim) accumulator, times `scale`, as Element in smem tile `s` (layout of the tile's rows),
+// for row-wise 16-byte stores.
+template <class Traits, class Acc, class SmemTensor, class TiledMma>
+CUTE_DEVICE void acc_to_smem(Acc& acc, float scale, SmemTensor& s, TiledMma& mma, int tid) {
+  using Element = typename Traits::Element;
+  Tensor r = make_tensor_like<Element>(acc);
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc); ++i) r(i) = static_cast<Element>(acc(i) * scale);
+  auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma);
+  auto thr = copy_o.get_slice(tid);
+  copy(copy_o, thr.retile_S(r), thr.partition_D(s));
+}
+
+// Writes rows [0, rows) of a staged smem tile to base + token[r] * token_stride (16 bytes per thread per step).
+template <class Traits, int kRows, class SmemTensor>
+CUTE_DEVICE void store_rows(const SmemTensor& s, typename Traits::Element* base, int64_t token_stride, const int64_t* token,
+                            int rows, int tid) {
+  constexpr int kChunks = kRows * Traits::kChunksPerRow;
+  static_assert(kChunks % Traits::kThreads == 0);
+  CUTE_UNROLL
+  for (int i = 0; i < kChunks / Traits::kThreads; ++i) {
+    const int idx = tid + i * Traits::kThreads;
+    const int r = idx / Traits::kChunksPerRow;
+    const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
+    if (r < rows) {
+      *reinterpret_cast<uint128_t*>(base + token[r] * token_stride + c) = *reinterpret_cast<const uint128_t*>(&s(r, c));
+    }
+  }
+}
+
+}  // namespace detail
+
+// delta[row] = sum_d dO[row, d] * O[row, d] - grad_lse[row] for every (batch, token, query head) row, float32.
+// kHeadDim / (16 / sizeof(Element)) lanes per row, one 16-byte chunk of O and dO each.
+template <class Element, int kHeadDim>
+__global__ void __launch_bounds__(256) sm80_gna_bwd_delta_kernel(__grid_constant__ const GnaBwdParams p) {
+  constexpr int kChunk = 16 / sizeof(Element);
+  constexpr int kLanes = kHeadDim / kChunk;  // power of two, at most 32: the row's lanes sit in one warp
+  static_assert(kLanes <= 32 && (kLanes & (kLanes - 1)) == 0);
+  constexpr int kRowsPerBlock = 256 / kLanes;
+  const GnaFwdParams& f = p.fwd;
+  const int64_t rows = f.batch * f.tokens * f.heads;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kLanes;
+  const int lane = threadIdx.x % kLanes;
+  float sum = 0.f;
+  if (row < rows) {
+    const int64_t h = row % f.heads;
+    const int64_t bt = row / f.heads;
+    const int64_t token = bt % f.tokens;
+    const int64_t b = bt / f.tokens;
+    const auto* o = static_cast<const Element*>(f.out) + b * f.o_batch_stride + token * f.o_token_stride +
+                    h * f.o_head_stride + lane * kChunk;
+    const auto* d = static_cast<const Element*>(p.d_out) + b * p.do_batch_stride + token * p.do_token_stride +
+                    h * p.do_head_stride + lane * kChunk;
+    const cute::uint128_t ov = *reinterpret_cast<const cute::uint128_t*>(o);
+    const cute::uint128_t dv = *reinterpret_cast<const cute::uint128_t*>(d);
+    const Element* oe = reinterpret_cast<const Element*>(&ov);
+    const Element* de = reinterpret_cast<const Element*>(&dv);
+    CUTE_UNROLL
+    for (int j = 0; j < kChunk; ++j) sum += static_cast<float>(oe[j]) * static_cast<float>(de[j]);
+  }
+  sum = detail::quad_sum<kLanes>(sum);  // every lane of the warp takes part: no early return above
+  if (row < rows && lane == 0) p.delta[row] = sum - (p.grad_lse != nullptr ? p.grad_lse[row] : 0.f);
+}
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
+    sm80_gna_bwd_dkdv_kernel(__grid_constant__ const GnaBwdParams p) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+  constexpr int kQChunk = Traits::kQChunk, kStages = Traits::kStages;
+
+  extern __shared__ __align__(128) char smem_raw[];
+  auto& smem = *reinterpret_cast<typename Traits::DkDvStorage*>(smem_raw);
+  const int tid = threadIdx.x;
+  const int64_t kv_tile = blockIdx.x;
+  const int h_kv = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const GnaFwdParams& f = p.fwd;
+  const GnaPolicy<kRank>& pol = f.policy;
+  const int group = f.heads / f.kv_heads;
+  const int h_first = h_kv * group;
+
+  // The iterator lives in smem for the reason the forward's does: in registers it would cost the accumulators.
+  if (tid == 0) smem.iter = GnaQTileIterator<kRank>(pol, kv_tile);
+  __syncthreads();
+  const GnaQTileIterator<kRank>& it = smem.iter;
+  // Steps: (query head of the group, visiting Q tile), head-major. A KV tile no query visits has none and stores zeros.
+  const int64_t steps = it.count * group;
+  const int kv_rows = static_cast<int>(it.kv.num_rows());
+
+  if (tid < kBlockN) {
+    int32_t x[kRank];
+    int64_t token = 0;
+    if (tid < kv_rows) {
+      token = it.kv.row(pol, tid, x);
+    } else {
+      for (int i = 0; i < kRank; ++i) x[i] = 0;
+      x[0] = -1;  // outside every window
+    }
+    smem.kv_token[tid] = token;
+    for (int i = 0; i < kRank; ++i) smem.kv_x[i][tid] = x[i];
+  }
+  if (steps > 0) detail::load_q_geometry<Traits>(smem, 0, p, it, 0, b, h_first, kv_rows, tid);
+  __syncthreads();
+
+  Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutKV{});
+  // Gathers Q and dO of the step whose geometry is in stage st into tile buffer ts.
+  auto gather_q = [&](int ts, int st) {
+    const int h = smem.q_head[st];
+    const auto* q_base = static_cast<const Element*>(f.q) + b * f.q_batch_stride + h * f.q_head_stride;
+    const auto* do_base = static_cast<const Element*>(p.d_out) + b * p.do_batch_stride + h * p.do_head_stride;
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q[ts]), typename Traits::SmemLayoutQ{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem.d_out[ts]), typename Traits::SmemLayoutQ{});
+    detail::gather_rows_async<Traits, kBlockM>(sQ, q_base, f.q_token_stride, smem.q_token[st], smem.q_rows[st], tid);
+    detail::gather_rows_async<Traits, kBlockM>(sdO, do_base, p.do_token_stride, smem.q_token[st], smem.q_rows[st], tid);
+  };
+  if (steps > 0) {
+    const auto* k_base = static_cast<const Element*>(f.k) + b * f.k_batch_stride + h_kv * f.k_head_stride;
+    const auto* v_base = static_cast<const Element*>(f.v) + b * f.v_batch_stride + h_kv * f.v_head_stride;
+    detail::gather_rows_async<Traits, kBlockN>(sK, k_base, f.k_token_stride, smem.kv_token, kv_rows, tid);
+    detail::gather_rows_async<Traits, kBlockN>(sV, v_base, f.v_token_stride, smem.kv_token, kv_rows, tid);
+    gather_q(0, 0);
+    cp_async_fence();
+  }
+
+  typename Traits::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_slice(tid);
+  Tensor acc_dk = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+  Tensor acc_dv = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{});
+  clear(acc_dk);
+  clear(acc_dv);
+
+  auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);             // K, V
+  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);             // Q, dO (rows = queries)
+  auto copy_bt = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);  // Q^T, dO^T
+  Tensor tSsK = copy_a.get_slice(tid).partition_S(sK);
+  Tensor tSsV = copy_a.get_slice(tid).partition_S(sV);
+  Tensor rKV = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  Tensor rQ = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kQChunk>, Int<kHeadDim>>{}));
+  Tensor rQt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDim>, Int<kQChunk>>{}));
+
+  // Each thread's (key, query) coordinates of an S^T chunk.
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kQChunk>>{}));
+  Tensor tScS_rc = make_tensor(tScS.data(), detail::acc_rowcol(tScS.layout()));
+  constexpr int kRowsPerThread = size<0>(decltype(tScS_rc.layout()){});
+  constexpr int kColsPerThread = size<1>(decltype(tScS_rc.layout()){});
+
+  const float scale_log2 = f.scale * static_cast<float>(M_LOG2E);
+
+  for (int64_t e = 0; e < steps; ++e) {
+    const int st = static_cast<int>(e & 1);
+    const int ts = kStages == 2 ? st : 0;
+    cp_async_wait<0>();
+    __syncthreads();  // Q/dO of step e in smem; every warp is done with step e - 1 (its tiles and geometry)
+    if (e + 1 < steps) detail::load_q_geometry<Traits>(smem, st ^ 1, p, it, e + 1, b, h_first, kv_rows, tid);
+    if constexpr (kStages == 2) {
+      if (e + 1 < steps) {
+        __syncthreads();  // geometry of e + 1 visible
+        gather_q(ts ^ 1, st ^ 1);
+        cp_async_fence();
+      }
+    }
+    const bool need_mask = smem.q_need_mask[st] != 0;
+
+#pragma unroll 1
+    for (int c = 0; c < kBlockM / kQChunk; ++c) {
+      Element* q_ptr = smem.q[ts] + c * kQChunk * kHeadDim;
+      Element* do_ptr = smem.d_out[ts] + c * kQChunk * kHeadDim;
+      Tensor sQc = make_tensor(make_smem_ptr(q_ptr), typename Traits::SmemLayoutQc{});
+      Tensor sdOc = make_tensor(make_smem_ptr(do_ptr), typename Traits::SmemLayoutQc{});
+      Tensor sQct = make_tensor(make_smem_ptr(q_ptr), typename Traits::SmemLayoutQct{});
+      Tensor sdOct = make_tensor(make_smem_ptr(do_ptr), typename Traits::SmemLayoutQct{});
+      Tensor tSsQ = copy_b.get_slice(tid).partition_S(sQc);
+      Tensor tSsdO = copy_b.get_slice(tid).partition_S(sdOc);
+      Tensor tSsQt = copy_bt.get_slice(tid).partition_S(sQct);
+      Tensor tSsdOt = copy_bt.get_slice(tid).partition_S(sdOct);
+
+      // S^T = K Q^T and dP^T = V dO^T: rows are this CTA's keys, columns the chunk's queries.
+      Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kQChunk>>{});
+      Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kQChunk>>{});
+      clear(acc_s);
+      clear(acc_dp);
+      detail::gemm_ss(acc_s, rKV, rQ, tSsK, tSsQ, tiled_mma, copy_a, copy_b);
+      detail::gemm_ss(acc_dp, rKV, rQ, tSsV, tSsdO, tiled_mma, copy_a, copy_b);
+
+      // P^T = exp2(scale_log2 S^T - lse_log2) (masked pairs: S = -inf first), dS^T = P^T (dP^T - delta), in place.
+      Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
+      Tensor dp = make_tensor(acc_dp.data(), detail::acc_rowcol(acc_dp.layout()));
+      int32_t kx[kRowsPerThread][kRank];
+      if (need_mask) {
+        CUTE_UNROLL
+        for (int mi = 0; mi < kRowsPerThread; ++mi) {
+          const int r = get<0>(tScS_rc(mi, 0));
+          for (int i = 0; i < kRank; ++i) kx[mi][i] = smem.kv_x[i][r];
+        }
+      }
+      CUTE_UNROLL
+      for (int ni = 0; ni < kColsPerThread; ++ni) {
+        const int col = c * kQChunk + get<1>(tScS_rc(0, ni));
+        const float lse_log2 = smem.lse_log2[st][col];
+        const float delta = smem.delta[st][col];
+        int32_t wb[kRank], we[kRank];
+        if (need_mask) {
+          for (int i = 0; i < kRank; ++i) {
+            wb[i] = smem.q_begin[st][i][col];
+            we[i] = smem.q_end[st][i][col];
+          }
+        }
+        CUTE_UNROLL
+        for (int mi = 0; mi < kRowsPerThread; ++mi) {
+          float x = s(mi, ni) * scale_log2;
+          if (need_mask) {
+            bool inside = true;
+            for (int i = 0; i < kRank; ++i) inside = inside && wb[i] <= kx[mi][i] && kx[mi][i] < we[i];
+            if (!inside) x = -INFINITY;
+          }
+          const float pv = exp2f(x - lse_log2);
+          s(mi, ni) = pv;
+          dp(mi, ni) = pv * (dp(mi, ni) - delta);
+        }
+      }
+
+      // dV += P^T dO and dK += dS^T Q: the accumulators' rows (keys) are the A operand's rows.
+      Tensor rP = detail::to_a_operand<Element>(acc_s);
+      detail::gemm_rs(acc_dv, rP, rQt, tSsdOt, tiled_mma, copy_bt);
+      Tensor rdS = detail::to_a_operand<Element>(acc_dp);
+      detail::gemm_rs(acc_dk, rdS, rQt, tSsQt, tiled_mma, copy_bt);
+    }
+
+    if constexpr (kStages == 1) {
+      if (e + 1 < steps) {
+        __syncthreads();  // every warp is done with the Q/dO buffer; geometry of e + 1 visible
+        gather_q(0, st ^ 1);
+        cp_async_fence();
+      }
+    }
+  }
+
+  // Epilogue: dK (times scale) and dV through the K and V buffers, then their rows to their tokens.
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done reading K and V
+  detail::acc_to_smem<Traits>(acc_dk, f.scale, sK, tiled_mma, tid);
+  detail::acc_to_smem<Traits>(acc_dv, 1.f, sV, tiled_mma, tid);
+  __syncthreads();
+  auto* dk_base = static_cast<Element*>(p.dk) + b * p.dk_batch_stride + h_kv * p.dk_head_stride;
+  auto* dv_base = static_cast<Element*>(p.dv) + b * p.dv_batch_stride + h_kv * p.dv_head_stride;
+  detail::store_rows<Traits, kBlockN>(sK, dk_base, p.dk_token_stride, smem.kv_token, kv_rows, tid);
+  detail::store_rows<Traits, kBlockN>(sV, dv_base, p.dv_token_stride, smem.kv_token, kv_rows, tid);
+}
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
+    sm80_gna_bwd_dq_kernel(__grid_constant__ const GnaBwdParams p) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+  constexpr int kStages = Traits::kStages;
+
+  extern __shared__ __align__(128) char smem_raw[];
+  auto& smem = *reinterpret_cast<typename Traits::DqStorage*>(smem_raw);
+  const int tid = threadIdx.x;
+  const int64_t q_tile = blockIdx.x;
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+  const GnaFwdParams& f = p.fwd;
+  const GnaPolicy<kRank>& pol = f.policy;
+  const int h_kv = h / (f.heads / f.kv_heads);
+
+  if (tid == 0) smem.iter = GnaKvTileIterator<kRank>(pol, q_tile);
+  __syncthreads();
+  const GnaKvTileIterator<kRank>& it = smem.iter;
+  const int64_t kv_tiles = it.count;
+  const int q_rows = static_cast<int>(it.q.num_rows());
+
+  if (tid < kBlockM) {
+    int32_t x[kRank], wb[kRank], we[kRank];
+    int64_t token = 0;
+    if (tid < q_rows) {
+      token = it.q.row(pol, tid, x);
+      it.q_row_window(pol, x, wb, we);
+    } else {
+      for (int i = 0; i < kRank; ++i) wb[i] = we[i] = 0;
+    }
+    smem.q_token[tid] = token;
+    for (int i = 0; i < kRank; ++i) {
+      smem.q_begin[i][tid] = wb[i];
+      smem.q_end[i][tid] = we[i];
+    }
+  }
+  if (kv_tiles > 0) detail::load_kv_geometry<Traits>(smem, 0, pol, it, 0, tid);
+  __syncthreads();
+
+  const auto* q_base = static_cast<const Element*>(f.q) + b * f.q_batch_stride + h * f.q_head_stride;
+  const auto* do_base = static_cast<const Element*>(p.d_out) + b * p.do_batch_stride + h * p.do_head_stride;
+  const auto* k_base = static_cast<const Element*>(f.k) + b * f.k_batch_stride + h_kv * f.k_head_stride;
+  const auto* v_base = static_cast<const Element*>(f.v) + b * f.v_batch_stride + h_kv * f.v_head_stride;
+  Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(smem.d_out), typename Traits::SmemLayoutQ{});
+  // Gathers K and V of the KV tile whose geometry is in stage st into tile buffer ts.
+  auto gather_kv = [&](int ts, int st) {
+    Tensor sK = make_tensor(make_smem_ptr(smem.k[ts]), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v[ts]), typename Traits::SmemLayoutKV{});
+    detail::gather_rows_async<Traits, kBlockN>(sK, k_base, f.k_token_stride, smem.kv_token[st], smem.kv_rows[st], tid);
+    detail::gather_rows_async<Traits, kBlockN>(sV, v_base, f.v_token_stride, smem.kv_token[st], smem.kv_rows[st], tid);
+  };
+  if (kv_tiles > 0) {
+    detail::gather_rows_async<Traits, kBlockM>(sQ, q_base, f.q_token_stride, smem.q_token, q_rows, tid);
+    detail::gather_rows_async<Traits, kBlockM>(sdO, do_base, p.do_token_stride, smem.q_token, q_rows, tid);
+    gather_kv(0, 0);
+    cp_async_fence();
+  }
+
+  typename Traits::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_slice(tid);
+  Tensor acc_dq = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+  clear(acc_dq);
+
+  auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);             // Q, dO
+  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);             // K, V (rows = keys)
+  auto copy_bt = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);  // K^T
+  Tensor tSsQ = copy_a.get_slice(tid).partition_S(sQ);
+  Tensor tSsdO = copy_a.get_slice(tid).partition_S(sdO);
+  Tensor rA = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor rB = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  Tensor rKt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDim>, Int<kBlockN>>{}));
+
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  Tensor tScS_rc = make_tensor(tScS.data(), detail::acc_rowcol(tScS.layout()));
+  constexpr int kRowsPerThread = size<0>(decltype(tScS_rc.layout()){});
+  constexpr int kColsPerThread = size<1>(decltype(tScS_rc.layout()){});
+
+  // lse and delta of this thread's query rows, fixed for the CTA (padding rows: P = 0, never stored).
+  float lse_log2[kRowsPerThread], delta[kRowsPerThread];
+  CUTE_UNROLL
+  for (int mi = 0; mi < kRowsPerThread; ++mi) {
+    const int r = get<0>(tScS_rc(mi, 0));
+    lse_log2[mi] = INFINITY;
+    delta[mi] = 0.f;
+    if (r < q_rows) {
+      const int64_t idx = (b * f.tokens + smem.q_token[r]) * f.heads + h;
+      lse_log2[mi] = detail::lse_to_log2(f.lse[idx]);
+      delta[mi] = p.delta[idx];
+    }
+  }
+  const float scale_log2 = f.scale * static_cast<float>(M_LOG2E);
+
+  for (int64_t e = 0; e < kv_tiles; ++e) {
+    const int st = static_cast<int>(e & 1);
+    const int ts = kStages == 2 ? st : 0;
+    cp_async_wait<0>();
+    __syncthreads();  // K/V of tile e in smem; every warp is done with tile e - 1
+    if (e + 1 < kv_tiles) detail::load_kv_geometry<Traits>(smem, st ^ 1, pol, it, e + 1, tid);
+    if constexpr (kStages == 2) {
+      if (e + 1 < kv_tiles) {
+        __syncthreads();  // geometry of e + 1 visible
+        gather_kv(ts ^ 1, st ^ 1);
+        cp_async_fence();
+      }
+    }
+
+    Tensor sK = make_tensor(make_smem_ptr(smem.k[ts]), typename Traits::SmemLayoutKV{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v[ts]), typename Traits::SmemLayoutKV{});
+    Tensor sKt = make_tensor(make_smem_ptr(smem.k[ts]), typename Traits::SmemLayoutKt{});
+    Tensor tSsK = copy_b.get_slice(tid).partition_S(sK);
+    Tensor tSsV = copy_b.get_slice(tid).partition_S(sV);
+    Tensor tSsKt = copy_bt.get_slice(tid).partition_S(sKt);
+
+    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    clear(acc_s);
+    clear(acc_dp);
+    detail::gemm_ss(acc_s, rA, rB, tSsQ, tSsK, tiled_mma, copy_a, copy_b);
+    detail::gemm_ss(acc_dp, rA, rB, tSsdO, tSsV, tiled_mma, copy_a, copy_b);
+
+    Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
+    Tensor dp = make_tensor(acc_dp.data(), detail::acc_rowcol(acc_dp.layout()));
+    const bool need_mask = smem.kv_need_mask[st] != 0;
+    CUTE_UNROLL
+    for (int mi = 0; mi < kRowsPerThread; ++mi) {
+      int32_t wb[kRank], we[kRank];
+      if (need_mask) {
+        const int r = get<0>(tScS_rc(mi, 0));
+        for (int i = 0; i < kRank; ++i) {
+          wb[i] = smem.q_begin[i][r];
+          we[i] = smem.q_end[i][r];
+        }
+      }
+      CUTE_UNROLL
+      for (int ni = 0; ni < kColsPerThread; ++ni) {
+        float x = s(mi, ni) * scale_log2;
+        if (need_mask) {
+          const int c = get<1>(tScS_rc(0, ni));
+          bool inside = true;
+          for (int i = 0; i < kRank; ++i) {
+            const int32_t y = smem.kv_x[st][i][c];
+            inside = inside && wb[i] <= y && y < we[i];
+          }
+          if (!inside) x = -INFINITY;
+        }
+        const float pv = exp2f(x - lse_log2[mi]);
+        dp(mi, ni) = pv * (dp(mi, ni) - delta[mi]);
+      }
+    }
+
+    // dQ += dS K.
+    Tensor rdS = detail::to_a_operand<Element>(acc_dp);
+    detail::gemm_rs(acc_dq, rdS, rKt, tSsKt, tiled_mma, copy_bt);
+
+    if constexpr (kStages == 1) {
+      if (e + 1 < kv_tiles) {
+        __syncthreads();  // every warp is done with the K/V buffer; geometry of e + 1 visible
+        gather_kv(0, st ^ 1);
+        cp_async_fence();
+      }
+    }
+  }
+
+  // Epilogue: scale dQ, stage it over Q, scatter its rows.
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done reading Q
+  detail::acc_to_smem<Traits>(acc_dq, f.scale, sQ, tiled_mma, tid);
+  __syncthreads();
+  auto* dq_base = static_cast<Element*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
+  detail::store_rows<Traits, kBlockM>(sQ, dq_base, p.dq_token_stride, smem.q_token, q_rows, tid);
+}
+
+// Launches the backward of one instantiation on `stream`: delta, then dK/dV (grid (KV tiles, KV heads, batch)), then dQ
+// (grid (Q tiles, heads, batch)). Returns cudaErrorInvalidValue when the head dim, the tile shapes or the head counts do
+// not fit this instantiation, cudaErrorInvalidConfiguration beyond the grid limits, cudaSuccess for empty problems.
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm80_gna_bwd(const GnaBwdParams& p, cudaStream_t stream) {
+  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  const GnaFwdParams& f = p.fwd;
+  if (f.head_dim != kHeadDim || f.policy.max_q_rows() > kBlockM || f.policy.max_kv_rows() > kBlockN) {
+    return cudaErrorInvalidValue;
+  }
+  if (f.batch == 0 || f.heads == 0 || f.tokens == 0) return cudaSuccess;
+  if (f.kv_heads <= 0 || f.heads % f.kv_heads != 0) return cudaErrorInvalidValue;
+  const int64_t q_tiles = f.policy.num_q_tiles();
+  const int64_t kv_tiles = f.policy.num_kv_tiles();
+  if (q_tiles == 0 || kv_tiles == 0) return cudaSuccess;
+  constexpr int kDeltaRowsPerBlock = 256 / (kHeadDim / Traits::kChunk);
+  const int64_t delta_blocks = (f.batch * f.tokens * f.heads + kDeltaRowsPerBlock - 1) / kDeltaRowsPerBlock;
+  if (q_tiles > 0x7fffffff || kv_tiles > 0x7fffffff || delta_blocks > 0x7fffffff || f.heads > 65535 ||
+      f.batch > 65535) {
+    return cudaErrorInvalidConfiguration;
+  }
+
+  sm80_gna_bwd_delta_kernel<Element, kHeadDim><<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(p);
+  cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  constexpr int kSmemDkDv = sizeof(typename Traits::DkDvStorage);
+  auto dkdv = sm80_gna_bwd_dkdv_kernel<Traits>;
+  err = cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemDkDv);
+  if (err != cudaSuccess) return err;
+  dim3 grid_kv(static_cast<unsigned>(kv_tiles), static_cast<unsigned>(f.kv_heads), static_cast<unsigned>(f.batch));
+  dkdv<<<grid_kv, Traits::kThreads, kSmemDkDv, stream>>>(p);
+  err = cudaGetLastError();
+  if (err != cudaSuccess) return err;
+
+  constexpr int kSmemDq = sizeof(typename Traits::DqStorage);
+  auto dq = sm80_gna_bwd_dq_kernel<Traits>;
+  err = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemDq);
+  if (err != cudaSuccess) return err;
+  dim3 grid_q(static_cast<unsigned>(q_tiles), static_cast<unsigned>(f.heads), static_cast<unsigned>(f.batch));
+  dq<<<grid_q, Traits::kThreads, kSmemDq, stream>>>(p);
+  return cudaGetLastError();
+}
+
+}  // namespace natten_like::sm80

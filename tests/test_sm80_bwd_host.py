@@ -1,0 +1,237 @@
+"""The index logic of the sm80 GNA backward, checked on the host (no GPU).
+
+The dK/dV kernel walks, for each KV tile, the Q tiles that visit it through ``sm80/gna_q_tile_iterator.hpp`` (plain
+C++). This test compiles that header with the host compiler and proves it equal to the policy's definition
+(``GnaPolicy::for_each_q_tile``: tiles, order and full flags; ``tile_rows``; ``fill_mask`` through the per-query window
+test the kernel runs) on random problems of rank 1-3 with dilation, stride and causal dims, padded to rank 3 exactly as
+the CUDA binding pads them. It also checks that the Q-side and KV-side iterators describe the same set of (Q tile, KV
+tile, full) triples, which is what makes the dQ and dK/dV kernels agree on every pair. With nvcc and the CUTLASS
+headers it also evaluates the kernels' register and smem layout algebra with CuTe on the host.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHECKER = r"""
+#include <cstdio>
+#include <random>
+#include <set>
+#include <tuple>
+#include <vector>
+
+#include "natten_like/sm80/gna_q_tile_iterator.hpp"
+#include "natten_like/sm80/gna_tile_iterator.hpp"
+
+using namespace natten_like;
+
+template <int R>
+int check(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  policy::GnaPolicy<R> pol;
+  policy::GnaPolicy<3> pad;
+  const int off = 3 - R;
+  for (int i = 0; i < off; ++i) {
+    pad.dim[i] = policy::GnaDim{1, 1, 1, 1, false};
+    pad.tq[i] = pad.tk[i] = 1;
+  }
+  for (int i = 0; i < R; ++i) {
+    const int64_t L = pick(2, R == 1 ? 150 : (R == 2 ? 24 : 11));
+    const int64_t d = pick(1, std::max<int64_t>(1, L / 2));
+    const int64_t lg = L / d;  // shortest group
+    const int64_t k = pick(std::min<int64_t>(2, lg), lg);
+    const int64_t s = pick(1, k);
+    pol.dim[i] = policy::GnaDim{L, k, s, d, pick(0, 1) == 1};
+    pol.tq[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
+    pol.tk[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
+    pad.dim[off + i] = pol.dim[i];
+    pad.tq[off + i] = pol.tq[i];
+    pad.tk[off + i] = pol.tk[i];
+  }
+  if (pad.num_q_tiles() != pol.num_q_tiles() || pad.num_kv_tiles() != pol.num_kv_tiles()) return 1;
+  std::vector<int64_t> qrows(pol.max_q_rows()), kvrows(pol.max_kv_rows());
+  std::vector<unsigned char> mask(pol.max_q_rows() * pol.max_kv_rows());
+  std::set<std::tuple<int64_t, int64_t, bool>> from_kv, from_q;
+  for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
+    const sm80::GnaKvTileIterator<3> it(pad, t);
+    for (int64_t e = 0; e < it.count; ++e) {
+      int64_t u[3];
+      bool full;
+      const sm80::GnaTileBox<3> kv = it.visit(pad, e, u, full);
+      from_q.emplace(t, pad.encode(pad.tk, kv.group, u), full);
+    }
+  }
+  for (int64_t u = 0; u < pol.num_kv_tiles(); ++u) {
+    std::vector<std::pair<int64_t, bool>> visits;
+    pol.for_each_q_tile(u, [&](int64_t t, bool full) { visits.emplace_back(t, full); });
+    const sm80::GnaQTileIterator<3> it(pad, u);
+    if (it.count != static_cast<int64_t>(visits.size())) return 2;
+    const int64_t nk = pol.kv_tile_rows(u, kvrows.data());
+    if (it.kv.num_rows() != nk) return 3;
+    std::vector<int32_t> kx(nk * 3);
+    for (int64_t c = 0; c < nk; ++c) {
+      if (it.kv.row(pad, static_cast<int32_t>(c), &kx[c * 3]) != kvrows[c]) return 4;
+    }
+    for (int64_t e = 0; e < it.count; ++e) {
+      int64_t t[3];
+      bool full;
+      const sm80::GnaTileBox<3> q = it.visit(pad, e, t, full);
+      if (pad.encode(pad.tq, q.group, t) != visits[e].first || full != visits[e].second) return 5;
+      from_kv.emplace(visits[e].first, u, full);
+      const int64_t nq = pol.q_tile_rows(visits[e].first, qrows.data());
+      if (q.num_rows() != nq) return 6;
+      pol.fill_mask(visits[e].first, u, mask.data());
+      bool all = true;
+      for (int64_t r = 0; r < nq; ++r) {
+        int32_t x[3], wb[3], we[3];
+        if (q.row(pad, static_cast<int32_t>(r), x) != qrows[r]) return 7;
+        it.q_row_window(pad, x, wb, we);
+        for (int64_t c = 0; c < nk; ++c) {
+          bool inside = true;
+          for (int i = 0; i < 3; ++i) inside = inside && wb[i] <= kx[c * 3 + i] && kx[c * 3 + i] < we[i];
+          if (inside != (mask[r * nk + c] != 0)) return 8;
+          all = all && inside;
+          ++checks;
+        }
+      }
+      // A full pair must need no mask at all (the kernel skips the window test on it).
+      if (full && !all) return 9;
+    }
+  }
+  if (from_kv != from_q) return 10;
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  std::mt19937 rng(argc > 1 ? std::atoi(argv[1]) : 0);
+  long checks = 0;
+  for (int trial = 0; trial < 300; ++trial) {
+    const int rank = 1 + trial % 3;
+    const int err = rank == 1 ? check<1>(rng, checks) : rank == 2 ? check<2>(rng, checks) : check<3>(rng, checks);
+    if (err != 0) {
+      std::printf("mismatch %d in trial %d (rank %d)\n", err, trial, rank);
+      return 1;
+    }
+  }
+  std::printf("ok %ld mask elements\n", checks);
+  return 0;
+}
+"""
+
+
+# The register and smem layout algebra of the backward kernels, evaluated on the host with CuTe (needs nvcc, no GPU):
+# - each S^T chunk of the dK/dV kernel (keys x kQChunk queries) and each S tile of the dQ kernel keeps a row in one warp
+#   and one lane quad, and its accumulator reinterpreted as the A operand holds exactly the coordinates the MMA expects
+#   (so P^T / dS^T / dS feed dV, dK, dQ without smem);
+# - a chunk of kQChunk query rows of the gathered (kBlockM, D) tile is the chunk layout at offset chunk * kQChunk * D;
+# - the transposed views (D, rows) address the same element as the row views.
+LAYOUT_CHECKER = r"""
+#include <cstdio>
+
+#include "natten_like/sm80/sm80_fmha_bwd_kernel.hpp"
+
+using namespace cute;
+namespace nl = natten_like::sm80;
+
+template <class Mma, int M, int N>
+int check_acc(Mma& mma, int threads) {
+  int bad = 0;
+  for (int tid = 0; tid < threads; ++tid) {
+    auto thr = mma.get_slice(tid);
+    Tensor cS = thr.partition_C(make_identity_tensor(Shape<Int<M>, Int<N>>{}));
+    Tensor rc = make_tensor(cS.data(), nl::detail::acc_rowcol(cS.layout()));
+    for (int mi = 0; mi < size<0>(rc); ++mi) {
+      for (int ni = 0; ni < size<1>(rc); ++ni) {
+        bad += get<0>(rc(mi, ni)) != get<0>(rc(mi, 0)) || get<1>(rc(mi, ni)) != get<1>(rc(0, ni));
+      }
+      bad += get<0>(rc(mi, 0)) / 16 != tid / 32 || get<0>(rc(mi, 0)) % 8 != (tid % 32) / 4;
+    }
+    Tensor p = make_tensor(cS.data(), nl::detail::acc_as_a_operand(cS.layout()));
+    Tensor cA = thr.partition_A(make_identity_tensor(Shape<Int<M>, Int<N>>{}));
+    bad += size(p) != size(cA);
+    for (int i = 0; i < size(cA); ++i) bad += p(i) != cA(i);
+  }
+  return bad;
+}
+
+template <class Element, int D>
+int check() {
+  using T = nl::Sm80FmhaBwdTraits<Element, D, 64, 64>;
+  typename T::TiledMma mma;
+  int bad = check_acc<decltype(mma), T::kBlockN, T::kQChunk>(mma, T::kThreads);
+  bad += check_acc<decltype(mma), T::kBlockM, T::kBlockN>(mma, T::kThreads);
+  typename T::SmemLayoutQ q;
+  typename T::SmemLayoutQc qc;
+  typename T::SmemLayoutQct qct;
+  typename T::SmemLayoutKV kv;
+  typename T::SmemLayoutKt kt;
+  bad += cosize(q) != T::kBlockM * D || cosize(kv) != T::kBlockN * D;
+  for (int r = 0; r < T::kBlockM; ++r) {
+    for (int d = 0; d < D; ++d) {
+      const int c = r / T::kQChunk, rc = r % T::kQChunk;
+      bad += q(r, d) != c * T::kQChunk * D + qc(rc, d);
+      bad += qct(d, rc) != qc(rc, d);
+      bad += kt(d, r) != kv(r, d);
+    }
+  }
+  return bad;
+}
+
+int main() {
+  const int bad = check<cutlass::half_t, 64>() + check<cutlass::bfloat16_t, 64>() + check<cutlass::half_t, 128>() +
+                  check<cutlass::bfloat16_t, 128>();
+  std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
+  return bad != 0;
+}
+"""
+
+
+def _cxx() -> str | None:
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the iterator checker")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_q_tile_iterator_matches_policy(tmp_path: Path, seed: int) -> None:
+    src = tmp_path / "checker.cpp"
+    src.write_text(CHECKER)
+    exe = tmp_path / "checker"
+    subprocess.run(
+        [_cxx(), "-std=c++20", "-O1", f"-I{ROOT / 'csrc' / 'include'}", str(src), "-o", str(exe)],
+        check=True,
+        capture_output=True,
+    )
+    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok ")
+
+
+def _nvcc() -> str | None:
+    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
+
+
+def _cutlass_include() -> str | None:
+    try:
+        import cutlass_library
+    except ImportError:
+        return None
+    path = Path(cutlass_library.__file__).parent / "source" / "include"
+    return str(path) if (path / "cute").is_dir() else None
+
+
+@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+def test_register_and_smem_layouts_of_the_backward(tmp_path: Path) -> None:
+    src = tmp_path / "layouts.cu"
+    src.write_text(LAYOUT_CHECKER)
+    exe = tmp_path / "layouts"
+    include = ROOT / "csrc" / "include"
+    cmd = [_nvcc(), "-std=c++20", "-arch=sm_80", "--expt-relaxed-constexpr", f"-I{include}", f"-I{_cutlass_include()}"]
+    subprocess.run([*cmd, str(src), "-o", str(exe)], check=True, capture_output=True)
+    result = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr

@@ -1,0 +1,499 @@
+// The sm90 fused GNA forward (and dense attention, a GNA whose window is the whole dim): one CTA per (Q tile, head,
+// batch) walks the KV tiles its Q tile visits (policy/gna.hpp, through GnaKvTileIterator), warp-specialised:
+// - warpgroup 0, one warp: TMA loads of Q once and of K, V per visited KV tile into a 2-stage smem ring, straight from
+//   the heads-last [B, X0, X1, X2, H, D] tensors viewed as 5-D (D, H, X2, X1, B * X0): a tile of any rank, dilated or
+//   not, is one box per 64 head-dim columns (sm90/tma_gna_box.hpp); it also writes each stage's key geometry (group-local
+//   coordinates, whether the tile needs the element mask) next to the data;
+// - warpgroups 1 and 2, 64 query rows each: S = Q K^T (wgmma, smem operands), fp32 online softmax in registers (full
+//   tiles unmasked, partial ones by the window test per dim, as sm80), O += P V (wgmma, P from registers, V read
+//   MN-major from the same smem);
+// - out and logsumexp (natural log, float32) written once per row; a row with no key gets 0 and -inf.
+// Semantics mirror sm80/sm80_fmha_fwd_kernel.hpp; every index comes from the host-tested policy, iterator and box code.
+#pragma once
+
+#include <cuda.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#include <cute/arch/copy_sm90_desc.hpp>
+#include <cute/arch/copy_sm90_tma.hpp>
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/cuda_host_adapter.hpp>
+
+#include "natten_like/sm80/gna_tile_iterator.hpp"
+#include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
+#include "natten_like/sm90/sm90_fmha_fwd_traits.hpp"
+#include "natten_like/sm90/tma_gna_box.hpp"
+
+namespace natten_like::sm90 {
+
+using sm80::GnaFwdParams;
+using sm80::GnaKvTileIterator;
+
+// Kernel arguments: the shared params plus one TMA descriptor per input. __grid_constant__ keeps them in parameter
+// space, where TMA reads its descriptors and where the policy is read without a local copy.
+struct Sm90GnaFwdArgs {
+  GnaFwdParams p;
+  cute::TmaDescriptor tma_q;
+  cute::TmaDescriptor tma_k;
+  cute::TmaDescriptor tma_v;
+};
+
+namespace detail {
+
+using namespace cute;
+
+// wgmma accumulator ((2, 2, N / 8), MMA_M, MMA_N), values (column pair, row + 8, 8-column block), viewed as
+// (rows = (2, MMA_M), cols = (2, N / 8, MMA_N)) for row-wise softmax.
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_rowcol(Layout acc) {
+  return make_layout(make_layout(get<0, 1>(acc), get<1>(acc)), make_layout(get<0, 0>(acc), get<0, 2>(acc), get<2>(acc)));
+}
+
+// The S accumulator viewed as the register A operand of the P V wgmma ((2, 2, 2), MMA_M, N / 16): an A k-block of 16
+// keys is two adjacent 8-column blocks of the accumulator, with the same (column pair, row + 8) value order.
+template <class Layout>
+CUTE_HOST_DEVICE constexpr auto acc_as_a_operand(Layout acc) {
+  static_assert(decltype(size<2>(acc))::value == 1, "one wgmma N tile spans the KV block");
+  auto blocks = logical_divide(get<0, 2>(acc), Shape<_2>{});  // ((2, N / 16))
+  return make_layout(make_layout(get<0, 0>(acc), get<0, 1>(acc), get<0, 0>(blocks)), get<1>(acc), get<0, 1>(blocks));
+}
+
+// Reduction over the 4 lanes that share an accumulator row.
+CUTE_DEVICE float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+
+CUTE_DEVICE float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffff, x, 1);
+  return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+// acc (+)= A B over all k-blocks as one wgmma batch, waited for before returning: the caller reads acc next, and the
+// smem operands may be released afterwards.
+template <bool kZeroInit, class TiledMma, class TA, class TB, class TC>
+CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tA, TB const& tB, TC& tC) {
+  warpgroup_fence_operand(tC);
+  warpgroup_arrive();
+  if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(tA); ++k) {
+    cute::gemm(mma, tA(_, _, k), tB(_, _, k), tC);
+    mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  warpgroup_wait<0>();
+  warpgroup_fence_operand(tC);
+}
+
+// Zeroes rows [first_row, rows) of `blocks` consecutive blocks of `rows` 128-byte rows. A 128-byte swizzle permutes
+// 16-byte chunks within a row only, so whole rows are plain byte ranges.
+template <int kThreads>
+CUTE_DEVICE void zero_smem_rows(void* buf, int blocks, int rows, int first_row, int tid) {
+  const int chunks = (rows - first_row) * 8;
+  char* base = static_cast<char*>(buf) + first_row * 128;
+  for (int i = tid; i < blocks * chunks; i += kThreads) {
+    *reinterpret_cast<uint4*>(base + (i / chunks) * rows * 128 + (i % chunks) * 16) = make_uint4(0, 0, 0, 0);
+  }
+}
+
+}  // namespace detail
+
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 1) sm90_gna_fwd_kernel(__grid_constant__ const Sm90GnaFwdArgs args) {
+#if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
+  // Built for an arch without wgmma/TMA/setmaxnreg (the same TU is compiled for sm_80 too): the host launches this
+  // kernel only on sm_90a devices, so the body is empty here.
+#else
+  using namespace cute;
+  using Element = typename Traits::Element;
+  using Barrier = cutlass::arch::ClusterBarrier;
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+  constexpr int kStages = Traits::kStages, kBoxCols = Traits::kBoxCols, kBoxesPerRow = Traits::kBoxesPerRow;
+  constexpr int kConsumerWarps = Traits::kConsumerThreads / 32;
+
+  const GnaFwdParams& p = args.p;
+  const GnaPolicy<kRank>& pol = p.policy;
+
+  // The kernel has no static smem, so dynamic smem starts at the 1024-byte aligned base of the CTA's window (CUTLASS's
+  // sm90 kernels rely on the same); a constant base keeps the buffers' addresses immediates instead of a 64-bit pointer
+  // live across the role split.
+  extern __shared__ __align__(1024) char smem_raw[];
+  auto& smem = *reinterpret_cast<typename Traits::SharedStorage*>(smem_raw);
+  const int tid = threadIdx.x;
+  const int warpgroup = tid / 128;
+  const int64_t q_tile = blockIdx.x;
+  const int h = blockIdx.y;
+  const int64_t b = blockIdx.z;
+
+  // The iterator (some 30 int64) lives in smem, read field by field where needed, as in sm80: held in registers it
+  // would compete with the accumulators.
+  if (tid == 0) {
+    smem.iter = GnaKvTileIterator<kRank>(pol, q_tile);
+    Barrier::init(&smem.q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      Barrier::init(&smem.k_full[s], 1);  // the producer's arrive_and_expect_tx; TMA completes the bytes
+      Barrier::init(&smem.v_full[s], 1);
+      Barrier::init(&smem.kv_empty[s], kConsumerWarps);  // one arrival per consumer warp, after its P V wgmma
+    }
+    cutlass::arch::fence_barrier_init();
+  } else if (tid == 32) {
+    prefetch_tma_descriptor(&args.tma_q);
+    prefetch_tma_descriptor(&args.tma_k);
+    prefetch_tma_descriptor(&args.tma_v);
+  }
+  __syncthreads();
+  const GnaKvTileIterator<kRank>& it = smem.iter;
+  // Every box of this launch fills the same rows of its smem tile: the tile shape's row product (<= the block).
+  const int q_box_rows = static_cast<int>(tma_box_rows<kRank>(pol.tq));
+  const int kv_box_rows = static_cast<int>(tma_box_rows<kRank>(pol.tk));
+
+  // Q row geometry, fixed for the CTA: token (for the epilogue) and window per dim (for the mask) of each smem row.
+  if (tid < kBlockM) {
+    int32_t x[kRank], wb[kRank], we[kRank];
+    int64_t token = -1;
+    if (tma_box_row(it.q, pol.tq, tid, x)) {
+      token = tma_box_row_token(pol, it.q, x);
+      it.q_row_window(pol, x, wb, we);
+    } else {
+      for (int i = 0; i < kRank; ++i) wb[i] = we[i] = 0;  // empty window; the row is never stored
+    }
+    smem.q_token[tid] = token;
+    for (int i = 0; i < kRank; ++i) {
+      smem.q_begin[i][tid] = wb[i];
+      smem.q_end[i][tid] = we[i];
+    }
+  }
+  // Rows past the box's row product are never written by TMA. Zero them once for the CTA: P is exactly 0 on those keys
+  // (they are masked), but stale smem could hold NaN bit patterns and 0 * NaN = NaN in P V. Rows inside the box that
+  // are not tile rows are zero-filled by TMA (past the dim's end) or hold another sample's finite tokens (dim 0).
+  detail::zero_smem_rows<Traits::kThreads>(smem.q, kBoxesPerRow, kBlockM, q_box_rows, tid);
+  detail::zero_smem_rows<Traits::kThreads>(smem.k, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
+  detail::zero_smem_rows<Traits::kThreads>(smem.v, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
+  cutlass::arch::fence_view_async_shared();  // generic-proxy zeros visible to wgmma's async-proxy reads
+  __syncthreads();
+
+  const int64_t kv_tiles = it.count;
+  const int lane = tid % 32;
+
+  if (warpgroup == 0) {
+    // ---- Producer ----------------------------------------------------------------------------------------------------
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
+    if (tid >= 32) return;
+    constexpr uint64_t kCacheHint = static_cast<uint64_t>(TMA::CacheHintSm90::EVICT_NORMAL);
+    const int h_kv = h / (p.heads / p.kv_heads);
+    // Batch and x0 share TMA dim 4 (the binding's tensors are contiguous over batch); the host keeps it below 2^31.
+    const int32_t batch_x0 = static_cast<int32_t>(b * pol.dim[0].length);
+    if (lane == 0) {
+      int32_t start[kRank];
+      tma_box_start(pol, it.q, start);
+      TxBarrier::arrive_and_expect_tx(&smem.q_full, q_box_rows * kHeadDim * sizeof(Element));
+      CUTE_UNROLL
+      for (int j = 0; j < kBoxesPerRow; ++j) {
+        SM90_TMA_LOAD_5D::copy(&args.tma_q, &smem.q_full, kCacheHint, smem.q + j * kBlockM * kBoxCols, j * kBoxCols, h,
+                               start[2], start[1], batch_x0 + start[0]);
+      }
+    }
+    const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
+    for (int64_t e = 0; e < kv_tiles; ++e) {
+      const int st = static_cast<int>(e % kStages);
+      const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
+      // Wait until every consumer warp is done with the stage's previous tile (data and geometry); a fresh barrier
+      // counts its preceding phase as complete, so the first kStages waits pass at once.
+      Barrier::wait(&smem.kv_empty[st], phase ^ 1);
+      int64_t u[kRank];
+      bool full;
+      const GnaTileBox<kRank> kv = it.visit(pol, e, u, full);
+      for (int r = lane; r < kBlockN; r += 32) {
+        int32_t x[kRank];
+        tma_box_row(kv, pol.tk, r, x);
+        for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
+      }
+      // A full tile whose shape holds fewer rows than the block still has padding keys.
+      if (lane == 0) smem.kv_need_mask[st] = !full || kv_box_rows < kBlockN;
+      // The geometry is published by lane 0's arrive below (release), ordered after the other lanes' stores here.
+      __syncwarp();
+      if (lane == 0) {
+        int32_t start[kRank];
+        tma_box_start(pol, kv, start);
+        Element* k_dst = smem.k + st * kBlockN * kHeadDim;
+        Element* v_dst = smem.v + st * kBlockN * kHeadDim;
+        TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
+        CUTE_UNROLL
+        for (int j = 0; j < kBoxesPerRow; ++j) {
+          SM90_TMA_LOAD_5D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
+                                 j * kBoxCols, h_kv, start[2], start[1], batch_x0 + start[0]);
+        }
+        TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
+        CUTE_UNROLL
+        for (int j = 0; j < kBoxesPerRow; ++j) {
+          SM90_TMA_LOAD_5D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
+                                 j * kBoxCols, h_kv, start[2], start[1], batch_x0 + start[0]);
+        }
+      }
+    }
+    return;
+  }
+
+  // ---- Consumers --------------------------------------------------------------------------------------------------
+  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
+  const int ctid = tid - 128;  // thread index among the consumer warpgroups
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(ctid);
+  auto thr_pv = mma_pv.get_thread_slice(ctid);
+
+  Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});
+  Tensor sVt = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutVt{});
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);  // GMMA descriptors of this warpgroup's 64 Q rows
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+
+  Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+  clear(acc_o);
+
+  // Each thread's rows and columns of the S tile, from the MMA's own partition of an identity tensor.
+  Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  Tensor tScS_rc = make_tensor(tScS.data(), detail::acc_rowcol(tScS.layout()));
+  constexpr int kRowsPerThread = size<0>(decltype(tScS_rc.layout()){});
+  constexpr int kColsPerThread = size<1>(decltype(tScS_rc.layout()){});
+
+  // Scores are scaled into the log2 domain before masking, so scale = 0 never meets -inf (0 * -inf would be NaN).
+  const float scale_log2 = p.scale * static_cast<float>(M_LOG2E);
+  float row_max[kRowsPerThread], row_sum[kRowsPerThread];
+  CUTE_UNROLL
+  for (int mi = 0; mi < kRowsPerThread; ++mi) {
+    row_max[mi] = -INFINITY;
+    row_sum[mi] = 0.f;
+  }
+
+  Barrier::wait(&smem.q_full, 0);
+  for (int64_t e = 0; e < kv_tiles; ++e) {
+    const int st = static_cast<int>(e % kStages);
+    const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
+
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    Barrier::wait(&smem.k_full[st], phase);
+    detail::wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, st), acc_s);
+
+    Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
+    if (smem.kv_need_mask[st]) {
+      // Query windows and key coordinates are read from smem per masked tile rather than held across the loop.
+      int32_t wb[kRowsPerThread][kRank], we[kRowsPerThread][kRank];
+      CUTE_UNROLL
+      for (int mi = 0; mi < kRowsPerThread; ++mi) {
+        const int r = get<0>(tScS_rc(mi, 0));
+        CUTE_UNROLL
+        for (int i = 0; i < kRank; ++i) {
+          wb[mi][i] = smem.q_begin[i][r];
+          we[mi][i] = smem.q_end[i][r];
+        }
+      }
+      CUTE_UNROLL
+      for (int ni = 0; ni < kColsPerThread; ++ni) {
+        const int c = get<1>(tScS_rc(0, ni));
+        int32_t x[kRank];
+        CUTE_UNROLL
+        for (int i = 0; i < kRank; ++i) x[i] = smem.kv_x[st][i][c];
+        CUTE_UNROLL
+        for (int mi = 0; mi < kRowsPerThread; ++mi) {
+          bool inside = true;
+          CUTE_UNROLL
+          for (int i = 0; i < kRank; ++i) inside = inside && wb[mi][i] <= x[i] && x[i] < we[mi][i];
+          if (!inside) s(mi, ni) = -INFINITY;
+        }
+      }
+    }
+
+    // Online softmax: new running max per row (over the 4 lanes sharing the row), rescale what came before.
+    Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
+    CUTE_UNROLL
+    for (int mi = 0; mi < kRowsPerThread; ++mi) {
+      float m = row_max[mi];
+      CUTE_UNROLL
+      for (int ni = 0; ni < kColsPerThread; ++ni) m = fmaxf(m, s(mi, ni));
+      m = detail::quad_max(m);
+      // A row that has seen no key yet keeps max -inf; exponents are taken against 0 then, giving exact zeros.
+      const float m_ref = m == -INFINITY ? 0.f : m;
+      const float correction = exp2f(row_max[mi] - m_ref);
+      row_max[mi] = m;
+      float sum = 0.f;
+      CUTE_UNROLL
+      for (int ni = 0; ni < kColsPerThread; ++ni) {
+        s(mi, ni) = exp2f(s(mi, ni) - m_ref);
+        sum += s(mi, ni);
+      }
+      // Partial sums stay per thread; the 4 lanes reduce them once, in the epilogue.
+      row_sum[mi] = row_sum[mi] * correction + sum;
+      CUTE_UNROLL
+      for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= correction;
+    }
+
+    Tensor p_frag = make_tensor_like<Element>(acc_s);
+    CUTE_UNROLL
+    for (int i = 0; i < size(acc_s); ++i) p_frag(i) = static_cast<Element>(acc_s(i));
+    Tensor tOrP = make_tensor(p_frag.data(), detail::acc_as_a_operand(p_frag.layout()));
+    warpgroup_fence_operand(tOrP);
+    Barrier::wait(&smem.v_full[st], phase);
+    detail::wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, st), acc_o);
+    // K, V and the geometry of this stage are no longer read by this warp.
+    if (lane == 0) Barrier::arrive(&smem.kv_empty[st]);
+  }
+
+  // ---- Epilogue: normalise, lse, stage the output in this warpgroup's rows of the Q buffer, scatter rows -----------
+  Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
+  CUTE_UNROLL
+  for (int mi = 0; mi < kRowsPerThread; ++mi) {
+    const float sum = detail::quad_sum(row_sum[mi]);
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    CUTE_UNROLL
+    for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
+    const int r = get<0>(tScS_rc(mi, 0));
+    const int64_t token = smem.q_token[r];
+    if (lane % 4 == 0 && token >= 0) {
+      // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
+      const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
+      p.lse[(b * p.tokens + token) * p.heads + h] = lse;
+    }
+  }
+
+  // This warpgroup's last wgmma reading its Q rows has completed (waited), so the rows can take the output.
+  Tensor rO = make_tensor_like<Element>(acc_o);
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc_o); ++i) rO(i) = static_cast<Element>(acc_o(i));
+  Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+  auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma_pv);
+  auto thr_copy_o = copy_o.get_slice(ctid);
+  copy(copy_o, thr_copy_o.retile_S(rO), thr_copy_o.partition_D(sO));
+  // Only this warpgroup's 128 threads wrote these rows: a named barrier per warpgroup (ids 1, 2; 0 is __syncthreads).
+  if (warpgroup == 1) {
+    asm volatile("bar.sync 1, 128;\n" ::: "memory");
+  } else {
+    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+  }
+
+  auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+  constexpr int kChunks = 64 * Traits::kChunksPerRow;  // 16-byte chunks of this warpgroup's 64 rows
+  const int wtid = tid % 128;
+  const int row0 = (warpgroup - 1) * 64;
+  CUTE_UNROLL
+  for (int i = 0; i < kChunks / 128; ++i) {
+    const int idx = wtid + i * 128;
+    const int r = row0 + idx / Traits::kChunksPerRow;
+    const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
+    const int64_t token = smem.q_token[r];
+    if (token >= 0) {
+      *reinterpret_cast<uint128_t*>(o_base + token * p.o_token_stride + c) = *reinterpret_cast<const uint128_t*>(&sO(r, c));
+    }
+  }
+#endif
+}
+
+namespace detail {
+
+// One TMA descriptor of the 5-D view (D, H, X2, X1, B * X0) of a contiguous [B, X0, X1, X2, H, D] tensor with boxes of
+// 64 head-dim columns x 1 head x one tile (tile[i] * d_i tokens at element stride d_i per dim).
+template <class Element>
+cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_t head_dim, int64_t heads,
+                              int64_t head_stride, int64_t token_stride, int64_t batch, const GnaPolicy<kRank>& pol,
+                              const int64_t* tile) {
+  constexpr int64_t kBytes = sizeof(Element);
+  const int64_t x0 = pol.dim[0].length, x1 = pol.dim[1].length, x2 = pol.dim[2].length;
+  cuuint64_t dims[5] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
+                        static_cast<cuuint64_t>(x2), static_cast<cuuint64_t>(x1), static_cast<cuuint64_t>(batch * x0)};
+  const int64_t strides64[4] = {head_stride * kBytes, token_stride * kBytes, x2 * token_stride * kBytes,
+                                x1 * x2 * token_stride * kBytes};
+  cuuint64_t strides[4];
+  for (int i = 0; i < 4; ++i) {
+    // TMA: global strides are multiples of 16 bytes below 2^40.
+    if (strides64[i] <= 0 || strides64[i] % 16 != 0 || strides64[i] >= (int64_t{1} << 40)) return cudaErrorNotSupported;
+    strides[i] = static_cast<cuuint64_t>(strides64[i]);
+  }
+  cuuint32_t box[5] = {static_cast<cuuint32_t>(128 / kBytes), 1u,
+                       static_cast<cuuint32_t>(tma_box_extent(pol, tile, 2)),
+                       static_cast<cuuint32_t>(tma_box_extent(pol, tile, 1)),
+                       static_cast<cuuint32_t>(tma_box_extent(pol, tile, 0))};
+  cuuint32_t element_strides[5] = {1u, 1u, static_cast<cuuint32_t>(pol.dim[2].dilation),
+                                   static_cast<cuuint32_t>(pol.dim[1].dilation),
+                                   static_cast<cuuint32_t>(pol.dim[0].dilation)};
+  const CUtensorMapDataType dtype =
+      std::is_same_v<Element, cutlass::half_t> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  // OOB_FILL_NONE fills out-of-bounds elements with zeros: rows past a group's end (in dims 1 and 2, and in dim 0 of
+  // the last sample) arrive as zeros.
+  const CUresult result = cutlass::call_cuTensorMapEncodeTiled(
+      desc, dtype, 5, const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
+}
+
+}  // namespace detail
+
+// Launches one instantiation: grid (Q tiles, heads, batch), 384 threads, dynamic smem. Returns
+// - cudaErrorInvalidValue: head_dim != kHeadDim, a tile's row product above the block, or kv_heads not dividing heads;
+// - cudaSuccess without a launch for an empty problem;
+// - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
+//   the sm80 kernel): a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0 (plus
+//   a box) reaching 2^31 (TMA coordinates are int32), inputs not contiguous over batch (batch stride != tokens * token
+//   stride: batch and X0 share one TMA dim), byte strides not multiples of 16 or beyond 2^40, base pointers not 16-byte
+//   aligned, or the driver refusing a descriptor;
+// - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (as sm80);
+// - otherwise the launch's error.
+// Tile shapes are the policy's tq/tk (the table's, clamped to the dims by the caller, as for sm80).
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
+  using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  const GnaPolicy<kRank>& pol = p.policy;
+  if (p.head_dim != kHeadDim || pol.max_q_rows() > kBlockM || pol.max_kv_rows() > kBlockN) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t q_tiles = pol.num_q_tiles();
+  if (q_tiles == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
+  if (p.kv_heads <= 0 || p.heads % p.kv_heads != 0) return cudaErrorInvalidValue;
+
+  if (!tma_box_supported(pol, pol.tq) || !tma_box_supported(pol, pol.tk)) return cudaErrorNotSupported;
+  const int64_t folded = p.batch * pol.dim[0].length;
+  const int64_t max_extent = std::max(tma_box_extent(pol, pol.tq, 0), tma_box_extent(pol, pol.tk, 0));
+  if (folded + max_extent > int64_t{0x7fffffff}) return cudaErrorNotSupported;
+  if (p.batch > 1 && (p.q_batch_stride != p.tokens * p.q_token_stride || p.k_batch_stride != p.tokens * p.k_token_stride ||
+                      p.v_batch_stride != p.tokens * p.v_token_stride)) {
+    return cudaErrorNotSupported;
+  }
+  for (const void* ptr : {p.q, p.k, p.v}) {
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return cudaErrorNotSupported;
+  }
+  if (q_tiles > 0x7fffffff || p.heads > 65535 || p.batch > 65535) return cudaErrorInvalidConfiguration;
+
+  Sm90GnaFwdArgs args;
+  args.p = p;
+  cudaError_t err = detail::make_gna_tma_desc<Element>(&args.tma_q, p.q, kHeadDim, p.heads, p.q_head_stride,
+                                                       p.q_token_stride, p.batch, pol, pol.tq);
+  if (err == cudaSuccess) {
+    err = detail::make_gna_tma_desc<Element>(&args.tma_k, p.k, kHeadDim, p.kv_heads, p.k_head_stride, p.k_token_stride,
+                                             p.batch, pol, pol.tk);
+  }
+  if (err == cudaSuccess) {
+    err = detail::make_gna_tma_desc<Element>(&args.tma_v, p.v, kHeadDim, p.kv_heads, p.v_head_stride, p.v_token_stride,
+                                             p.batch, pol, pol.tk);
+  }
+  if (err != cudaSuccess) return err;
+
+  constexpr int kSmem = sizeof(typename Traits::SharedStorage);
+  auto kernel = sm90_gna_fwd_kernel<Traits>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace natten_like::sm90

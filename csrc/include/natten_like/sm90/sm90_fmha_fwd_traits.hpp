@@ -1,0 +1,101 @@
+// Static configuration of the sm90 fused attention forward: CTA tile, GMMA atoms, shared-memory layouts and the shared
+// storage of the warp-specialised kernel (FlashAttention-3's Hopper design): warpgroup 0 loads Q once and K, V per
+// visited KV tile with TMA into a 2-stage ring; warpgroups 1 and 2 each own 64 of the 128 query rows and run
+// S = Q K^T (wgmma, both operands in smem), the online softmax in registers and O += P V (wgmma, P from registers).
+#pragma once
+
+#include <type_traits>
+
+#include <cute/tensor.hpp>
+#include <cute/arch/mma_sm90.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/numeric_types.h>
+
+#include "natten_like/sm80/gna_tile_iterator.hpp"
+#include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
+
+namespace natten_like::sm90 {
+
+using sm80::kRank;
+
+template <class Element_, int kHeadDim_, int kBlockM_, int kBlockN_>
+struct Sm90FmhaFwdTraits {
+  using Element = Element_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = kBlockM_;  // query rows per CTA (the Q tile's row product must fit)
+  static constexpr int kBlockN = kBlockN_;  // key rows per KV stage (the KV tile's row product must fit)
+  static constexpr int kStages = 2;
+  static constexpr int kConsumerWarpgroups = kBlockM / 64;  // wgmma M is 64 per warpgroup
+  static constexpr int kThreads = 128 * (1 + kConsumerWarpgroups);
+  static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
+  // Register budget per thread after setmaxnreg: the producer keeps enough for the TMA loop and the per-tile geometry
+  // (its int32 divisions by runtime tile extents spill at 40), the consumers take the rest (56 * 128 + 224 * 256 =
+  // 64512 of the SM's 65536).
+  static constexpr int kProducerRegs = 56;
+  static constexpr int kConsumerRegs = 224;
+  // One TMA box loads 64 head-dim elements: the 128-byte swizzle caps the box's inner extent at 128 bytes.
+  static constexpr int kBoxCols = 128 / sizeof(Element);
+  static constexpr int kBoxesPerRow = kHeadDim / kBoxCols;
+
+  static_assert(kBlockM == 128, "two consumer warpgroups of 64 rows (the producer/consumer register split assumes 3)");
+  static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "wgmma N and the P V K-steps come in 16s");
+  static_assert(kHeadDim % 64 == 0 && kHeadDim <= 256, "the smem swizzle atom spans 64 head-dim elements");
+  static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
+  static_assert(sizeof(Element) == 2 && kBoxCols == 64);
+
+  // S = Q K^T: per warpgroup 64 x kBlockN x kHeadDim, A and B K-major in smem. The atom layout stacks the consumer
+  // warpgroups along M, so each warpgroup's rows (and softmax statistics) are its own.
+  using AtomLayout = cute::Layout<cute::Shape<cute::Int<kConsumerWarpgroups>, cute::_1, cute::_1>>;
+  using TiledMmaQK = decltype(cute::make_tiled_mma(
+      cute::GMMA::ss_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<kBlockN>, cute::Int<kHeadDim>>>(),
+      AtomLayout{}));
+  // O += P V: per warpgroup 64 x kHeadDim x kBlockN, A (P) from registers, B (V) MN-major: V sits in smem as (keys, D)
+  // rows, i.e. D contiguous, which is the N dim of this GEMM.
+  using TiledMmaPV = decltype(cute::make_tiled_mma(
+      cute::GMMA::rs_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
+                                 cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
+      AtomLayout{}));
+
+  // Rows of 64 elements (128 bytes), Swizzle<3,4,3> on byte addresses: exactly what TMA's CU_TENSOR_MAP_SWIZZLE_128B
+  // writes for a box with a 128-byte inner extent into a 1024-byte aligned buffer, and what GMMA reads as K-major SW128.
+  // tile_to_shape stacks atoms along rows first: head-dim columns [64 j, 64 j + 64) of all rows form one contiguous
+  // block of kRows * 128 bytes, the destination of box j.
+  using SmemAtom = cute::GMMA::Layout_K_SW128_Atom<Element>;
+  using SmemLayoutQ = decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
+  using SmemLayoutKV = decltype(cute::tile_to_shape(
+      SmemAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
+  // V as the (D, keys, stage) B operand of P V: the same bytes, keys fastest in the coordinate order of SmemLayoutKV.
+  using SmemLayoutVt = decltype(cute::composition(
+      SmemLayoutKV{}, cute::make_ordered_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
+                                                cute::Step<cute::_2, cute::_1, cute::_3>{})));
+
+  static constexpr int kQBytesPerBox = kBlockM * 128;  // smem stride between the boxes of one Q tile
+  static constexpr int kKVBytesPerBox = kBlockN * 128;
+  static constexpr int kKVStageBytes = kKVBytesPerBox * kBoxesPerRow;
+
+  // The output tile is staged in the Q buffer with 32-bit stores (the accumulator holds pairs of adjacent columns).
+  using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
+  static constexpr int kChunk = 16 / sizeof(Element);  // elements per 16-byte global store
+  static constexpr int kChunksPerRow = kHeadDim / kChunk;
+
+  struct SharedStorage {
+    // 1024-byte alignment: the 128-byte swizzle pattern repeats every 8 rows of 128 bytes, and TMA and GMMA agree on
+    // it only from a 1024-byte boundary.
+    alignas(1024) Element q[cute::cosize_v<SmemLayoutQ>];  // also the output tile in the epilogue
+    alignas(1024) Element k[cute::cosize_v<SmemLayoutKV>];
+    alignas(1024) Element v[cute::cosize_v<SmemLayoutKV>];
+    int64_t q_token[kBlockM];         // flat token of each Q smem row, -1 for rows that are not rows of the tile
+    int32_t q_begin[kRank][kBlockM];  // group-local window of each Q smem row, per dim
+    int32_t q_end[kRank][kBlockM];
+    int32_t kv_x[kStages][kRank][kBlockN];  // group-local coordinate of each KV smem row (-1 in dim 0: not a tile row)
+    int32_t kv_need_mask[kStages];
+    sm80::GnaKvTileIterator<kRank> iter;  // the Q tile and the KV tiles it visits
+    alignas(8) uint64_t q_full;
+    uint64_t k_full[kStages];
+    uint64_t v_full[kStages];
+    uint64_t kv_empty[kStages];
+  };
+};
+
+}  // namespace natten_like::sm90

@@ -13,6 +13,8 @@ pads them, and proves, for every Q tile and every KV tile it visits:
   ``fill_mask`` on the tile rows and rejects every flagged row;
 - a tile the iterator calls full has no flagged row and every (query, key) pair attended, so running it unmasked is
   exact.
+
+A second check evaluates the kernel's CuTe layout algebra on the host (needs nvcc and the CUTLASS headers, no GPU).
 """
 
 from __future__ import annotations
@@ -181,6 +183,79 @@ int main(int argc, char** argv) {
 """
 
 
+# The kernel's layout algebra, evaluated on the host with CuTe (nvcc, no GPU): the row/column view of the wgmma
+# accumulators keeps each row in one warp and one group of 4 lanes (the softmax reductions' assumption) and gives O the
+# rows of S; the S accumulator reinterpreted as P holds exactly the (query, key) coordinates the P V wgmma's register A
+# operand expects; the Q/K/V smem layouts put element (row, col) where TMA's 128-byte swizzle writes it (box col / 64,
+# row, Swizzle<3,4,3> on bytes) and the V^T view addresses the same bytes as V.
+LAYOUT_CHECKER = r"""
+#include <cstdio>
+
+#include "natten_like/sm90/sm90_fmha_fwd_kernel.hpp"
+
+using namespace cute;
+namespace nl = natten_like::sm90;
+
+template <class Element, int D>
+int check() {
+  using T = nl::Sm90FmhaFwdTraits<Element, D, 128, 128>;
+  typename T::TiledMmaQK mma_qk;
+  typename T::TiledMmaPV mma_pv;
+  int bad = 0;
+  for (int ctid = 0; ctid < T::kConsumerThreads; ++ctid) {
+    auto thr = mma_qk.get_thread_slice(ctid);
+    Tensor cS = thr.partition_C(make_identity_tensor(Shape<Int<T::kBlockM>, Int<T::kBlockN>>{}));
+    Tensor rc = make_tensor(cS.data(), nl::detail::acc_rowcol(cS.layout()));
+    const int lane = ctid % 32, warp = ctid / 32;
+    for (int mi = 0; mi < size<0>(rc); ++mi) {
+      for (int ni = 0; ni < size<1>(rc); ++ni) {
+        bad += get<0>(rc(mi, ni)) != get<0>(rc(mi, 0)) || get<1>(rc(mi, ni)) != get<1>(rc(0, ni));
+      }
+      const int r = get<0>(rc(mi, 0));
+      bad += r / 16 != warp || r % 8 != lane / 4;
+    }
+    bad += size(rc) != size(cS);
+    auto thr_pv = mma_pv.get_thread_slice(ctid);
+    Tensor cO = thr_pv.partition_C(make_identity_tensor(Shape<Int<T::kBlockM>, Int<D>>{}));
+    Tensor orc = make_tensor(cO.data(), nl::detail::acc_rowcol(cO.layout()));
+    bad += size<0>(orc) != size<0>(rc);
+    for (int mi = 0; mi < size<0>(orc); ++mi) {
+      for (int ni = 0; ni < size<1>(orc); ++ni) bad += get<0>(orc(mi, ni)) != get<0>(rc(mi, 0));
+    }
+    Tensor p = make_tensor(cS.data(), nl::detail::acc_as_a_operand(cS.layout()));
+    Tensor cA = thr_pv.partition_A(make_identity_tensor(Shape<Int<T::kBlockM>, Int<T::kBlockN>>{}));
+    bad += size(p) != size(cA) || size<2>(p) != size<2>(cA);
+    for (int i = 0; i < size(cA); ++i) bad += p(i) != cA(i);
+  }
+  // A fake 1024-byte aligned smem address: the swizzle acts on address bits.
+  Element* base = reinterpret_cast<Element*>(uintptr_t{1} << 20);
+  Tensor kv = make_tensor(make_smem_ptr(base), typename T::SmemLayoutKV{});
+  Tensor vt = make_tensor(make_smem_ptr(base), typename T::SmemLayoutVt{});
+  Tensor q = make_tensor(make_smem_ptr(base), typename T::SmemLayoutQ{});
+  auto off = [&](auto& ref) { return int(reinterpret_cast<const char*>(&ref) - reinterpret_cast<const char*>(base)); };
+  auto sw128 = [](int lin) { return lin ^ (((lin >> 7) & 7) << 4); };
+  for (int s = 0; s < T::kStages; ++s) {
+    for (int r = 0; r < T::kBlockN; ++r) {
+      for (int c = 0; c < D; ++c) {
+        const int want = s * T::kKVStageBytes + (c / 64) * T::kKVBytesPerBox + sw128(r * 128 + (c % 64) * 2);
+        bad += off(kv(r, c, s)) != want || off(vt(c, r, s)) != want;
+      }
+    }
+  }
+  for (int r = 0; r < T::kBlockM; ++r) {
+    for (int c = 0; c < D; ++c) bad += off(q(r, c)) != (c / 64) * T::kQBytesPerBox + sw128(r * 128 + (c % 64) * 2);
+  }
+  return bad;
+}
+
+int main() {
+  const int bad = check<cutlass::bfloat16_t, 128>() + check<cutlass::half_t, 64>();
+  std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
+  return bad != 0;
+}
+"""
+
+
 def _cxx() -> str | None:
     return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
@@ -199,3 +274,29 @@ def test_tma_boxes_match_policy(tmp_path: Path, seed: int) -> None:
     result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok ")
+
+
+def _nvcc() -> str | None:
+    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
+
+
+def _cutlass_include() -> str | None:
+    try:
+        import cutlass_library
+    except ImportError:
+        return None
+    path = Path(cutlass_library.__file__).parent / "source" / "include"
+    return str(path) if (path / "cute").is_dir() else None
+
+
+@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+def test_layouts_of_the_kernel(tmp_path: Path) -> None:
+    src = tmp_path / "layouts.cu"
+    src.write_text(LAYOUT_CHECKER)
+    exe = tmp_path / "layouts"
+    include = ROOT / "csrc" / "include"
+    cmd = [_nvcc(), "-std=c++20", "--expt-relaxed-constexpr", "-gencode=arch=compute_90a,code=sm_90a"]
+    cmd += [f"-I{include}", f"-I{_cutlass_include()}", str(src), "-o", str(exe)]
+    subprocess.run(cmd, check=True, capture_output=True)
+    result = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr

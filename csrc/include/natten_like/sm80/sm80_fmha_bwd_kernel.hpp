@@ -73,6 +73,36 @@ CUTE_DEVICE void load_q_geometry(typename Traits::DkDvStorage& smem, int st, con
   }
 }
 
+// Geometry of KV tile e of the dQ mainloop into geometry stage st: token and group-local coordinates per key row (threads
+// below kBlockN, one row each; padding rows get -1 in dim 0, outside every window), the row count and whether the pair
+// needs the element mask (thread 0). The forward's per-row scheme, kept here so the backward does not depend on the
+// forward's internal helper signatures.
+template <class Traits>
+CUTE_DEVICE void load_dq_kv_geometry(typename Traits::DqStorage& smem, int st, const GnaPolicy<kRank>& pol,
+                                     const GnaKvTileIterator<kRank>& it, int64_t e, int tid) {
+  if (tid >= Traits::kBlockN) return;
+  int64_t u[kRank];
+  bool full;
+  const GnaTileBox<kRank> kv = it.visit(pol, e, u, full);
+  const int64_t rows = kv.num_rows();
+  int32_t x[kRank];
+  int64_t token = 0;
+  if (tid < rows) {
+    token = kv.row(pol, static_cast<int32_t>(tid), x);
+  } else {
+    for (int i = 0; i < kRank; ++i) x[i] = 0;
+    x[0] = -1;
+  }
+  smem.kv_token[st][tid] = token;
+  for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][tid] = x[i];
+  if (tid == 0) {
+    smem.kv_rows[st] = static_cast<int32_t>(rows);
+    // Padding keys must be masked here: their zero K rows give P = exp(-lse), which can overflow for a row whose scores
+    // are all very negative, and inf * 0 (their zero K in dS K) would be NaN.
+    smem.kv_need_mask[st] = !full || rows < Traits::kBlockN;
+  }
+}
+
 // Converts an fp32 accumulator tile (MMA=4, MMA_M, MMA_N) to Element, as a register tensor laid out as the A operand of
 // the next product (the same registers in acc_as_a_operand's order; the tensor owns them, so it can be returned).
 template <class Element, class Acc>
@@ -376,7 +406,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       smem.q_end[i][tid] = we[i];
     }
   }
-  if (kv_tiles > 0) detail::load_kv_geometry<Traits>(smem, 0, pol, it, 0, tid);
+  if (kv_tiles > 0) detail::load_dq_kv_geometry<Traits>(smem, 0, pol, it, 0, tid);
   __syncthreads();
 
   const auto* q_base = static_cast<const Element*>(f.q) + b * f.q_batch_stride + h * f.q_head_stride;
@@ -438,7 +468,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     const int ts = kStages == 2 ? st : 0;
     cp_async_wait<0>();
     __syncthreads();  // K/V of tile e in smem; every warp is done with tile e - 1
-    if (e + 1 < kv_tiles) detail::load_kv_geometry<Traits>(smem, st ^ 1, pol, it, e + 1, tid);
+    if (e + 1 < kv_tiles) detail::load_dq_kv_geometry<Traits>(smem, st ^ 1, pol, it, e + 1, tid);
     if constexpr (kStages == 2) {
       if (e + 1 < kv_tiles) {
         __syncthreads();  // geometry of e + 1 visible

@@ -36,8 +36,10 @@ struct Sm80FmhaBwdTraits {
   static constexpr int kQChunk = kHeadDim <= 64 ? kBlockM : 32;
   // Gathered tiles in flight: at head dim 64 the next Q/dO (or K/V) tile loads during this one's math; at 128 a second
   // stage would take shared memory past the 99 KB an sm86/sm89 block may use, so the gather of the next tile follows the
-  // math of this one (the geometry of the next tile, which holds the global loads of lse and delta, still overlaps).
+  // math of this one (the next tile's geometry, with the dK/dV kernel's loads of lse and delta, still precedes it).
   static constexpr int kStages = kHeadDim <= 64 ? 2 : 1;
+  // CTAs per SM the register allocation must allow: at head dim 64, three (168 registers) spill in both kernels, two
+  // leave ptxas ~240; at 128 the accumulators need the full 255.
   static constexpr int kMinBlocksPerSm = kHeadDim <= 64 ? 2 : 1;
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0 && kBlockM % kQChunk == 0, "m16n8k16 needs 16-row blocks");
   static_assert(kHeadDim % 64 == 0, "the smem swizzle atom spans 64 head-dim elements");
@@ -93,9 +95,9 @@ struct Sm80FmhaBwdTraits {
     int32_t q_head[2];                 // query head of the step
   };
 
-  // dQ kernel: Q and dO of the CTA's Q tile; K and V of the visited KV tile in kStages buffers. The member names of the
-  // KV geometry are those of the forward's storage, so the forward's load_kv_geometry fills them.
-  struct SharedStorage {
+  // dQ kernel: Q and dO of the CTA's Q tile; K and V of the visited KV tile in kStages buffers; the per-row geometry of
+  // the KV tile double-buffered (the next one is computed during this one).
+  struct DqStorage {
     alignas(128) Element q[kTileElems];  // also dQ in the epilogue
     alignas(128) Element d_out[kTileElems];
     alignas(128) Element k[kStages][kTileElems];
@@ -109,7 +111,6 @@ struct Sm80FmhaBwdTraits {
     int32_t kv_rows[2];
     int32_t kv_need_mask[2];
   };
-  using DqStorage = SharedStorage;
 };
 
 }  // namespace natten_like::sm80

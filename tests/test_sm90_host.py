@@ -186,8 +186,9 @@ int main(int argc, char** argv) {
 # The kernel's layout algebra, evaluated on the host with CuTe (nvcc, no GPU): the row/column view of the wgmma
 # accumulators keeps each row in one warp and one group of 4 lanes (the softmax reductions' assumption) and gives O the
 # rows of S; the S accumulator reinterpreted as P holds exactly the (query, key) coordinates the P V wgmma's register A
-# operand expects; the Q/K/V smem layouts put element (row, col) where TMA's 128-byte swizzle writes it (box col / 64,
-# row, Swizzle<3,4,3> on bytes) and the V^T view addresses the same bytes as V.
+# operand expects; the epilogue's smem copy puts each O value at its own coordinate; the Q/K/V smem layouts put element
+# (row, col) where TMA's 128-byte swizzle writes it (box col / 64, row, Swizzle<3,4,3> on bytes) and the V^T view
+# addresses the same bytes as V.
 LAYOUT_CHECKER = r"""
 #include <cstdio>
 
@@ -226,6 +227,13 @@ int check() {
     Tensor cA = thr_pv.partition_A(make_identity_tensor(Shape<Int<T::kBlockM>, Int<T::kBlockN>>{}));
     bad += size(p) != size(cA) || size<2>(p) != size<2>(cA);
     for (int i = 0; i < size(cA); ++i) bad += p(i) != cA(i);
+    // The epilogue's 32-bit stores of O into smem: value i of the accumulator lands at its own (row, col).
+    auto copy_o = make_tiled_copy_C(typename T::SmemCopyAtomO{}, mma_pv);
+    auto thr_copy = copy_o.get_slice(ctid);
+    Tensor src = thr_copy.retile_S(cO);
+    Tensor dst = thr_copy.partition_D(make_identity_tensor(Shape<Int<T::kBlockM>, Int<D>>{}));
+    bad += size(src) != size(dst) || size(src) != size(cO);
+    for (int i = 0; i < size(dst); ++i) bad += src(i) != dst(i);
   }
   // A fake 1024-byte aligned smem address: the swizzle acts on address bits.
   Element* base = reinterpret_cast<Element*>(uintptr_t{1} << 20);

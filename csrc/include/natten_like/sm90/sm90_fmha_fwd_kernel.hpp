@@ -6,7 +6,8 @@
 //   coordinates, whether the tile needs the element mask) next to the data;
 // - warpgroups 1 and 2, 64 query rows each: S = Q K^T (wgmma, smem operands), fp32 online softmax in registers (full
 //   tiles unmasked, partial ones by the window test per dim, as sm80), O += P V (wgmma, P from registers, V read
-//   MN-major from the same smem);
+//   MN-major from the same smem); the two warpgroups take turns on S = Q K^T (FlashAttention-3's ping-pong), so one's
+//   softmax runs under the other's GEMMs;
 // - out and logsumexp (natural log, float32) written once per row; a row with no key gets 0 and -inf.
 // Semantics mirror sm80/sm80_fmha_fwd_kernel.hpp; every index comes from the host-tested policy, iterator and box code.
 #pragma once
@@ -73,6 +74,18 @@ CUTE_DEVICE float quad_max(float x) {
 CUTE_DEVICE float quad_sum(float x) {
   x += __shfl_xor_sync(0xffffffff, x, 1);
   return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+// Named barriers (id 0 is __syncthreads): bar.sync waits until kThreads threads arrived at barrier kId, bar.arrive
+// counts the caller without waiting.
+template <int kId, int kThreads>
+CUTE_DEVICE void named_barrier_sync() {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
+}
+
+template <int kId, int kThreads>
+CUTE_DEVICE void named_barrier_arrive() {
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
 }
 
 // acc (+)= A B over all k-blocks as one wgmma batch, waited for before returning: the caller reads acc next, and the
@@ -275,6 +288,32 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm90_gna_fwd_kernel(__gri
     row_sum[mi] = 0.f;
   }
 
+  // Ping-pong turns: barrier 3 is warpgroup 1's turn, 4 is warpgroup 2's; each is a bar.sync of the warpgroup whose
+  // turn it is (128 threads) plus a bar.arrive of the other (128). Warpgroup 1 grants itself the first turn; a
+  // warpgroup hands the turn over after each S GEMM, except warpgroup 2 after the last tile (warpgroup 1 takes no
+  // further turn), so no barrier is left half-arrived at exit. Both warpgroups visit the same kv_tiles.
+  auto take_turn = [&] {
+    if constexpr (Traits::kPingPong) {
+      if (warpgroup == 1) {
+        detail::named_barrier_sync<3, 256>();
+      } else {
+        detail::named_barrier_sync<4, 256>();
+      }
+    }
+  };
+  auto pass_turn = [&](int64_t e) {
+    if constexpr (Traits::kPingPong) {
+      if (warpgroup == 1) {
+        detail::named_barrier_arrive<4, 256>();
+      } else if (e + 1 < kv_tiles) {
+        detail::named_barrier_arrive<3, 256>();
+      }
+    }
+  };
+  if constexpr (Traits::kPingPong) {
+    if (warpgroup == 1 && kv_tiles > 0) detail::named_barrier_arrive<3, 256>();
+  }
+
   Barrier::wait(&smem.q_full, 0);
   for (int64_t e = 0; e < kv_tiles; ++e) {
     const int st = static_cast<int>(e % kStages);
@@ -282,7 +321,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm90_gna_fwd_kernel(__gri
 
     Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
     Barrier::wait(&smem.k_full[st], phase);
+    take_turn();
     detail::wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, st), acc_s);
+    pass_turn(e);
 
     Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
     CUTE_UNROLL
@@ -375,11 +416,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm90_gna_fwd_kernel(__gri
   auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma_pv);
   auto thr_copy_o = copy_o.get_slice(ctid);
   copy(copy_o, thr_copy_o.retile_S(rO), thr_copy_o.partition_D(sO));
-  // Only this warpgroup's 128 threads wrote these rows: a named barrier per warpgroup (ids 1, 2; 0 is __syncthreads).
+  // Only this warpgroup's 128 threads wrote these rows: a named barrier per warpgroup (ids 1, 2).
   if (warpgroup == 1) {
-    asm volatile("bar.sync 1, 128;\n" ::: "memory");
+    detail::named_barrier_sync<1, 128>();
   } else {
-    asm volatile("bar.sync 2, 128;\n" ::: "memory");
+    detail::named_barrier_sync<2, 128>();
   }
 
   auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;

@@ -34,6 +34,9 @@ struct Sm90FmhaFwdTraits {
   // 64512 of the SM's 65536).
   static constexpr int kProducerRegs = 56;
   static constexpr int kConsumerRegs = 224;
+  // Warpgroup ping-pong (FlashAttention-3's scheduler barriers): the consumer warpgroups take turns to run S = Q K^T,
+  // so one warpgroup's softmax runs under the other's GEMMs instead of both leaving the tensor cores idle together.
+  static constexpr bool kPingPong = true;
   // One TMA box loads 64 head-dim elements: the 128-byte swizzle caps the box's inner extent at 128 bytes.
   static constexpr int kBoxCols = 128 / sizeof(Element);
   static constexpr int kBoxesPerRow = kHeadDim / kBoxCols;

@@ -2,8 +2,8 @@
 // batch) walks the KV tiles its Q tile visits (policy/gna.hpp, through GnaKvTileIterator), warp-specialised:
 // - warpgroup 0, one warp: TMA loads of Q once and of K, V per visited KV tile into a 2-stage smem ring, straight from
 //   the heads-last [B, X0, X1, X2, H, D] tensors viewed as 5-D (D, H, X2, X1, B * X0): a tile of any rank, dilated or
-//   not, is one box per 64 head-dim columns (sm90/tma_gna_box.hpp); it also writes each stage's key geometry (group-local
-//   coordinates, whether the tile needs the element mask) next to the data;
+//   not, is one box per 64 head-dim columns (sm90/tma_gna_box.hpp); it also writes each stage's key geometry
+//   (group-local coordinates, whether the tile needs the element mask) next to the data;
 // - warpgroups 1 and 2, 64 query rows each: S = Q K^T (wgmma, smem operands), fp32 online softmax in registers (full
 //   tiles unmasked, partial ones by the window test per dim, as sm80), O += P V (wgmma, P from registers, V read
 //   MN-major from the same smem); the two warpgroups take turns on S = Q K^T (FlashAttention-3's ping-pong), so one's
@@ -53,7 +53,8 @@ using namespace cute;
 // (rows = (2, MMA_M), cols = (2, N / 8, MMA_N)) for row-wise softmax.
 template <class Layout>
 CUTE_HOST_DEVICE constexpr auto acc_rowcol(Layout acc) {
-  return make_layout(make_layout(get<0, 1>(acc), get<1>(acc)), make_layout(get<0, 0>(acc), get<0, 2>(acc), get<2>(acc)));
+  return make_layout(make_layout(get<0, 1>(acc), get<1>(acc)),
+                     make_layout(get<0, 0>(acc), get<0, 2>(acc), get<2>(acc)));
 }
 
 // The S accumulator viewed as the register A operand of the P V wgmma ((2, 2, 2), MMA_M, N / 16): an A k-block of 16
@@ -119,7 +120,8 @@ CUTE_DEVICE void zero_smem_rows(void* buf, int blocks, int rows, int first_row, 
 }  // namespace detail
 
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads, 1) sm90_gna_fwd_kernel(__grid_constant__ const Sm90GnaFwdArgs args) {
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    sm90_gna_fwd_kernel(__grid_constant__ const Sm90GnaFwdArgs args) {
 #if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
   // Built for an arch without wgmma/TMA/setmaxnreg (the same TU is compiled for sm_80 too): the host launches this
   // kernel only on sm_90a devices, so the body is empty here.
@@ -149,6 +151,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm90_gna_fwd_kernel(__gri
   // The iterator (some 30 int64) lives in smem, read field by field where needed, as in sm80: held in registers it
   // would compete with the accumulators.
   if (tid == 0) {
+    // TMA and GMMA agree on the swizzle only in 1024-byte aligned buffers: fail loudly rather than compute garbage.
+    if (cast_smem_ptr_to_uint(smem_raw) % 1024 != 0) __trap();
     smem.iter = GnaKvTileIterator<kRank>(pol, q_tile);
     Barrier::init(&smem.q_full, 1);
     for (int s = 0; s < kStages; ++s) {
@@ -197,7 +201,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm90_gna_fwd_kernel(__gri
   const int lane = tid % 32;
 
   if (warpgroup == 0) {
-    // ---- Producer ----------------------------------------------------------------------------------------------------
+    // ---- Producer --------------------------------------------------------------------------------------------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (tid >= 32) return;
     constexpr uint64_t kCacheHint = static_cast<uint64_t>(TMA::CacheHintSm90::EVICT_NORMAL);
@@ -434,7 +438,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm90_gna_fwd_kernel(__gri
     const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
     const int64_t token = smem.q_token[r];
     if (token >= 0) {
-      *reinterpret_cast<uint128_t*>(o_base + token * p.o_token_stride + c) = *reinterpret_cast<const uint128_t*>(&sO(r, c));
+      *reinterpret_cast<uint128_t*>(o_base + token * p.o_token_stride + c) =
+          *reinterpret_cast<const uint128_t*>(&sO(r, c));
     }
   }
 #endif
@@ -483,10 +488,10 @@ cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_
 // - cudaErrorInvalidValue: head_dim != kHeadDim, a tile's row product above the block, or kv_heads not dividing heads;
 // - cudaSuccess without a launch for an empty problem;
 // - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
-//   the sm80 kernel): a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0 (plus
-//   a box) reaching 2^31 (TMA coordinates are int32), inputs not contiguous over batch (batch stride != tokens * token
-//   stride: batch and X0 share one TMA dim), byte strides not multiples of 16 or beyond 2^40, base pointers not 16-byte
-//   aligned, or the driver refusing a descriptor;
+//   the sm80 kernel): a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0
+//   (plus a box) reaching 2^31 (TMA coordinates are int32), inputs not contiguous over batch (batch stride != tokens *
+//   token stride: batch and X0 share one TMA dim), byte strides not multiples of 16 or beyond 2^40, base pointers not
+//   16-byte aligned, or the driver refusing a descriptor;
 // - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (as sm80);
 // - otherwise the launch's error.
 // Tile shapes are the policy's tq/tk (the table's, clamped to the dims by the caller, as for sm80).
@@ -505,7 +510,8 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   const int64_t folded = p.batch * pol.dim[0].length;
   const int64_t max_extent = std::max(tma_box_extent(pol, pol.tq, 0), tma_box_extent(pol, pol.tk, 0));
   if (folded + max_extent > int64_t{0x7fffffff}) return cudaErrorNotSupported;
-  if (p.batch > 1 && (p.q_batch_stride != p.tokens * p.q_token_stride || p.k_batch_stride != p.tokens * p.k_token_stride ||
+  if (p.batch > 1 && (p.q_batch_stride != p.tokens * p.q_token_stride ||
+                      p.k_batch_stride != p.tokens * p.k_token_stride ||
                       p.v_batch_stride != p.tokens * p.v_token_stride)) {
     return cudaErrorNotSupported;
   }
@@ -529,6 +535,7 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
 
   constexpr int kSmem = sizeof(typename Traits::SharedStorage);
+  static_assert(kSmem <= 227 * 1024, "Hopper's per-block shared memory limit");
   auto kernel = sm90_gna_fwd_kernel<Traits>;
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;

@@ -51,17 +51,20 @@ struct Sm90FmhaFwdTraits {
   // warpgroups along M, so each warpgroup's rows (and softmax statistics) are its own.
   using AtomLayout = cute::Layout<cute::Shape<cute::Int<kConsumerWarpgroups>, cute::_1, cute::_1>>;
   using TiledMmaQK = decltype(cute::make_tiled_mma(
-      cute::GMMA::ss_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<kBlockN>, cute::Int<kHeadDim>>>(),
+      cute::GMMA::ss_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kBlockN>, cute::Int<kHeadDim>>>(),
       AtomLayout{}));
   // O += P V: per warpgroup 64 x kHeadDim x kBlockN, A (P) from registers, B (V) MN-major: V sits in smem as (keys, D)
   // rows, i.e. D contiguous, which is the N dim of this GEMM.
   using TiledMmaPV = decltype(cute::make_tiled_mma(
-      cute::GMMA::rs_op_selector<Element, Element, float, cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
+      cute::GMMA::rs_op_selector<Element, Element, float,
+                                 cute::Shape<cute::_64, cute::Int<kHeadDim>, cute::Int<kBlockN>>,
                                  cute::GMMA::Major::K, cute::GMMA::Major::MN>(),
       AtomLayout{}));
 
   // Rows of 64 elements (128 bytes), Swizzle<3,4,3> on byte addresses: exactly what TMA's CU_TENSOR_MAP_SWIZZLE_128B
-  // writes for a box with a 128-byte inner extent into a 1024-byte aligned buffer, and what GMMA reads as K-major SW128.
+  // writes for a box with a 128-byte inner extent into a 1024-byte aligned buffer, and what GMMA reads as K-major
+  // SW128 (tests/test_sm90_host.py checks it).
   // tile_to_shape stacks atoms along rows first: head-dim columns [64 j, 64 j + 64) of all rows form one contiguous
   // block of kRows * 128 bytes, the destination of box j.
   using SmemAtom = cute::GMMA::Layout_K_SW128_Atom<Element>;
@@ -70,8 +73,9 @@ struct Sm90FmhaFwdTraits {
       SmemAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
   // V as the (D, keys, stage) B operand of P V: the same bytes, keys fastest in the coordinate order of SmemLayoutKV.
   using SmemLayoutVt = decltype(cute::composition(
-      SmemLayoutKV{}, cute::make_ordered_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
-                                                cute::Step<cute::_2, cute::_1, cute::_3>{})));
+      SmemLayoutKV{},
+      cute::make_ordered_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
+                                cute::Step<cute::_2, cute::_1, cute::_3>{})));
 
   static constexpr int kQBytesPerBox = kBlockM * 128;  // smem stride between the boxes of one Q tile
   static constexpr int kKVBytesPerBox = kBlockN * 128;

@@ -1,9 +1,9 @@
-// The key side of the GNA policy for backward mainloops: a CTA that owns KV tile u walks the Q tiles visiting it, in the
-// order of GnaPolicy::for_each_q_tile, with random access to the e-th one and its full/partial classification.
+// The key side of the GNA policy for backward mainloops: a CTA that owns KV tile u walks the Q tiles visiting it, in
+// the order of GnaPolicy::for_each_q_tile, with random access to the e-th one and its full/partial classification.
 //
 // Plain C++ with NL_HOST_DEVICE: tests/test_sm80_bwd_host.py compiles it with the host compiler and proves it equal to
-// GnaPolicy::for_each_q_tile, tile_rows and fill_mask on random problems (through the binding's rank-3 padding), so the CPU
-// verifies the indexing the GPU runs. As in gna_tile_iterator.hpp, group-local coordinates fit int32 and tokens are int64.
+// GnaPolicy::for_each_q_tile, tile_rows and fill_mask on random problems (through the binding's rank-3 padding), so the
+// CPU verifies the indexing the GPU runs. As in gna_tile_iterator.hpp, group-local coordinates fit int32, tokens int64.
 #pragma once
 
 #include "natten_like/policy/gna.hpp"
@@ -12,8 +12,8 @@
 namespace natten_like::sm80 {
 
 // KV tile u of a policy and the box of Q tiles that visit it; visit(e) is the e-th such Q tile in the order of
-// GnaPolicy::for_each_q_tile. Everything that depends on u alone (group lengths, the visiting and the full Q-tile ranges
-// per dimension) is computed once here, so that visit() is a few int32 operations.
+// GnaPolicy::for_each_q_tile. Everything that depends on u alone (group lengths, the visiting and the full Q-tile
+// ranges per dimension) is computed once here, so that visit() is a few int32 operations.
 template <int Rank>
 struct GnaQTileIterator {
   GnaTileBox<Rank> kv;
@@ -73,7 +73,8 @@ struct GnaQTileIterator {
   }
 
   // Window of a visiting query with group-local coordinates x, per dimension (group-local [begin, end)), from the same
-  // gna_window the policy's mask and the forward kernel use: key y of u is attended iff begin[i] <= y[i] < end[i] for all i.
+  // gna_window the policy's mask and the forward kernel use: key y of u is attended iff begin[i] <= y[i] < end[i] for
+  // every dimension i.
   NL_HOST_DEVICE void q_row_window(const GnaPolicy<Rank>& pol, const int32_t* x, int32_t* begin, int32_t* end) const {
     for (int i = 0; i < Rank; ++i) {
       const policy::GnaDim& d = pol.dim[i];

@@ -1,8 +1,9 @@
 // The sm80 fused GNA backward, deterministic (no atomics: every output element has exactly one writer, which sums its
 // contributions in a fixed order):
 // 1. delta kernel: delta = rowsum(dO * O) - grad_lse per (token, query head), float32, into the caller's workspace;
-// 2. dK/dV kernel: one CTA per (KV tile, KV head, batch) keeps its K and V tile in smem and walks the query heads of its
-//    GQA group and, for each, the Q tiles visiting the KV tile (GnaQTileIterator), accumulating dK and dV in registers;
+// 2. dK/dV kernel: one CTA per (KV tile, KV head, batch) keeps its K and V tile in smem and walks the query heads of
+//    its GQA group and, for each, the Q tiles visiting the KV tile (GnaQTileIterator), accumulating dK and dV in
+//    registers;
 // 3. dQ kernel: one CTA per (Q tile, query head, batch) walks the KV tiles its Q tile visits (GnaKvTileIterator) and
 //    recomputes S, P, dP and dS to accumulate dQ in registers.
 // Semantics are the forward's and the CPU reference's: P = exp(scale S - lse), 0 for masked pairs and for rows with
@@ -27,12 +28,13 @@ namespace detail {
 using namespace cute;
 
 // lse (natural log) in the log2 domain of the scaled scores. A row with no key has lse = -inf and P = 0 by definition;
-// +inf gives exp2(s - inf) = 0 for every finite or -inf s, where -inf would give exp2(-inf + inf) = NaN on masked pairs.
+// +inf gives exp2(s - inf) = 0 for every finite or -inf s, where -inf would give exp2(-inf + inf) = NaN on masked
+// pairs.
 CUTE_DEVICE float lse_to_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * static_cast<float>(M_LOG2E); }
 
 // Geometry of step `step` of the dK/dV mainloop (query head h_first + step / count, visiting Q tile step % count) into
-// geometry stage st: per query row its token, window, lse and delta (threads below kBlockM, one row each); the row count,
-// whether the pair needs the element mask and the head (thread 0).
+// geometry stage st: per query row its token, window, lse and delta (threads below kBlockM, one row each); the row
+// count, whether the pair needs the element mask and the head (thread 0).
 template <class Traits>
 CUTE_DEVICE void load_q_geometry(typename Traits::DkDvStorage& smem, int st, const GnaBwdParams& p,
                                  const GnaQTileIterator<kRank>& it, int64_t step, int64_t b, int h_first, int kv_rows,
@@ -66,17 +68,17 @@ CUTE_DEVICE void load_q_geometry(typename Traits::DkDvStorage& smem, int st, con
   smem.delta[st][tid] = delta;
   if (tid == 0) {
     smem.q_rows[st] = static_cast<int32_t>(rows);
-    // Padding rows on either side are harmless without the mask (P = 0 for padding queries; padding keys only reach dK/dV
-    // rows that are never stored), but masking them keeps every product finite.
+    // Padding rows on either side are harmless without the mask (P = 0 for padding queries; padding keys only reach
+    // dK/dV rows that are never stored), but masking them keeps every product finite.
     smem.q_need_mask[st] = !full || rows < Traits::kBlockM || kv_rows < Traits::kBlockN;
     smem.q_head[st] = h;
   }
 }
 
-// Geometry of KV tile e of the dQ mainloop into geometry stage st: token and group-local coordinates per key row (threads
-// below kBlockN, one row each; padding rows get -1 in dim 0, outside every window), the row count and whether the pair
-// needs the element mask (thread 0). The forward's per-row scheme, kept here so the backward does not depend on the
-// forward's internal helper signatures.
+// Geometry of KV tile e of the dQ mainloop into geometry stage st: token and group-local coordinates per key row
+// (threads below kBlockN, one row each; padding rows get -1 in dim 0, outside every window), the row count and whether
+// the pair needs the element mask (thread 0). The forward's per-row scheme, kept here so that the backward does not
+// depend on the forward's internal helper signatures.
 template <class Traits>
 CUTE_DEVICE void load_dq_kv_geometry(typename Traits::DqStorage& smem, int st, const GnaPolicy<kRank>& pol,
                                      const GnaKvTileIterator<kRank>& it, int64_t e, int tid) {
@@ -129,8 +131,8 @@ CUTE_DEVICE void acc_to_smem(Acc& acc, float scale, SmemTensor& s, TiledMma& mma
 
 // Writes rows [0, rows) of a staged smem tile to base + token[r] * token_stride (16 bytes per thread per step).
 template <class Traits, int kRows, class SmemTensor>
-CUTE_DEVICE void store_rows(const SmemTensor& s, typename Traits::Element* base, int64_t token_stride, const int64_t* token,
-                            int rows, int tid) {
+CUTE_DEVICE void store_rows(const SmemTensor& s, typename Traits::Element* base, int64_t token_stride,
+                            const int64_t* token, int rows, int tid) {
   constexpr int kChunks = kRows * Traits::kChunksPerRow;
   static_assert(kChunks % Traits::kThreads == 0);
   CUTE_UNROLL
@@ -543,9 +545,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   detail::store_rows<Traits, kBlockM>(sQ, dq_base, p.dq_token_stride, smem.q_token, q_rows, tid);
 }
 
-// Launches the backward of one instantiation on `stream`: delta, then dK/dV (grid (KV tiles, KV heads, batch)), then dQ
-// (grid (Q tiles, heads, batch)). Returns cudaErrorInvalidValue when the head dim, the tile shapes or the head counts do
-// not fit this instantiation, cudaErrorInvalidConfiguration beyond the grid limits, cudaSuccess for empty problems.
+// Launches the backward of one instantiation on `stream`: delta, then dK/dV (grid (KV tiles, KV heads, batch)), then
+// dQ (grid (Q tiles, heads, batch)). Returns cudaErrorInvalidValue when the head dim, the tile shapes or the head
+// counts do not fit this instantiation, cudaErrorInvalidConfiguration beyond the grid limits, cudaSuccess for empty
+// problems.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>
 cudaError_t launch_sm80_gna_bwd(const GnaBwdParams& p, cudaStream_t stream) {
   using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;

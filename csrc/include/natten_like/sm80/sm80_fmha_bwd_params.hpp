@@ -1,5 +1,5 @@
-// Arguments of the sm80 GNA backward kernels: plain pointers, element strides and sizes (no torch), shared by the binding
-// and the generated kernel translation units like GnaFwdParams.
+// Arguments of the sm80 GNA backward kernels: plain pointers, element strides and sizes (no torch), shared by the
+// binding and the generated kernel translation units like GnaFwdParams.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -11,9 +11,9 @@
 namespace natten_like::sm80 {
 
 struct GnaBwdParams {
-  // The forward's problem: q, k, v, out (O of the forward, read here), lse (the forward's logsumexp, read here; natural
-  // log, [B, *tokens, H] contiguous, -inf for rows with no key), their strides, batch, tokens, heads, kv_heads, head_dim,
-  // scale and the policy (tile shapes included), exactly as the forward was launched with.
+  // The forward's problem: q, k, v, out (O of the forward, read here), lse (the forward's logsumexp, read here;
+  // natural log, [B, *tokens, H] contiguous, -inf for rows with no key), their strides, batch, tokens, heads,
+  // kv_heads, head_dim, scale and the policy (tile shapes included), exactly as the forward was launched with.
   GnaFwdParams fwd;
   // dO like q/out: [B, *tokens, H, D], head dim contiguous, rows 16-byte aligned.
   const void* d_out;
@@ -29,8 +29,8 @@ struct GnaBwdParams {
   int64_t dq_batch_stride, dq_token_stride, dq_head_stride;
   int64_t dk_batch_stride, dk_token_stride, dk_head_stride;
   int64_t dv_batch_stride, dv_token_stride, dv_head_stride;
-  // Workspace the caller allocates: batch * tokens * heads float32, laid out [B, *tokens, H] contiguous. The first kernel
-  // writes delta = rowsum(dO * O) - grad_lse into it; the others read it.
+  // Workspace the caller allocates: batch * tokens * heads float32, laid out [B, *tokens, H] contiguous. The first
+  // kernel writes delta = rowsum(dO * O) - grad_lse into it; the others read it.
   float* delta;
 };
 

@@ -35,8 +35,8 @@ struct Sm80FmhaBwdTraits {
   // stay within 255 registers without spills.
   static constexpr int kQChunk = kHeadDim <= 64 ? kBlockM : 32;
   // Gathered tiles in flight: at head dim 64 the next Q/dO (or K/V) tile loads during this one's math; at 128 a second
-  // stage would take shared memory past the 99 KB an sm86/sm89 block may use, so the gather of the next tile follows the
-  // math of this one (the next tile's geometry, with the dK/dV kernel's loads of lse and delta, still precedes it).
+  // stage would take shared memory past the 99 KB an sm86/sm89 block may use, so the gather of the next tile follows
+  // the math of this one (the next tile's geometry, with the dK/dV kernel's loads of lse and delta, still precedes it).
   static constexpr int kStages = kHeadDim <= 64 ? 2 : 1;
   // CTAs per SM the register allocation must allow: at head dim 64, three (168 registers) spill in both kernels, two
   // leave ptxas ~240; at 128 the accumulators need the full 255.
@@ -47,8 +47,9 @@ struct Sm80FmhaBwdTraits {
 
   using MmaOp = std::conditional_t<std::is_same_v<Element, cutlass::half_t>, cute::SM80_16x8x16_F32F16F16F32_TN,
                                    cute::SM80_16x8x16_F32BF16BF16F32_TN>;
-  using TiledMma = cute::TiledMMA<cute::MMA_Atom<MmaOp>, cute::Layout<cute::Shape<cute::Int<kWarps>, cute::_1, cute::_1>>,
-                                  cute::Tile<cute::Int<kBlockM>, cute::_16, cute::_16>>;
+  using TiledMma =
+      cute::TiledMMA<cute::MMA_Atom<MmaOp>, cute::Layout<cute::Shape<cute::Int<kWarps>, cute::_1, cute::_1>>,
+                     cute::Tile<cute::Int<kBlockM>, cute::_16, cute::_16>>;
 
   // The forward's swizzled 8 x 64 atom, with tiles ordered row-major: rows [r0, r0 + 8n) of a tile are one contiguous
   // range of 8n * kHeadDim elements, so a chunk of kQChunk query rows is itself a (kQChunk, kHeadDim) tile at an offset
@@ -56,8 +57,8 @@ struct Sm80FmhaBwdTraits {
   using SmemLayoutAtom = decltype(cute::composition(
       cute::Swizzle<3, 3, 3>{}, cute::Layout<cute::Shape<cute::_8, cute::_64>, cute::Stride<cute::_64, cute::_1>>{}));
   template <int kRows>
-  using SmemLayoutRows = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>>{},
-                                                      cute::Step<cute::_2, cute::_1>{}));
+  using SmemLayoutRows = decltype(cute::tile_to_shape(
+      SmemLayoutAtom{}, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>>{}, cute::Step<cute::_2, cute::_1>{}));
   using SmemLayoutQ = SmemLayoutRows<kBlockM>;
   using SmemLayoutKV = SmemLayoutRows<kBlockN>;
   using SmemLayoutQc = SmemLayoutRows<kQChunk>;

@@ -1,7 +1,11 @@
 """Build of natten_like: the torch extension ``natten_like._C`` (CPU kernels always; CUDA kernels on request).
 
 Environment:
-  NATTEN_LIKE_CUDA_ARCH   archs to build CUDA kernels for, e.g. "8.0;9.0a;10.0a"; unset or empty = CPU only.
+  NATTEN_LIKE_CUDA_ARCH   archs to build CUDA kernels for, e.g. "8.0;9.0a"; unset or empty = CPU only. The sm80
+                          kernels are built for every arch named (they are the fallback on newer GPUs); the Hopper
+                          kernels only when 9.0a is named. The lowest arch's PTX is embedded for newer GPUs.
+  NATTEN_LIKE_MINIMAL_INSTANCES=1   build only the kernel instantiations marked minimal in csrc/generated/sources.txt
+                          (bfloat16, few head dims): what CI uses to compile-check every arch path in minutes.
   MAX_JOBS                parallel compile jobs (ninja); keep it at 1-2 on small machines, CUDA units are heavy.
 
 Install with ``pip install --no-build-isolation .`` so the build uses the torch already installed (never a second one).
@@ -18,21 +22,30 @@ from setuptools import setup
 ROOT = Path(__file__).parent.resolve()
 
 
-def read_sources() -> dict[str, list[str]]:
-    """Parse csrc/sources.txt into {"cpu": [...], "cuda": [...]}."""
-    groups: dict[str, list[str]] = {"cpu": [], "cuda": []}
+def read_sources(path: Path, minimal: bool = False) -> dict[str, list[str]]:
+    """Parse a sources list ("[section]" lines, "#" comments, "path [minimal]" entries) into {section: [paths]}.
+
+    With ``minimal``, entries not marked minimal are left out of sections that mark any entry minimal.
+    """
+    groups: dict[str, list[tuple[str, bool]]] = {}
     current = None
-    for line in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
+    for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         if line.startswith("["):
             current = line.strip("[]")
+            groups.setdefault(current, [])
             continue
         if current is None:
-            raise RuntimeError(f"csrc/sources.txt: '{line}' is not under a [cpu] or [cuda] section")
-        groups[current].append(line)
-    return groups
+            raise RuntimeError(f"{path}: '{line}' is not under a [section]")
+        name, *flags = line.split()
+        groups[current].append((name, "minimal" in flags))
+    result = {}
+    for section, entries in groups.items():
+        marked = any(m for _, m in entries)
+        result[section] = [name for name, m in entries if m or not (minimal and marked)]
+    return result
 
 
 def cutlass_include() -> str:
@@ -52,22 +65,30 @@ def cuda_archs() -> list[str]:
 def extensions():
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
-    sources = read_sources()
+    sources = read_sources(ROOT / "csrc" / "sources.txt")
+    minimal = os.environ.get("NATTEN_LIKE_MINIMAL_INSTANCES", "") == "1"
+    generated = read_sources(ROOT / "csrc" / "generated" / "sources.txt", minimal)
     include_dirs = [str(ROOT / "csrc" / "include")]
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     archs = cuda_archs()
     nvcc = shutil.which("nvcc") or (os.path.join(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc"))
     if archs and sources["cuda"] and os.path.exists(nvcc):
-        gencode = []
-        for arch in archs:
-            num = arch.replace(".", "")
-            gencode += [f"-gencode=arch=compute_{num},code=sm_{num}"]
+        nums = sorted((a.replace(".", "") for a in archs), key=lambda n: int(n.rstrip("a")))
+        # SASS for each arch; the lowest plain arch also as PTX, which the driver compiles for GPUs newer than all.
+        gencode = [f"-gencode=arch=compute_{n},code=sm_{n}" for n in nums]
+        plain = [n for n in nums if not n.endswith("a")]
+        if plain:
+            gencode.append(f"-gencode=arch=compute_{plain[0]},code=compute_{plain[0]}")
+        with_sm90 = "90a" in nums
+        cuda_sources = sources["cuda"] + generated.get("sm80", []) + (generated.get("sm90", []) if with_sm90 else [])
+        macros = [("NATTEN_LIKE_WITH_CUDA", "1"), ("NATTEN_LIKE_WITH_SM90", "1" if with_sm90 else "0")]
+        macros.append(("NATTEN_LIKE_MINIMAL_INSTANCES", "1" if minimal else "0"))
         return [
             CUDAExtension(
                 "natten_like._C",
-                sources["cpu"] + sources["cuda"],
+                sources["cpu"] + cuda_sources,
                 include_dirs=include_dirs + [cutlass_include()],
-                define_macros=[("NATTEN_LIKE_WITH_CUDA", "1")],
+                define_macros=macros,
                 extra_compile_args={
                     "cxx": cxx_flags,
                     "nvcc": ["-O3", "-std=c++20", "--expt-relaxed-constexpr", "-lineinfo", *gencode],

@@ -32,6 +32,21 @@ def gna_tiles(target: str, rank: int) -> tuple[TileShape, TileShape]:
     return GNA_TILES[target][rank]
 
 
+def cta_block(target: str) -> tuple[int, int]:
+    """(query rows, key rows) of the CUDA kernels of ``target`` ("sm80", "sm90"): every token rank runs on one rank-3
+    padded kernel, so its CTA block is the largest Q / KV tile row product over the ranks. The 1-D families
+    (strided-shard) run on the same block."""
+    tiles = gna_tiles(target, 1), gna_tiles(target, 2), gna_tiles(target, 3)
+    return max(_prod(q) for q, _ in tiles), max(_prod(kv) for _, kv in tiles)
+
+
+def _prod(shape: TileShape) -> int:
+    n = 1
+    for x in shape:
+        n *= x
+    return n
+
+
 def clamp_tile(tile: TileShape, shape: TileShape, dilation: TileShape) -> TileShape:
     """Shrink each tile extent to the longest dilation group of its dimension (a tile never exceeds what it tiles)."""
     return tuple(min(t, -(-n // d)) for t, n, d in zip(tile, shape, dilation, strict=False))

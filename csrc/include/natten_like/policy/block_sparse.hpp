@@ -34,6 +34,29 @@ struct BlockList {
   }
 };
 
+// The lists of one direction for every (batch, head): counts [Bm, Hm, R] and indices [Bm, Hm, R, cap] (Bm in {1, B},
+// Hm in {1, H}) with element strides, a broadcast dim given stride 0. at(b, h) is the BlockList of (batch b, head h); in
+// a packed (varlen) batch the batch dim of the lists indexes the sequences, which are the policy's segments.
+struct BlockListArray {
+  const int64_t* num = nullptr;
+  const int64_t* idx = nullptr;
+  int64_t num_stride_b = 0, num_stride_h = 0;
+  int64_t idx_stride_b = 0, idx_stride_h = 0;
+  int64_t cap = 0;
+
+  NL_HOST_DEVICE BlockList at(int64_t b, int64_t h, bool packed) const {
+    BlockList v;
+    if (!num) return v;
+    const int64_t sb = packed ? 0 : b;
+    v.num = num + sb * num_stride_b + h * num_stride_h;
+    v.idx = idx + sb * idx_stride_b + h * idx_stride_h;
+    v.num_seq = packed ? num_stride_b : 0;
+    v.idx_seq = packed ? idx_stride_b : 0;
+    v.cap = cap;
+    return v;
+  }
+};
+
 // Index of the segment of `offsets[0 .. n]` (non-decreasing, offsets[0] = 0) that holds x: the last s with offsets[s] <= x
 // and offsets[s + 1] > x.
 NL_HOST_DEVICE int64_t segment_of(const int64_t* offsets, int64_t n, int64_t x) {

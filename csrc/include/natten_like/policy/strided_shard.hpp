@@ -80,6 +80,35 @@ struct StridedShardPolicy {
       f(bk, full(bq, bk));
   }
 
+  // Random access to the sequence for_each_kv_tile visits, for GPU mainloops that fetch the e-th tile: its three runs
+  // (vertical columns below the band, the band, vertical columns above it), from kv_runs(t), and kv_tile_at(runs, e).
+  struct KvRuns {
+    int64_t below_first, below;  // below[j] = below_first + j * vert_stride, j < below
+    int64_t band_first, band;    // band[j] = band_first + j
+    int64_t above_first, above;  // above[j] = above_first + j * vert_stride
+    NL_HOST_DEVICE int64_t count() const { return below + band + above; }
+  };
+  NL_HOST_DEVICE KvRuns kv_runs(int64_t t) const {
+    const int64_t bq = first_q_block() + t;
+    const int64_t last = causal ? bq : num_kv_blocks() - 1;
+    if (dense) return KvRuns{0, 0, 0, last + 1, 0, 0};
+    const int64_t lo = max64(bq - local + 1, 0);
+    const int64_t hi = local > 0 ? (causal ? bq : min64(bq + local - 1, last)) : lo - 1;
+    const int64_t first_col = ((-shift) % vert_stride + vert_stride) % vert_stride;
+    const int64_t below_end = min64(lo, last + 1);
+    const int64_t below = first_col < below_end ? ceil_div(below_end - first_col, vert_stride) : 0;
+    const int64_t above = max64(hi + 1, lo);
+    const int64_t above_first = above + ((first_col - above) % vert_stride + vert_stride) % vert_stride;
+    const int64_t n_above = above_first <= last ? (last - above_first) / vert_stride + 1 : 0;
+    return KvRuns{first_col, below, lo, max64(hi - lo + 1, 0), above_first, n_above};
+  }
+  NL_HOST_DEVICE int64_t kv_tile_at(const KvRuns& r, int64_t e) const {
+    if (e < r.below) return r.below_first + e * vert_stride;
+    e -= r.below;
+    if (e < r.band) return r.band_first + e;
+    return r.above_first + (e - r.band) * vert_stride;
+  }
+
   // Calls f(q_tile, full) for every Q tile that keeps KV block u (the inverse of for_each_kv_tile), in increasing order.
   template <class F>
   NL_HOST_DEVICE void for_each_q_tile(int64_t u, F&& f) const {

@@ -1,12 +1,12 @@
-// The sm80 fused GNA forward: one CTA per (Q tile, head, batch) walks the KV tiles its Q tile visits (policy/gna.hpp,
-// through GnaKvTileIterator), with
+// The sm80 fused attention forward: one CTA per (Q tile, head, batch) walks the KV tiles its Q tile visits, as its
+// family's schedule (fmha_schedules.hpp: GNA through GnaKvTileIterator, block-sparse, strided-shard) gives them, with
 // - Q/K/V rows gathered straight from the heads-last [B, *tokens, H, D] tensors: each row's offset comes from the
 //   policy's tile geometry (multi-dim tiles, dilation groups), so no permute pass; cp.async with zero-fill for rows past
 //   the tile, K of the next tile in flight during P V and V of this tile in flight during Q K^T (FlashAttention-2's
 //   two-stage overlap);
 // - mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate), fed by ldmatrix from swizzled smem;
 // - fp32 online softmax in registers; full tiles run unmasked, partial ones test each (query, key) pair against the
-//   query's window per dim (gna_window), which is the policy's element mask without a mask buffer;
+//   query's window per dim (the schedule's row geometry), which is the policy's element mask without a mask buffer;
 // - out and logsumexp (natural log, float32) written once per row; a row with no key gets 0 and -inf.
 #pragma once
 
@@ -14,7 +14,7 @@
 
 #include <cute/tensor.hpp>
 
-#include "natten_like/sm80/gna_tile_iterator.hpp"
+#include "natten_like/sm80/fmha_schedules.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_traits.hpp"
 
@@ -101,20 +101,26 @@ CUTE_DEVICE void gemm_rs(Acc& acc, RA const& rA, RB& rB, SB const& sB, TiledMma&
   }
 }
 
-// Row geometry of KV tile e of the iterator into smem stage `st`: token and group-local coordinates per row (threads
-// below kBlockN, one row each), row count and whether the tile needs the element mask (thread 0).
-template <class Traits>
-CUTE_DEVICE void load_kv_geometry(typename Traits::SharedStorage& smem, int st, const GnaPolicy<kRank>& pol,
-                                  const GnaKvTileIterator<kRank>& it, int64_t e, int tid) {
+// Shared memory of the forward: the traits' tiles and row geometry, and the CTA's schedule.
+template <class Traits, class Schedule>
+struct FwdSmem {
+  typename Traits::SharedStorage s;
+  Schedule sched;
+};
+
+// Row geometry of KV tile e of the schedule into smem stage `st`: token and coordinates per row (threads below kBlockN,
+// one row each), row count and whether the tile needs the element mask (thread 0).
+template <class Traits, class Schedule>
+CUTE_DEVICE void load_kv_geometry(typename Traits::SharedStorage& smem, int st, const typename Schedule::Params& p,
+                                  const Schedule& sched, int64_t e, int tid) {
   if (tid >= Traits::kBlockN) return;
-  int64_t u[kRank];
+  int rows;
   bool full;
-  const GnaTileBox<kRank> kv = it.visit(pol, e, u, full);
-  const int64_t rows = kv.num_rows();
+  const typename Schedule::KvTile kv = sched.kv_tile(p, e, rows, full);
   int32_t x[kRank];
   int64_t token = 0;
   if (tid < rows) {
-    token = kv.row(pol, static_cast<int32_t>(tid), x);
+    token = sched.kv_row(p, kv, tid, x);
   } else {
     for (int i = 0; i < kRank; ++i) x[i] = 0;
     x[0] = -1;  // outside every window: padding keys are masked
@@ -130,29 +136,29 @@ CUTE_DEVICE void load_kv_geometry(typename Traits::SharedStorage& smem, int st, 
 
 }  // namespace detail
 
-template <class Traits>
+template <class Traits, class Schedule>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
-    sm80_gna_fwd_kernel(__grid_constant__ const GnaFwdParams p) {
+    sm80_fmha_fwd_kernel(__grid_constant__ const typename Schedule::Params p) {
   using namespace cute;
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
 
   extern __shared__ __align__(128) char smem_raw[];
-  auto& smem = *reinterpret_cast<typename Traits::SharedStorage*>(smem_raw);
+  auto& smem_all = *reinterpret_cast<detail::FwdSmem<Traits, Schedule>*>(smem_raw);
+  auto& smem = smem_all.s;
   const int tid = threadIdx.x;
   const int64_t q_tile = blockIdx.x;
   const int h = blockIdx.y;
   const int64_t b = blockIdx.z;
   const int h_kv = h / (p.heads / p.kv_heads);
-  const GnaPolicy<kRank>& pol = p.policy;
 
-  // The iterator (some 30 int64) lives in smem: held in registers across the mainloop it would push the accumulators
-  // into local memory. Thread 0 builds it; readers fetch the few fields they need when they need them.
-  if (tid == 0) smem.iter = GnaKvTileIterator<kRank>(pol, q_tile);
+  // The schedule (for GNA some 30 int64) lives in smem: held in registers across the mainloop it would push the
+  // accumulators into local memory. Thread 0 builds it; readers fetch the few fields they need when they need them.
+  if (tid == 0) new (&smem_all.sched) Schedule(p, q_tile, h, b);
   __syncthreads();
-  const GnaKvTileIterator<kRank>& it = smem.iter;
-  const int64_t kv_tiles = it.count;
-  const int q_rows = static_cast<int>(it.q.num_rows());
+  const Schedule& sched = smem_all.sched;
+  const int64_t kv_tiles = sched.count();
+  const int q_rows = sched.q_rows();
 
   const auto* q_base = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
   const auto* k_base = static_cast<const Element*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
@@ -165,11 +171,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 
   // Geometry of the Q rows (fixed for the CTA) and of the first KV tile.
   if (tid < kBlockM) {
-    int32_t x[kRank], wb[kRank], we[kRank];
+    int32_t wb[kRank], we[kRank];
     int64_t token = 0;
     if (tid < q_rows) {
-      token = it.q.row(pol, tid, x);
-      it.q_row_window(pol, x, wb, we);
+      token = sched.q_row(p, tid, wb, we);
     } else {
       for (int i = 0; i < kRank; ++i) wb[i] = we[i] = 0;  // empty window: padding queries see nothing, never stored
     }
@@ -179,7 +184,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       smem.q_end[i][tid] = we[i];
     }
   }
-  if (kv_tiles > 0) detail::load_kv_geometry<Traits>(smem, 0, pol, it, 0, tid);
+  if (kv_tiles > 0) detail::load_kv_geometry<Traits>(smem, 0, p, sched, 0, tid);
   __syncthreads();
   detail::gather_rows_async<Traits, kBlockM>(sQ, q_base, p.q_token_stride, smem.q_token, q_rows, tid);
   if (kv_tiles > 0) {
@@ -225,7 +230,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     cp_async_fence();
     // The next tile's geometry goes to the other stage (last read before the barrier above), here where only the output
     // accumulator is live: the policy's int64 arithmetic then costs no spills.
-    if (e + 1 < kv_tiles) detail::load_kv_geometry<Traits>(smem, st ^ 1, pol, it, e + 1, tid);
+    if (e + 1 < kv_tiles) detail::load_kv_geometry<Traits>(smem, st ^ 1, p, sched, e + 1, tid);
 
     Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
     clear(acc_s);
@@ -338,22 +343,46 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 }
 
 // Launches one instantiation: grid (Q tiles, heads, batch), dynamic smem above the 48 KB default where needed.
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
-cudaError_t launch_sm80_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, class Schedule>
+cudaError_t launch_sm80_fmha_fwd(const typename Schedule::Params& p, cudaStream_t stream) {
   using Traits = Sm80FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
-  if (p.head_dim != kHeadDim || p.policy.max_q_rows() > kBlockM || p.policy.max_kv_rows() > kBlockN) {
-    return cudaErrorInvalidValue;
-  }
-  const int64_t q_tiles = p.policy.num_q_tiles();
+  if (p.head_dim != kHeadDim) return cudaErrorInvalidValue;
+  const int64_t q_tiles = Schedule::num_q_tiles(p);
   if (q_tiles == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
   if (q_tiles > 0x7fffffff || p.heads > 65535 || p.batch > 65535) return cudaErrorInvalidConfiguration;
-  constexpr int kSmem = sizeof(typename Traits::SharedStorage);
-  auto kernel = sm80_gna_fwd_kernel<Traits>;
+  constexpr int kSmem = sizeof(detail::FwdSmem<Traits, Schedule>);
+  auto kernel = sm80_fmha_fwd_kernel<Traits, Schedule>;
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
   dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, kSmem, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm80_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
+  if (p.policy.max_q_rows() > kBlockM || p.policy.max_kv_rows() > kBlockN) return cudaErrorInvalidValue;
+  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, GnaSchedule>(p, stream);
+}
+
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm80_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream) {
+  const int64_t qb = p.pattern.q_block, kb = p.pattern.kv_block;
+  if (p.q_split < 1 || p.kv_split < 1 || qb % p.q_split || kb % p.kv_split || qb / p.q_split > kBlockM ||
+      kb / p.kv_split > kBlockN) {
+    return cudaErrorInvalidValue;
+  }
+  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, BlockSparseSchedule>(p, stream);
+}
+
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm80_s2_fwd(const StridedShardFwdParams& p, cudaStream_t stream) {
+  const int64_t block = p.pattern.block;
+  if (p.q_split < 1 || p.kv_split < 1 || block % p.q_split || block % p.kv_split || block / p.q_split > kBlockM ||
+      block / p.kv_split > kBlockN) {
+    return cudaErrorInvalidValue;
+  }
+  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, StridedShardSchedule>(p, stream);
 }
 
 }  // namespace natten_like::sm80

@@ -60,7 +60,6 @@ struct Sm80FmhaFwdTraits {
     int32_t q_end[kRank][kBlockM];
     int64_t kv_token[2][kBlockN];          // double-buffered: the tile in flight and the next one
     int32_t kv_x[2][kRank][kBlockN];       // group-local coordinate of each KV row (-1 in dim 0 for padding rows)
-    GnaKvTileIterator<kRank> iter;         // the Q tile and the KV tiles it visits
     int32_t kv_rows[2];
     int32_t kv_need_mask[2];
   };

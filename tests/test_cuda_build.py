@@ -154,6 +154,258 @@ int main() {
 """
 
 
+# Runs the strided-shard schedule the sm80 kernel uses (fmha_schedules.hpp: kernel blocks split from pattern blocks,
+# the policy's runs fetched by index, the 1-D row geometry) on the host, and checks, per head, that the (query, key)
+# pairs it attends are exactly those of the policy (for_each_kv_tile + fill_mask), each once, and that every query row
+# belongs to exactly one kernel Q tile.
+S2_CHECKER = r"""
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "natten_like/sm80/fmha_schedules.hpp"
+
+using namespace natten_like;
+
+int check(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  const int64_t kernel_block = 64;
+  sm80::StridedShardFwdParams p{};
+  const int64_t block = std::vector<int64_t>{8, 16, 64, 128, 192}[pick(0, 4)];
+  p.kv_heads = static_cast<int>(pick(1, 3));
+  p.heads = p.kv_heads * static_cast<int>(pick(1, 2));
+  p.pattern.nkv = pick(1, 6 * block);
+  p.pattern.nq = pick(1, p.pattern.nkv);
+  p.pattern.block = block;
+  p.pattern.local = pick(1, 3);
+  p.pattern.vert_stride = pick(1, 5);
+  p.pattern.causal = pick(0, 1) == 1;
+  const bool homo = pick(0, 3) == 0;
+  p.head_step = homo ? 0 : std::max<int64_t>(1, p.pattern.vert_stride / p.heads);
+  p.sliding_offset = pick(0, 3);
+  p.dense_heads = static_cast<int>(pick(0, p.kv_heads));
+  p.q_split = block > kernel_block ? static_cast<int>(block / kernel_block) : 1;
+  p.kv_split = p.q_split;
+  for (int h = 0; h < p.heads; ++h) {
+    // The policy of head h, built as the CPU binding builds it.
+    policy::StridedShardPolicy pol = p.pattern;
+    const int64_t hk = h / (p.heads / p.kv_heads);
+    pol.shift = (hk * p.head_step + p.sliding_offset) % pol.vert_stride;
+    pol.dense = hk >= p.kv_heads - p.dense_heads;
+    std::set<std::pair<int64_t, int64_t>> want, got;
+    std::vector<int64_t> qr(block), kr(block);
+    std::vector<unsigned char> mask(block * block);
+    for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
+      const int64_t nq = pol.q_tile_rows(t, qr.data());
+      pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+        const int64_t nk = pol.kv_tile_rows(u, kr.data());
+        pol.fill_mask(t, u, mask.data());
+        for (int64_t i = 0; i < nq; ++i)
+          for (int64_t j = 0; j < nk; ++j)
+            if (full || mask[i * nk + j]) want.emplace(qr[i], kr[j]);
+      });
+    }
+    std::vector<int> seen(p.pattern.nq, 0);
+    for (int64_t t = 0; t < sm80::StridedShardSchedule::num_q_tiles(p); ++t) {
+      const sm80::StridedShardSchedule s(p, t, h, 0);
+      if (s.q_rows() > kernel_block) return 2;
+      std::vector<int64_t> qtok(s.q_rows());
+      std::vector<int32_t> wb(3 * s.q_rows()), we(3 * s.q_rows());
+      for (int r = 0; r < s.q_rows(); ++r) {
+        qtok[r] = s.q_row(p, r, &wb[3 * r], &we[3 * r]);
+        if (qtok[r] < 0 || qtok[r] >= p.pattern.nq) return 3;
+        ++seen[qtok[r]];
+      }
+      for (int64_t e = 0; e < s.count(); ++e) {
+        int rows;
+        bool full;
+        const auto kv = s.kv_tile(p, e, rows, full);
+        if (rows > kernel_block) return 4;
+        for (int c = 0; c < rows; ++c) {
+          int32_t x[3];
+          const int64_t ktok = s.kv_row(p, kv, c, x);
+          for (int r = 0; r < s.q_rows(); ++r) {
+            bool inside = true;
+            for (int i = 0; i < 3; ++i) inside = inside && wb[3 * r + i] <= x[i] && x[i] < we[3 * r + i];
+            // A full tile runs unmasked: every pair of it must be one the policy attends.
+            if (full && !inside) return 5;
+            if (inside && !got.emplace(qtok[r], ktok).second) return 6;  // a pair attended twice
+            ++checks;
+          }
+        }
+      }
+    }
+    for (int c : seen)
+      if (c != 1) return 7;
+    if (got != want) return 8;
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  std::mt19937 rng(argc > 1 ? std::atoi(argv[1]) : 0);
+  long checks = 0;
+  for (int i = 0; i < 300; ++i) {
+    const int bad = check(rng, checks);
+    if (bad) {
+      std::printf("mismatch %d in problem %d\n", bad, i);
+      return 1;
+    }
+  }
+  std::printf("ok %ld\n", checks);
+  return 0;
+}
+"""
+
+
+# The same for the block-sparse schedule: random compressed lists (full and partial, disjoint, broadcast batch / head
+# dims), plain batches and packed varlen sequences, block sizes below and above the kernel's block.
+BLOCK_SPARSE_CHECKER = r"""
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "natten_like/sm80/fmha_schedules.hpp"
+
+using namespace natten_like;
+using Pairs = std::set<std::pair<int64_t, int64_t>>;
+
+int check(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  const int64_t kernel_block = 64;
+  const bool packed = pick(0, 2) == 0;
+  const int64_t batch = pick(1, 2), heads = pick(1, 3), seqs = packed ? pick(1, 3) : 1;
+  const std::vector<int64_t> sizes{16, 64, 128};
+  const int64_t qbs = sizes[pick(0, 2)], kbs = sizes[pick(0, 2)];
+  std::vector<int64_t> q_seq{0}, kv_seq{0}, q_tiles{0}, kv_tiles{0};
+  int64_t max_q = 0, max_kv = 0;
+  for (int64_t s = 0; s < (packed ? seqs : 1); ++s) {
+    const int64_t nq = pick(0, 300), nkv = pick(1, 300);
+    q_seq.push_back(q_seq.back() + nq);
+    kv_seq.push_back(kv_seq.back() + nkv);
+    q_tiles.push_back(q_tiles.back() + policy::ceil_div(nq, qbs));
+    kv_tiles.push_back(kv_tiles.back() + policy::ceil_div(nkv, kbs));
+    max_q = std::max(max_q, nq);
+    max_kv = std::max(max_kv, nkv);
+  }
+  const int64_t QB = policy::ceil_div(max_q, qbs), KB = policy::ceil_div(max_kv, kbs);
+  const int64_t lb = packed ? seqs : (pick(0, 1) ? batch : 1), lh = pick(0, 1) ? heads : 1, cap = KB;
+  std::vector<int64_t> pnum(lb * lh * QB), pidx(lb * lh * QB * cap), fnum(lb * lh * QB), fidx(lb * lh * QB * cap);
+  for (int64_t g = 0; g < lb * lh * QB; ++g) {
+    std::vector<int64_t> cols(KB);
+    std::iota(cols.begin(), cols.end(), 0);
+    std::shuffle(cols.begin(), cols.end(), rng);
+    const int64_t n = pick(0, KB), nf = pick(0, n);
+    fnum[g] = nf;
+    pnum[g] = n - nf;
+    for (int64_t i = 0; i < nf; ++i) fidx[g * cap + i] = cols[i];
+    for (int64_t i = nf; i < n; ++i) pidx[g * cap + i - nf] = cols[i];
+  }
+  auto array = [&](const std::vector<int64_t>& num, const std::vector<int64_t>& idx) {
+    policy::BlockListArray a;
+    a.num = num.data();
+    a.idx = idx.data();
+    a.num_stride_b = lb > 1 ? lh * QB : 0;
+    a.num_stride_h = lh > 1 ? QB : 0;
+    a.idx_stride_b = lb > 1 ? lh * QB * cap : 0;
+    a.idx_stride_h = lh > 1 ? QB * cap : 0;
+    a.cap = cap;
+    return a;
+  };
+  sm80::BlockSparseFwdParams p{};
+  p.heads = static_cast<int>(heads);
+  p.pattern.q_block = qbs;
+  p.pattern.kv_block = kbs;
+  p.pattern.causal = pick(0, 1) == 1;
+  p.pattern.num_seqs = packed ? seqs : 1;
+  p.pattern.q_seq = q_seq.data();
+  p.pattern.kv_seq = kv_seq.data();
+  p.pattern.q_tiles = q_tiles.data();
+  p.pattern.kv_tiles = kv_tiles.data();
+  p.kv_partial = array(pnum, pidx);
+  if (pick(0, 1)) p.kv_full = array(fnum, fidx);
+  p.packed = packed;
+  p.total_q_tiles = q_tiles.back();
+  p.q_split = qbs > kernel_block ? static_cast<int>(qbs / kernel_block) : 1;
+  p.kv_split = kbs > kernel_block ? static_cast<int>(kbs / kernel_block) : 1;
+  std::vector<int64_t> qr(qbs), kr(kbs);
+  std::vector<unsigned char> mask(qbs * kbs);
+  for (int64_t b = 0; b < (packed ? 1 : batch); ++b)
+    for (int h = 0; h < heads; ++h) {
+      policy::BlockSparsePolicy pol = p.pattern;
+      pol.kv_partial = p.kv_partial.at(b, h, packed);
+      pol.kv_full = p.kv_full.at(b, h, packed);
+      Pairs want, got;
+      for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
+        const int64_t nq = pol.q_tile_rows(t, qr.data());
+        pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+          const int64_t nk = pol.kv_tile_rows(u, kr.data());
+          pol.fill_mask(t, u, mask.data());
+          for (int64_t i = 0; i < nq; ++i)
+            for (int64_t j = 0; j < nk; ++j)
+              if (full || mask[i * nk + j]) want.emplace(qr[i], kr[j]);
+        });
+      }
+      std::vector<int> seen(q_seq.back(), 0);
+      for (int64_t t = 0; t < sm80::BlockSparseSchedule::num_q_tiles(p); ++t) {
+        const sm80::BlockSparseSchedule s(p, t, h, b);
+        if (s.q_rows() > kernel_block) return 2;
+        std::vector<int64_t> qtok(s.q_rows());
+        std::vector<int32_t> wb(3 * s.q_rows()), we(3 * s.q_rows());
+        for (int r = 0; r < s.q_rows(); ++r) {
+          qtok[r] = s.q_row(p, r, &wb[3 * r], &we[3 * r]);
+          if (qtok[r] < 0 || qtok[r] >= q_seq.back()) return 3;
+          ++seen[qtok[r]];
+        }
+        for (int64_t e = 0; e < s.count(); ++e) {
+          int rows;
+          bool full;
+          const auto kv = s.kv_tile(p, e, rows, full);
+          if (rows > kernel_block) return 4;
+          for (int c = 0; c < rows; ++c) {
+            int32_t x[3];
+            const int64_t ktok = s.kv_row(p, kv, c, x);
+            for (int r = 0; r < s.q_rows(); ++r) {
+              bool inside = true;
+              for (int i = 0; i < 3; ++i) inside = inside && wb[3 * r + i] <= x[i] && x[i] < we[3 * r + i];
+              if (full && !inside) return 5;
+              if (inside && !got.emplace(qtok[r], ktok).second) return 6;
+              ++checks;
+            }
+          }
+        }
+      }
+      for (int c : seen)
+        if (c != 1) return 7;
+      if (got != want) return 8;
+    }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  std::mt19937 rng(argc > 1 ? std::atoi(argv[1]) : 0);
+  long checks = 0;
+  for (int i = 0; i < 200; ++i) {
+    const int bad = check(rng, checks);
+    if (bad) {
+      std::printf("mismatch %d in problem %d\n", bad, i);
+      return 1;
+    }
+  }
+  std::printf("ok %ld\n", checks);
+  return 0;
+}
+"""
+
+
 def _cxx() -> str | None:
     return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
@@ -169,6 +421,25 @@ def test_tile_iterator_matches_policy(tmp_path: Path, seed: int) -> None:
         check=True,
         capture_output=True,
     )
+    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok ")
+
+
+@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the schedule checker")
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("family", ["strided_shard", "block_sparse"])
+def test_schedule_matches_policy(tmp_path: Path, family: str, seed: int) -> None:
+    src = tmp_path / f"{family}_checker.cpp"
+    src.write_text({"strided_shard": S2_CHECKER, "block_sparse": BLOCK_SPARSE_CHECKER}[family])
+    exe = tmp_path / f"{family}_checker"
+    include = ROOT / "csrc" / "include"
+    cuda_include = Path("/usr/local/cuda/include")  # cuda_runtime_api.h, for the params header's launch types
+    cmd = [_cxx(), "-std=c++20", "-O1", f"-I{include}", f"-I{cuda_include}", str(src), "-o", str(exe)]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    if built.returncode != 0 and "cuda_runtime_api.h" in built.stderr:
+        pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h)")
+    assert built.returncode == 0, built.stderr
     result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok ")
@@ -209,7 +480,7 @@ def _cuda_build() -> bool:
     import natten_like  # noqa: F401  (loads the extension)
     import torch
 
-    return hasattr(torch.ops.natten_like, "sm80_gna_forward_instances")
+    return hasattr(torch.ops.natten_like, "cuda_kernels")
 
 
 def _cuobjdump() -> str | None:
@@ -227,37 +498,44 @@ def _cuobjdump() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
-def kernel_sass(library: Path, cuobjdump: str) -> dict[str, str]:
-    """Mangled kernel name -> its SASS text, for every kernel of ``library``."""
+def kernel_sass(library: Path, cuobjdump: str) -> dict[tuple[str, str], str]:
+    """(arch, mangled kernel name) -> its SASS text, for every kernel of every cubin of ``library``."""
     text = subprocess.run([cuobjdump, "-sass", str(library)], capture_output=True, text=True, check=True).stdout
-    kernels: dict[str, str] = {}
-    name = None
+    kernels: dict[tuple[str, str], str] = {}
+    arch, key = "?", None
     for line in text.splitlines():
+        match = re.match(r"\s*arch = (\S+)", line)
+        if match:
+            arch = match.group(1)
+            continue
         match = re.match(r"\s*Function : (\S+)", line)
         if match:
-            name = match.group(1)
-            kernels[name] = ""
-        elif name is not None:
-            kernels[name] += line + "\n"
+            key = (arch, match.group(1))
+            kernels[key] = ""
+        elif key is not None:
+            kernels[key] += line + "\n"
     return kernels
 
 
-def kernel_registers(library: Path, cuobjdump: str) -> dict[str, int]:
-    """Mangled kernel name -> registers per thread, from the ELF resource usage."""
+def kernel_registers(library: Path, cuobjdump: str) -> dict[tuple[str, str], int]:
+    """(arch, mangled kernel name) -> registers per thread, from the ELF resource usage."""
     text = subprocess.run([cuobjdump, "-res-usage", str(library)], capture_output=True, text=True, check=True).stdout
-    regs: dict[str, int] = {}
-    name = None
+    regs: dict[tuple[str, str], int] = {}
+    arch, name = "?", None
     for line in text.splitlines():
+        match = re.search(r"arch = (\S+)", line)
+        if match:
+            arch = match.group(1)
         match = re.match(r"\s*Function (\S+):", line)
         if match:
             name = match.group(1)
         match = re.search(r"REG:(\d+)", line)
         if match and name is not None:
-            regs[name] = int(match.group(1))
+            regs[(arch, name)] = int(match.group(1))
     return regs
 
 
-def test_sm80_kernels_use_tensor_cores_without_spills() -> None:
+def _built_sass() -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], int]]:
     if not _cuda_build():
         pytest.skip("extension built without NATTEN_LIKE_CUDA_ARCH")
     cuobjdump = _cuobjdump()
@@ -266,16 +544,45 @@ def test_sm80_kernels_use_tensor_cores_without_spills() -> None:
     import natten_like
 
     library = next(Path(natten_like.__file__).parent.glob("_C*.so"))
-    sass = {n: s for n, s in kernel_sass(library, cuobjdump).items() if "sm80_gna_fwd_kernel" in n}
-    assert len(sass) >= 1, "no sm80_gna_fwd_kernel in the built library"
-    regs = kernel_registers(library, cuobjdump)
-    for name, body in sorted(sass.items()):
-        hmma = len(re.findall(r"\bHMMA\.", body))
-        cp_async = len(re.findall(r"\bLDGSTS\b", body))
-        ldmatrix = len(re.findall(r"\bLDSM\.", body))
-        local = len(re.findall(r"\b(LDL|STL)\b", body))
+    return kernel_sass(library, cuobjdump), kernel_registers(library, cuobjdump)
+
+
+def _count(pattern: str, body: str) -> int:
+    return len(re.findall(pattern, body))
+
+
+# The sm80 attention kernels (forward of every family, backward dK/dV and dQ): tensor cores fed by cp.async and
+# ldmatrix, no local memory. They are built for every arch named (sm_90a too, as Hopper's fallback).
+SM80_MMA_KERNELS = ("sm80_fmha_fwd_kernel", "sm80_gna_bwd_dkdv_kernel", "sm80_gna_bwd_dq_kernel")
+
+
+def test_sm80_kernels_use_tensor_cores_without_spills() -> None:
+    sass, regs = _built_sass()
+    found = {k: body for k, body in sass.items() if any(n in k[1] for n in SM80_MMA_KERNELS)}
+    for kind in ("sm80_fmha_fwd_kernel", "sm80_gna_bwd_dkdv_kernel", "sm80_gna_bwd_dq_kernel"):
+        assert any(kind in name for _, name in found), f"no {kind} in the built library"
+    for (arch, name), body in sorted(found.items()):
+        hmma, local = _count(r"\bHMMA\.", body), _count(r"\b(LDL|STL)\b", body)
+        cp_async, ldmatrix = _count(r"\bLDGSTS\b", body), _count(r"\bLDSM\.", body)
         counts = f"{hmma} HMMA, {cp_async} LDGSTS, {ldmatrix} LDSM, {local} LDL/STL"
-        print(f"{name}: {counts}, {regs.get(name, '?')} registers")
-        assert hmma > 0, f"{name} has no tensor-core instructions"
-        assert cp_async > 0 and ldmatrix > 0, f"{name} loads without cp.async / ldmatrix"
+        print(f"{arch} {name}: {counts}, {regs.get((arch, name), '?')} registers")
+        assert hmma > 0, f"{arch} {name} has no tensor-core instructions"
+        assert cp_async > 0 and ldmatrix > 0, f"{arch} {name} loads without cp.async / ldmatrix"
+        assert local == 0, f"{arch} {name} spills to local memory ({local} LDL/STL)"
+
+
+def test_sm90_kernels_use_wgmma_and_tma_without_spills() -> None:
+    sass, regs = _built_sass()
+    import torch
+
+    kinds, _, _ = torch.ops.natten_like.cuda_kernels()
+    if "sm90_gna_fwd" not in kinds:
+        pytest.skip("extension built without 9.0a in NATTEN_LIKE_CUDA_ARCH")
+    found = {k: body for k, body in sass.items() if "sm90_gna_fwd_kernel" in k[1] and k[0] == "sm_90a"}
+    assert found, "no sm_90a sm90_gna_fwd_kernel in the built library"
+    for (arch, name), body in sorted(found.items()):
+        hgmma, tma, local = _count(r"\bHGMMA\.", body), _count(r"\bUTMALDG\b", body), _count(r"\b(LDL|STL)\b", body)
+        print(f"{arch} {name}: {hgmma} HGMMA, {tma} UTMALDG, {local} LDL/STL, {regs.get((arch, name), '?')} registers")
+        assert hgmma > 0, f"{name} has no wgmma (HGMMA) instructions"
+        assert tma > 0, f"{name} has no TMA loads (UTMALDG)"
         assert local == 0, f"{name} spills to local memory ({local} LDL/STL)"

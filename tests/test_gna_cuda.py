@@ -1,7 +1,9 @@
-"""The sm80 CUDA GNA / dense forward against the float64 reference (needs a CUDA build and a GPU of capability >= 8.0).
+"""The CUDA GNA / dense kernels against the float64 reference (needs a CUDA build and a GPU of capability >= 8.0).
 
-Random 1-3 D problems with causal / stride / dilation, GQA, both built dtypes and head dims; outputs NaN-poisoned so
-that every element must be written; logsumexp checked too. ``bench/gpu_check.sh`` builds the extension and runs these.
+Every forward family the build and the GPU have (sm80 everywhere, sm90 on a Hopper GPU of a build with 9.0a), and the
+backward: random 1-3 D problems with causal / stride / dilation, GQA, every built dtype and head dim; outputs and
+gradients NaN-poisoned so that every element must be written; logsumexp and the gradient through it checked too.
+``bench/gpu_check.sh`` builds the extension and runs these.
 """
 
 from __future__ import annotations
@@ -32,8 +34,42 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason(
 DEVICE = "cuda"
 
 
-def _built() -> list[tuple[torch.dtype, int]]:
-    return sorted(cuda_backend.built_kernels(), key=str)
+def _built(kind: str = "sm80_gna_fwd") -> list[tuple[torch.dtype, int]]:
+    return sorted(cuda_backend.built_kernels(kind), key=str)
+
+
+def _targets() -> list[str]:
+    """Forward kernel families this build can run on this GPU."""
+    sm90 = torch.cuda.get_device_capability()[0] == 9 and _built("sm90_gna_fwd")
+    return ["sm80", "sm90"] if sm90 else ["sm80"]
+
+
+def _runs_on(case: GnaCase, target: str) -> bool:
+    """Whether ``target``'s kernel takes the case (the sm90 TMA boxes have limits; the sm80 kernel takes all)."""
+    if target == "sm80":
+        return True
+    q_tile, kv_tile = (clamp_tile(t, case.shape, case.dilation) for t in gna_tiles(target, len(case.shape)))
+    extents = [max(a, b) * d for a, b, d in zip(q_tile, kv_tile, case.dilation, strict=True)]
+    return max(case.dilation) <= cuda_backend.SM90_MAX_DILATION and max(extents) <= cuda_backend.SM90_MAX_BOX_EXTENT
+
+
+def _op_config(case: GnaCase, target: str, q: torch.Tensor) -> list:
+    q_tile, kv_tile = gna_tiles(target, len(case.shape))
+    scale = case.scale if case.scale is not None else q.shape[-1] ** -0.5
+    return [
+        list(case.window), list(case.stride), list(case.dilation), list(case.causal), scale,
+        list(clamp_tile(q_tile, case.shape, case.dilation)), list(clamp_tile(kv_tile, case.shape, case.dilation)),
+        target,
+    ]  # fmt: skip
+
+
+def _poison(*shapes_dtypes: tuple[tuple[int, ...], torch.dtype]) -> set[int]:
+    """Free NaN-filled blocks of the given sizes right before an op: the caching allocator hands those blocks to the
+    op's outputs, so an element the kernel never writes stays NaN. Emptying the cache first leaves those blocks the
+    only candidates. Returns their addresses."""
+    torch.cuda.empty_cache()
+    blocks = [torch.full(shape, float("nan"), dtype=dtype, device=DEVICE) for shape, dtype in shapes_dtypes]
+    return {b.data_ptr() for b in blocks}
 
 
 def _random_case(rng: random.Random, rank: int, dim: int) -> GnaCase:
@@ -56,30 +92,18 @@ def _random_case(rng: random.Random, rank: int, dim: int) -> GnaCase:
     )  # fmt: skip
 
 
-def _poisoned_forward(case: GnaCase, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-    """Run the op right after freeing NaN-filled blocks of the outputs' sizes: the caching allocator hands those blocks
-    to the op's outputs, so an element the kernel never writes stays NaN. Emptying the cache first leaves those blocks
-    the only candidates."""
-    torch.cuda.empty_cache()
-    poison_out = torch.full(q.shape, float("nan"), dtype=q.dtype, device=DEVICE)
-    poison_lse = torch.full(q.shape[:-1], float("nan"), dtype=torch.float32, device=DEVICE)
-    ptrs = {poison_out.data_ptr(), poison_lse.data_ptr()}
-    del poison_out, poison_lse
-    q_tile, kv_tile = gna_tiles("sm80", len(case.shape))
-    scale = case.scale if case.scale is not None else q.shape[-1] ** -0.5
-    out, lse = torch.ops.natten_like.gna_forward(
-        q, k, v, None, None, list(case.window), list(case.stride), list(case.dilation), list(case.causal), scale,
-        list(clamp_tile(q_tile, case.shape, case.dilation)), list(clamp_tile(kv_tile, case.shape, case.dilation)),
-    )  # fmt: skip
+def _poisoned_forward(case: GnaCase, target: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    ptrs = _poison((tuple(q.shape), q.dtype), (tuple(q.shape[:-1]), torch.float32))
+    out, lse = torch.ops.natten_like.gna_forward(q, k, v, None, None, *_op_config(case, target, q))
     torch.cuda.synchronize()
     poisoned = {out.data_ptr(), lse.data_ptr()} == ptrs
     return out, lse, poisoned
 
 
-def _check(case: GnaCase, dtype: torch.dtype, seed: int) -> None:
+def _check(case: GnaCase, dtype: torch.dtype, seed: int, target: str = "sm80") -> None:
     inputs = make_inputs(case, dtype, seed)
     q, k, v = (inputs[n].to(DEVICE) for n in ("q", "k", "v"))
-    out, lse, poisoned = _poisoned_forward(case, q, k, v)
+    out, lse, poisoned = _poisoned_forward(case, target, q, k, v)
     assert poisoned, "the allocator did not reuse the NaN-filled blocks; the written-everywhere check did not run"
     assert not out.isnan().any(), f"unwritten or NaN output elements in {case}"
     assert not lse.isnan().any(), f"unwritten or NaN lse elements in {case}"
@@ -98,9 +122,12 @@ def _check(case: GnaCase, dtype: torch.dtype, seed: int) -> None:
 @pytest.mark.parametrize("rank", [1, 2, 3])
 @pytest.mark.parametrize("seed", range(6))
 def test_random_gna_matches_reference(rank: int, seed: int) -> None:
-    rng = random.Random(1000 * rank + seed)
-    for dtype, dim in _built():
-        _check(_random_case(rng, rank, dim), dtype, seed)
+    for target in _targets():
+        rng = random.Random(1000 * rank + seed)
+        for dtype, dim in _built(f"{target}_gna_fwd"):
+            case = _random_case(rng, rank, dim)
+            if _runs_on(case, target):
+                _check(case, dtype, seed, target)
 
 
 @pytest.mark.parametrize(
@@ -117,8 +144,71 @@ def test_random_gna_matches_reference(rank: int, seed: int) -> None:
     ids=lambda c: "x".join(map(str, c.shape)) + "-w" + "x".join(map(str, c.window)),
 )
 def test_edge_cases(case: GnaCase) -> None:
-    for dtype, dim in _built():
-        _check(case.with_(dim=dim, dim_v=dim, heads=4, kv_heads=2), dtype, 7)
+    for target in _targets():
+        for dtype, dim in _built(f"{target}_gna_fwd"):
+            if _runs_on(case, target):
+                _check(case.with_(dim=dim, dim_v=dim, heads=4, kv_heads=2), dtype, 7, target)
+
+
+def _check_backward(case: GnaCase, dtype: torch.dtype, seed: int) -> None:
+    """dQ, dK, dV of the sm80 backward (gradient through out and through lse) against float64 autograd."""
+    inputs = make_inputs(case, dtype, seed)
+    q, k, v = (inputs[n].to(DEVICE) for n in ("q", "k", "v"))
+    config = _op_config(case, "sm80", q)
+    out, lse = torch.ops.natten_like.gna_forward(q, k, v, None, None, *config)
+    g = torch.Generator().manual_seed(seed + 1)
+    grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    grad_lse = torch.randn(lse.shape, generator=g, dtype=torch.float64)
+    go, gl = grad_out.to(dtype).to(DEVICE), grad_lse.float().to(DEVICE)  # before poisoning: not in the NaN blocks
+    ptrs = _poison(*((tuple(t.shape), dtype) for t in (q, k, v)))
+    dq, dk, dv, _, _ = torch.ops.natten_like.gna_backward(go, q, k, v, None, None, out, lse, gl, *config)
+    torch.cuda.synchronize()
+    assert {dq.data_ptr(), dk.data_ptr(), dv.data_ptr()} == ptrs, "the NaN-filled blocks were not reused"
+    for name, grad in (("dq", dq), ("dk", dk), ("dv", dv)):
+        assert not grad.isnan().any(), f"unwritten or NaN {name} elements in {case}"
+
+    def grads(tensors: list[torch.Tensor], backend: str) -> list[torch.Tensor]:
+        leaves = [t.detach().requires_grad_() for t in tensors]
+        o, l_ = natten_like.gna(*leaves, **case.kwargs(), return_lse=True, backend=backend)
+        loss = (o.double() * grad_out.to(o.device)).sum() + (l_.double() * grad_lse.to(l_.device)).sum()
+        return list(torch.autograd.grad(loss, leaves))
+
+    ref = grads([inputs[n].double() for n in ("q", "k", "v")], "reference")
+    low = grads([inputs[n] for n in ("q", "k", "v")], "reference")  # plain PyTorch in the low precision sets the bar
+    for name, got, r, lo in zip(("dq", "dk", "dv"), (dq, dk, dv), ref, low, strict=True):
+        bar = max_error(lo, r)
+        err = max_error(got.cpu(), r)
+        assert err <= 2 * bar + 2e-3, f"{name} error {err:.2e} (PyTorch in {dtype}: {bar:.2e}) in {case}"
+
+
+def _skip_without_backward() -> None:
+    if not _built("sm80_gna_bwd"):
+        pytest.skip("the build has no sm80 backward kernels")
+
+
+@pytest.mark.parametrize("rank", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(4))
+def test_random_gna_backward_matches_reference(rank: int, seed: int) -> None:
+    _skip_without_backward()
+    rng = random.Random(2000 * rank + seed)
+    for dtype, dim in _built("sm80_gna_bwd"):
+        _check_backward(_random_case(rng, rank, dim), dtype, seed)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        GnaCase(shape=(200,), window=(200,), causal=(True,)),  # dense causal, partial last tile
+        GnaCase(shape=(16, 16), window=(8, 8), stride=(8, 8)),  # fully block-sparse
+        GnaCase(shape=(12, 10), window=(3, 5), dilation=(4, 2)),  # unequal dilation groups
+        GnaCase(shape=(2,), window=(2,), causal=(True,)),
+    ],
+    ids=lambda c: "x".join(map(str, c.shape)) + "-w" + "x".join(map(str, c.window)),
+)
+def test_backward_edge_cases(case: GnaCase) -> None:
+    _skip_without_backward()
+    for dtype, dim in _built("sm80_gna_bwd"):
+        _check_backward(case.with_(dim=dim, dim_v=dim, heads=4, kv_heads=2), dtype, 9)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -135,6 +225,35 @@ def test_dense_attention_through_the_backend(monkeypatch: pytest.MonkeyPatch, ca
     )
     assert max_error(out.cpu(), ref_out) < 2e-2
     assert (lse.cpu().double() - ref_lse).abs().max().item() <= 2e-3 * max(1.0, ref_lse.abs().max().item())
+
+
+def test_autograd_through_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2-D layer's forward on the preferred kernel, its backward on sm80's tiles (ops._gna_backward re-tiles)."""
+    _skip_without_backward()
+    monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
+    dtype, dim = _built("sm80_gna_bwd")[-1]
+    case = GnaCase(shape=(20, 24), window=(7, 9), stride=(2, 3), heads=4, kv_heads=2, dim=dim, dim_v=dim)
+    inputs = make_inputs(case, dtype, 11)
+    leaves = [inputs[n].to(DEVICE).requires_grad_() for n in ("q", "k", "v")]
+    out = natten_like.gna(*leaves, **case.kwargs(), backend="cuda")
+    out.float().square().sum().backward()
+    ref = [inputs[n].double().requires_grad_() for n in ("q", "k", "v")]
+    natten_like.gna(*ref, **case.kwargs(), backend="reference").square().sum().backward()
+    for got, r in zip(leaves, ref, strict=True):
+        assert max_error(got.grad.cpu(), r.grad) <= 3e-2 * max(1.0, r.grad.abs().max().item())
+
+
+def test_sm90_declines_what_its_tma_boxes_cannot_express() -> None:
+    """An explicit sm90 request for a box beyond TMA's limits fails loudly; the backend then picks sm80 itself."""
+    if "sm90" not in _targets():
+        pytest.skip("no sm90 kernels on this GPU / build")
+    dtype, dim = _built("sm90_gna_fwd")[0]
+    case = GnaCase(shape=(600,), window=(5,), dilation=(4,), heads=2, kv_heads=2, dim=dim, dim_v=dim)
+    assert not _runs_on(case, "sm90")
+    q, k, v = (make_inputs(case, dtype, 0)[n].to(DEVICE) for n in ("q", "k", "v"))
+    with pytest.raises(RuntimeError, match="sm90"):
+        torch.ops.natten_like.gna_forward(q, k, v, None, None, *_op_config(case, "sm90", q))
+    _check(case, dtype, 0, "sm80")
 
 
 def test_backend_refuses_without_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:

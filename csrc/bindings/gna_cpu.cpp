@@ -80,12 +80,19 @@ c10::optional<at::Tensor> contiguous(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? c10::optional<at::Tensor>(t->contiguous()) : c10::nullopt;
 }
 
+// The `kernel` argument names a kernel family; on CPU tensors only the CPU kernel runs.
+void check_cpu_kernel(c10::string_view kernel) {
+  TORCH_CHECK(kernel == "auto" || kernel == "cpu", "natten_like::gna: kernel '", kernel,
+              "' runs on CUDA tensors only; CPU tensors take kernel 'auto' or 'cpu'");
+}
+
 std::tuple<at::Tensor, at::Tensor> gna_forward_cpu(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
                                                    const c10::optional<at::Tensor>& add_k_,
                                                    const c10::optional<at::Tensor>& add_v_, at::IntArrayRef window,
                                                    at::IntArrayRef stride, at::IntArrayRef dilation,
                                                    const c10::List<bool>& causal, double scale, at::IntArrayRef q_tile,
-                                                   at::IntArrayRef kv_tile) {
+                                                   at::IntArrayRef kv_tile, c10::string_view kernel) {
+  check_cpu_kernel(kernel);
   check_inputs(q_, k_, v_, add_k_, add_v_);
   const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
   const auto add_k = contiguous(add_k_), add_v = contiguous(add_v_);
@@ -112,7 +119,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
     const at::Tensor& grad_out_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
     const c10::optional<at::Tensor>& add_k_, const c10::optional<at::Tensor>& add_v_, const at::Tensor& out_,
     const at::Tensor& lse_, const c10::optional<at::Tensor>& grad_lse, at::IntArrayRef window, at::IntArrayRef stride, at::IntArrayRef dilation,
-    const c10::List<bool>& causal, double scale, at::IntArrayRef q_tile, at::IntArrayRef kv_tile) {
+    const c10::List<bool>& causal, double scale, at::IntArrayRef q_tile, at::IntArrayRef kv_tile,
+    c10::string_view kernel) {
+  check_cpu_kernel(kernel);
   check_inputs(q_, k_, v_, add_k_, add_v_);
   const auto q = q_.contiguous(), k = k_.contiguous(), v = v_.contiguous();
   const auto add_k = contiguous(add_k_), add_v = contiguous(add_v_);

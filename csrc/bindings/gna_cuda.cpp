@@ -1,6 +1,11 @@
-// CUDA implementation of gna_forward: the sm80 kernels of csrc/generated (built when NATTEN_LIKE_CUDA_ARCH names an arch),
-// and `sm80_gna_forward_instances`, the op through which Python learns which kernels this build holds. That op exists
-// only in CUDA builds, so its presence is also how tests and the cuda backend tell the two builds apart.
+// CUDA implementation of gna_forward: the kernel instantiations of csrc/generated (built when NATTEN_LIKE_CUDA_ARCH names
+// an arch; the tables are in csrc/generated/instances.hpp), and `cuda_kernels`, the op through which Python learns which
+// kernels this build holds. That op exists only in CUDA builds, so its presence is also how tests and the cuda backend
+// tell the two builds apart.
+//
+// Kernel families (the op's `kernel` argument): "sm80" runs on every GPU of compute capability >= 8.0; "sm90" (built
+// when NATTEN_LIKE_CUDA_ARCH names 9.0a) on compute capability 9.x only; "auto" takes sm90 where it is built, the GPU is
+// a 9.x and the sm90 kernel accepts the problem, else sm80. The tile shapes passed must fit the chosen family's block.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -10,27 +15,17 @@
 #include <string>
 #include <vector>
 
-#include "../generated/sm80_gna_fwd_instances.hpp"
+#include "cuda_common.hpp"
 #include "natten_like/policy/gna.hpp"
 
 namespace natten_like {
 namespace {
 
 using sm80::kRank;
+using namespace cuda_binding;
 
-const char* dtype_name(at::ScalarType t) {
-  switch (t) {
-    case at::kHalf: return "float16";
-    case at::kBFloat16: return "bfloat16";
-    default: return "";
-  }
-}
-
-// The kernels read and write 16-byte chunks of each row: the head dim is contiguous and every row starts 16-byte aligned.
-at::Tensor aligned_contiguous(const at::Tensor& t) {
-  at::Tensor c = t.contiguous();
-  if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
-  return c;
+bool fits(const policy::GnaPolicy<kRank>& pol, int64_t block_m, int64_t block_n) {
+  return pol.max_q_rows() <= block_m && pol.max_kv_rows() <= block_n;
 }
 
 // Pads a rank-R problem to the kernel's rank 3 with leading dims of length 1 (window, stride, dilation, tiles 1).
@@ -59,12 +54,24 @@ policy::GnaPolicy<kRank> make_policy(at::IntArrayRef shape, at::IntArrayRef wind
     pol.tq[pad + i] = q_tile[i];
     pol.tk[pad + i] = kv_tile[i];
   }
-  TORCH_CHECK(pol.max_q_rows() <= sm80::kGnaFwdBlockM && pol.max_kv_rows() <= sm80::kGnaFwdBlockN,
-              "natten_like::gna (cuda): tiles of ", pol.max_q_rows(), " query / ", pol.max_kv_rows(),
-              " key rows exceed the kernel's block of ", sm80::kGnaFwdBlockM, " / ", sm80::kGnaFwdBlockN);
   // The mainloop decomposes its KV tile counter in int32.
   TORCH_CHECK(pol.num_kv_tiles() < (int64_t{1} << 31), "natten_like::gna (cuda): too many KV tiles");
   return pol;
+}
+
+// Shapes, dtypes and devices shared by the forward and the backward.
+void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  TORCH_CHECK(q.dim() >= 4 && q.dim() <= 6, "natten_like::gna (cuda): q must be [B, *tokens, H, D] with 1-3 token dims");
+  TORCH_CHECK(k.dim() == q.dim() && v.dim() == q.dim(), "natten_like::gna (cuda): q, k, v ranks differ");
+  for (int i = 0; i < q.dim() - 2; ++i) {
+    TORCH_CHECK(k.size(i) == q.size(i) && v.size(i) == q.size(i), "natten_like::gna (cuda): q/k/v batch or token dims differ");
+  }
+  TORCH_CHECK(k.size(-2) == v.size(-2) && k.size(-2) > 0 && q.size(-2) % k.size(-2) == 0,
+              "natten_like::gna (cuda): bad head counts");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && q.scalar_type() == v.scalar_type(),
+              "natten_like::gna (cuda): dtypes differ");
+  TORCH_CHECK(q.is_cuda() && k.device() == q.device() && v.device() == q.device(),
+              "natten_like::gna (cuda): q, k, v must be on one CUDA device");
 }
 
 std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
@@ -72,35 +79,16 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
                                                     const c10::optional<at::Tensor>& add_v, at::IntArrayRef window,
                                                     at::IntArrayRef stride, at::IntArrayRef dilation,
                                                     const c10::List<bool>& causal, double scale, at::IntArrayRef q_tile,
-                                                    at::IntArrayRef kv_tile) {
+                                                    at::IntArrayRef kv_tile, c10::string_view kernel) {
+  TORCH_CHECK(kernel == "auto" || kernel == "sm80" || kernel == "sm90", "natten_like::gna (cuda): kernel '", kernel,
+              "' is not a CUDA kernel family (auto, sm80, sm90)");
   TORCH_CHECK(!add_k.has_value() && !add_v.has_value(), "natten_like::gna (cuda): additional KV is not supported yet");
-  TORCH_CHECK(q_.dim() >= 4 && q_.dim() <= 6, "natten_like::gna (cuda): q must be [B, *tokens, H, D] with 1-3 token dims");
-  TORCH_CHECK(k_.dim() == q_.dim() && v_.dim() == q_.dim(), "natten_like::gna (cuda): q, k, v ranks differ");
-  for (int i = 0; i < q_.dim() - 2; ++i) {
-    TORCH_CHECK(k_.size(i) == q_.size(i) && v_.size(i) == q_.size(i), "natten_like::gna (cuda): q/k/v batch or token dims differ");
-  }
-  TORCH_CHECK(k_.size(-2) == v_.size(-2) && k_.size(-2) > 0 && q_.size(-2) % k_.size(-2) == 0,
-              "natten_like::gna (cuda): bad head counts");
+  check_qkv(q_, k_, v_);
   TORCH_CHECK(k_.size(-1) == q_.size(-1) && v_.size(-1) == q_.size(-1), "natten_like::gna (cuda): q, k, v head dims differ");
-  TORCH_CHECK(q_.scalar_type() == k_.scalar_type() && q_.scalar_type() == v_.scalar_type(),
-              "natten_like::gna (cuda): dtypes differ");
-  TORCH_CHECK(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device(),
-              "natten_like::gna (cuda): q, k, v must be on one CUDA device");
 
   const c10::cuda::CUDAGuard guard(q_.device());
-  // c10's CUDA headers rather than ATen/cuda's: the latter pull in cuBLAS/cuSPARSE headers that a bare toolkit lacks.
-  int major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q_.device().index()));
-  TORCH_CHECK(major >= 8, "natten_like::gna (cuda): the sm80 kernels need compute capability 8.0 or newer, got ",
-              major, ".x");
+  [[maybe_unused]] const int major = compute_capability_major(q_);  // also checks >= 8.0
   const int64_t head_dim = q_.size(-1);
-  sm80::GnaFwdLaunchFn launch = nullptr;
-  for (const auto& inst : sm80::kGnaFwdInstances) {
-    if (inst.head_dim == head_dim && std::strcmp(inst.dtype, dtype_name(q_.scalar_type())) == 0) launch = inst.launch;
-  }
-  TORCH_CHECK(launch != nullptr, "natten_like::gna (cuda): no kernel built for dtype ", q_.scalar_type(), " and head dim ",
-              head_dim);
-
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
   const int rank = static_cast<int>(q.dim()) - 3;
   auto out = at::empty(q.sizes(), q.options());
@@ -108,47 +96,142 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
   if (q.numel() == 0) return {out, lse};
 
   sm80::GnaFwdParams p{};
-  p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
-  p.out = out.data_ptr();
-  p.lse = lse.data_ptr<float>();
-  // Contiguous [B, *tokens, H, D]: a flat token index steps by the token dim's stride (H * D elements).
-  p.q_batch_stride = q.stride(0), p.q_token_stride = q.stride(rank), p.q_head_stride = q.stride(-2);
-  p.k_batch_stride = k.stride(0), p.k_token_stride = k.stride(rank), p.k_head_stride = k.stride(-2);
-  p.v_batch_stride = v.stride(0), p.v_token_stride = v.stride(rank), p.v_head_stride = v.stride(-2);
-  p.o_batch_stride = out.stride(0), p.o_token_stride = out.stride(rank), p.o_head_stride = out.stride(-2);
-  p.batch = q.size(0);
-  p.tokens = q.numel() / (q.size(0) * q.size(-2) * head_dim);
-  p.heads = static_cast<int>(q.size(-2));
-  p.kv_heads = static_cast<int>(k.size(-2));
-  p.head_dim = static_cast<int>(head_dim);
-  p.scale = static_cast<float>(scale);
+  fill_fwd_args(p, q, k, v, out, lse, scale);
   p.policy = make_policy(q.sizes().slice(1, rank), window, stride, dilation, causal, q_tile, kv_tile);
-  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
-  TORCH_CHECK(err == cudaSuccess, "natten_like::gna (cuda): kernel launch failed: ", cudaGetErrorString(err));
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+
+#if NATTEN_LIKE_WITH_SM90
+  if (kernel != "sm80") {
+    const auto launch = find_instance(generated::kSm90GnaFwd, q.scalar_type(), head_dim);
+    const bool fit = fits(p.policy, generated::kSm90GnaFwdBlockM, generated::kSm90GnaFwdBlockN);
+    if (kernel == "sm90") {
+      TORCH_CHECK(major == 9, "natten_like::gna (cuda): the sm90 kernels need compute capability 9.x, got ", major, ".x");
+      TORCH_CHECK(launch != nullptr, "natten_like::gna (cuda): no sm90 kernel built for dtype ", q.scalar_type(),
+                  " and head dim ", head_dim, " (built: ", list_instances(generated::kSm90GnaFwd), ")");
+      TORCH_CHECK(fit, "natten_like::gna (cuda): tiles of ", p.policy.max_q_rows(), " query / ", p.policy.max_kv_rows(),
+                  " key rows exceed the sm90 block of ", generated::kSm90GnaFwdBlockM, " / ",
+                  generated::kSm90GnaFwdBlockN);
+    }
+    if (major == 9 && launch != nullptr && fit) {
+      const cudaError_t err = launch(p, stream);
+      // cudaErrorNotSupported is returned before any launch, for problems the TMA scheme cannot express: "auto" then
+      // takes the sm80 kernel; an explicit "sm90" request fails rather than switching silently.
+      if (err != cudaErrorNotSupported || kernel == "sm90") {
+        TORCH_CHECK(err == cudaSuccess, "natten_like::gna (cuda): sm90 kernel: ", cudaGetErrorString(err));
+        return {out, lse};
+      }
+      (void)cudaGetLastError();
+    }
+  }
+#else
+  TORCH_CHECK(kernel != "sm90", "natten_like::gna (cuda): this build has no sm90 kernels (build with "
+              "NATTEN_LIKE_CUDA_ARCH naming 9.0a)");
+#endif
+  const auto launch = find_instance(generated::kSm80GnaFwd, q.scalar_type(), head_dim);
+  TORCH_CHECK(launch != nullptr, "natten_like::gna (cuda): no sm80 kernel built for dtype ", q.scalar_type(),
+              " and head dim ", head_dim, " (built: ", list_instances(generated::kSm80GnaFwd), ")");
+  TORCH_CHECK(fits(p.policy, generated::kSm80GnaFwdBlockM, generated::kSm80GnaFwdBlockN),
+              "natten_like::gna (cuda): tiles of ", p.policy.max_q_rows(), " query / ", p.policy.max_kv_rows(),
+              " key rows exceed the sm80 block of ", generated::kSm80GnaFwdBlockM, " / ", generated::kSm80GnaFwdBlockN);
+  const cudaError_t err = launch(p, stream);
+  TORCH_CHECK(err == cudaSuccess, "natten_like::gna (cuda): sm80 kernel: ", cudaGetErrorString(err));
   return {out, lse};
 }
 
-// (dtype names, head dims) of the built sm80 forward kernels, one entry per kernel, and their CTA block (query rows, key
-// rows): the tiles a caller passes must fit in it.
-std::tuple<std::vector<std::string>, std::vector<int64_t>, int64_t, int64_t> sm80_gna_forward_instances() {
-  std::vector<std::string> dtypes;
-  std::vector<int64_t> head_dims;
-  for (const auto& inst : sm80::kGnaFwdInstances) {
-    dtypes.emplace_back(inst.dtype);
-    head_dims.push_back(inst.head_dim);
+// CUDA implementation of gna_backward: the sm80 kernels (delta = rowsum(dO * O) - dlse, then dK/dV per KV tile over
+// the Q tiles that visit it, then dQ per Q tile): deterministic, no atomics. They run after any forward kernel family;
+// the tiles passed must fit the sm80 block (ops._gna_backward passes sm80's).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backward_cuda(
+    const at::Tensor& grad_out_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+    const c10::optional<at::Tensor>& add_k, const c10::optional<at::Tensor>& add_v, const at::Tensor& out_,
+    const at::Tensor& lse_, const c10::optional<at::Tensor>& grad_lse_, at::IntArrayRef window, at::IntArrayRef stride,
+    at::IntArrayRef dilation, const c10::List<bool>& causal, double scale, at::IntArrayRef q_tile,
+    at::IntArrayRef kv_tile, c10::string_view kernel) {
+  TORCH_CHECK(kernel == "auto" || kernel == "sm80", "natten_like::gna_backward (cuda): the backward kernels are sm80's "
+              "(kernel 'auto' or 'sm80'), got '", kernel, "'");
+  TORCH_CHECK(!add_k.has_value() && !add_v.has_value(),
+              "natten_like::gna_backward (cuda): additional KV is not supported yet");
+  check_qkv(q_, k_, v_);
+  TORCH_CHECK(k_.size(-1) == q_.size(-1) && v_.size(-1) == q_.size(-1),
+              "natten_like::gna_backward (cuda): q, k, v head dims differ");
+  TORCH_CHECK(out_.sizes() == q_.sizes() && grad_out_.sizes() == q_.sizes() &&
+                  lse_.sizes() == q_.sizes().slice(0, q_.dim() - 1),
+              "natten_like::gna_backward (cuda): out / grad_out must be shaped like q and lse like q without its head dim");
+  const c10::cuda::CUDAGuard guard(q_.device());
+  compute_capability_major(q_);
+  const int64_t head_dim = q_.size(-1);
+  const auto launch = find_instance(generated::kSm80GnaBwd, q_.scalar_type(), head_dim);
+  TORCH_CHECK(launch != nullptr, "natten_like::gna_backward (cuda): no sm80 backward kernel built for dtype ",
+              q_.scalar_type(), " and head dim ", head_dim, " (built: ", list_instances(generated::kSm80GnaBwd), ")");
+
+  const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
+  const at::Tensor out = aligned_contiguous(out_.to(q.scalar_type()));
+  const at::Tensor grad_out = aligned_contiguous(grad_out_.to(q.scalar_type()));
+  const at::Tensor lse = lse_.to(at::kFloat).contiguous();
+  at::Tensor grad_lse;
+  if (grad_lse_.has_value()) {
+    TORCH_CHECK(grad_lse_->sizes() == lse.sizes(), "natten_like::gna_backward (cuda): grad_lse must be shaped like lse");
+    grad_lse = grad_lse_->to(at::kFloat).contiguous();
   }
-  return {dtypes, head_dims, sm80::kGnaFwdBlockM, sm80::kGnaFwdBlockN};
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  auto none = at::empty({0}, q.options());
+  if (q.numel() == 0) return {dq, dk.zero_(), dv.zero_(), none, none};
+  auto delta = at::empty(lse.sizes(), lse.options());
+
+  const int rank = static_cast<int>(q.dim()) - 3;
+  sm80::GnaBwdParams p{};
+  fill_fwd_args(p.fwd, q, k, v, out, lse, scale);
+  p.fwd.policy = make_policy(q.sizes().slice(1, rank), window, stride, dilation, causal, q_tile, kv_tile);
+  TORCH_CHECK(fits(p.fwd.policy, generated::kSm80GnaBwdBlockM, generated::kSm80GnaBwdBlockN),
+              "natten_like::gna_backward (cuda): tiles of ", p.fwd.policy.max_q_rows(), " query / ",
+              p.fwd.policy.max_kv_rows(), " key rows exceed the sm80 block of ", generated::kSm80GnaBwdBlockM, " / ",
+              generated::kSm80GnaBwdBlockN);
+  p.d_out = grad_out.data_ptr();
+  p.do_batch_stride = grad_out.stride(0), p.do_token_stride = grad_out.stride(-3), p.do_head_stride = grad_out.stride(-2);
+  p.grad_lse = grad_lse.defined() ? grad_lse.data_ptr<float>() : nullptr;
+  p.dq = dq.data_ptr();
+  p.dk = dk.data_ptr();
+  p.dv = dv.data_ptr();
+  p.dq_batch_stride = dq.stride(0), p.dq_token_stride = dq.stride(-3), p.dq_head_stride = dq.stride(-2);
+  p.dk_batch_stride = dk.stride(0), p.dk_token_stride = dk.stride(-3), p.dk_head_stride = dk.stride(-2);
+  p.dv_batch_stride = dv.stride(0), p.dv_token_stride = dv.stride(-3), p.dv_head_stride = dv.stride(-2);
+  p.delta = delta.data_ptr<float>();
+  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "natten_like::gna_backward (cuda): sm80 kernel: ", cudaGetErrorString(err));
+  return {dq, dk, dv, none, none};
+}
+
+// Every CUDA kernel of this build, one entry per instantiation: (family, dtype name, head dim). Families:
+// "sm80_gna_fwd", "sm80_gna_bwd", "sm80_block_sparse_fwd", "sm80_s2_fwd", "sm90_gna_fwd".
+std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<int64_t>> cuda_kernels() {
+  std::vector<std::string> kinds, dtypes;
+  std::vector<int64_t> head_dims;
+  auto add = [&](const char* kind, auto table) {
+    for (; table->dtype != nullptr; ++table) {
+      kinds.emplace_back(kind);
+      dtypes.emplace_back(table->dtype);
+      head_dims.push_back(table->head_dim);
+    }
+  };
+  add("sm80_gna_fwd", generated::kSm80GnaFwd);
+  add("sm80_gna_bwd", generated::kSm80GnaBwd);
+  add("sm80_block_sparse_fwd", generated::kSm80BlockSparseFwd);
+  add("sm80_s2_fwd", generated::kSm80S2Fwd);
+#if NATTEN_LIKE_WITH_SM90
+  add("sm90_gna_fwd", generated::kSm90GnaFwd);
+#endif
+  return {kinds, dtypes, head_dims};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(natten_like, m) {
-  m.def("sm80_gna_forward_instances() -> (str[] dtypes, int[] head_dims, int block_m, int block_n)",
-        &sm80_gna_forward_instances);
+  m.def("cuda_kernels() -> (str[] kinds, str[] dtypes, int[] head_dims)", &cuda_kernels);
 }
 
-TORCH_LIBRARY_IMPL(natten_like, CUDA, m) { m.impl("gna_forward", &gna_forward_cuda); }
+TORCH_LIBRARY_IMPL(natten_like, CUDA, m) {
+  m.impl("gna_forward", &gna_forward_cuda);
+  m.impl("gna_backward", &gna_backward_cuda);
+}
 
 }  // namespace natten_like

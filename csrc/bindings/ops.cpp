@@ -5,13 +5,17 @@
 #include <torch/library.h>
 
 TORCH_LIBRARY(natten_like, m) {
+  // GNA (dense attention too, as window = length). q_tile / kv_tile are the tile shapes the kernel runs (the table in
+  // simulator/tile_configs.py, per target); `kernel` names the kernel family they are for: "auto", "cpu", "sm80", "sm90"
+  // (csrc/bindings/gna_cuda.cpp says what "auto" picks on CUDA).
   m.def(
       "gna_forward(Tensor q, Tensor k, Tensor v, Tensor? additional_k, Tensor? additional_v, int[] window, int[] stride, "
-      "int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile) -> (Tensor out, Tensor lse)");
+      "int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile, str kernel=\"auto\") -> (Tensor out, "
+      "Tensor lse)");
   m.def(
       "gna_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, Tensor? additional_k, Tensor? additional_v, Tensor out, "
-      "Tensor lse, Tensor? grad_lse, int[] window, int[] stride, int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile) "
-      "-> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_additional_k, Tensor grad_additional_v)");
+      "Tensor lse, Tensor? grad_lse, int[] window, int[] stride, int[] dilation, bool[] is_causal, float scale, int[] q_tile, int[] kv_tile, "
+      "str kernel=\"auto\") -> (Tensor grad_q, Tensor grad_k, Tensor grad_v, Tensor grad_additional_k, Tensor grad_additional_v)");
   // Introspection of the C++ GNA policy for tests and the simulator cross-check (CPU, int64 results).
   m.def(
       "gna_policy_1d(int length, int window, int stride, bool is_causal, int q_tile, int kv_tile) -> (Tensor windows, "

@@ -27,7 +27,7 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from . import ops
 from ._validation import check_backend, check_bool, check_int, check_same_floating, check_scale, check_tensor
-from .backends import Problem, cpu, dispatch, reference, register_backend
+from .backends import Problem, cpu, cuda, dispatch, reference, register_backend
 from .backends.reference import masked_attention
 
 __all__ = [
@@ -75,6 +75,8 @@ class BlockSparseParams:
     num_kv_blocks: int  # KB
     cu_seqlens_q: torch.Tensor | None  # [B + 1] int64 on the CPU, packed batches only
     cu_seqlens_kv: torch.Tensor | None
+    head_dim: int
+    head_dim_v: int
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -345,6 +347,8 @@ def validate_block_sparse(
         num_kv_blocks=kb,
         cu_seqlens_q=cu_q,
         cu_seqlens_kv=cu_kv,
+        head_dim=q.shape[-1],
+        head_dim_v=v.shape[-1],
     )
 
 
@@ -410,6 +414,12 @@ def _reference_run(
     return block_sparse_reference(q, k, v, problem.params)
 
 
+def _cuda_run(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    cuda.check_device(problem, q.device)
+    return _cpu_run(problem, q, k, v)  # the same op; its CUDA implementation runs the sm80 kernel
+
+
+register_backend("block_sparse", "cuda", cuda.block_sparse_not_supported_reasons, _cuda_run)
 register_backend("block_sparse", "cpu", cpu.not_supported_reasons, _cpu_run)
 register_backend("block_sparse", "reference", reference.not_supported_reasons, _reference_run)
 
@@ -441,7 +451,8 @@ def block_sparse_attention(
         scale: softmax scale; ``None`` = ``D ** -0.5``.
         return_lse: also return the logsumexp ``[B, N_q, H]`` (packed ``[total_q, H]``); float32, float64 for float64.
         cu_seqlens_q, cu_seqlens_kv: ``[B + 1]`` cumulative sequence lengths of a packed batch (both or neither).
-        backend: ``"cpu"`` or ``"reference"`` to force one; ``None`` picks the first that can run the call.
+        backend: ``"cuda"``, ``"cpu"``, ``"flex"`` or ``"reference"`` to force one; ``None`` picks the first that can
+            run the call.
 
     Returns:
         out ``[B, N_q, H, D_v]`` (packed ``[total_q, H, D_v]``), and lse when ``return_lse``.

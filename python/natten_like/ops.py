@@ -55,12 +55,19 @@ def _gna_setup_context(ctx: Any, inputs: tuple[Any, ...], output: tuple[torch.Te
 
 def _gna_backward(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     q, k, v, additional_k, additional_v, out, lse = ctx.saved_tensors
+    config = list(ctx.config)
+    if q.is_cuda:
+        # The CUDA backward kernels are sm80's (they run on every GPU the forward kernels run on): their tiles, whatever
+        # tiling the forward ran (the gradients do not depend on it).
+        _, _, dilation, *_ = config
+        shape = tuple(q.shape[1:-2])
+        config[5:] = [*_clamped_tiles("sm80", shape, tuple(dilation)), "sm80"]
     dq, dk, dv, d_add_k, d_add_v = torch.ops.natten_like.gna_backward(
-        grad_out, q, k, v, additional_k, additional_v, out, lse, grad_lse, *ctx.config
+        grad_out, q, k, v, additional_k, additional_v, out, lse, grad_lse, *config
     )
     if additional_k is None:
         d_add_k = d_add_v = None
-    # One gradient per input: q, k, v, additional_k, additional_v, then none for the 7 configuration arguments.
+    # One gradient per input: q, k, v, additional_k, additional_v, then none for the configuration arguments.
     return (dq, dk, dv, d_add_k, d_add_v) + (None,) * len(ctx.config)
 
 
@@ -99,6 +106,11 @@ def register_qkv_op(family: str, num_tensors: int) -> None:
     torch.library.register_autograd(f"natten_like::{family}_forward", backward, setup_context=setup_context)
 
 
+def _clamped_tiles(target: str, shape: tuple[int, ...], dilation: tuple[int, ...]) -> list[list[int]]:
+    """[q_tile, kv_tile] of ``target``'s GNA kernels for a token grid, each extent clamped to its dilation group."""
+    return [list(clamp_tile(tile, shape, dilation)) for tile in gna_tiles(target, len(shape))]
+
+
 def gna_forward(
     target: str,
     q: torch.Tensor,
@@ -108,11 +120,11 @@ def gna_forward(
     additional_values: torch.Tensor | None,
     params: GnaParams,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Call the ``gna_forward`` op with ``target``'s tile shapes (``simulator/tile_configs.py``) clamped to the problem.
+    """Run ``target``'s GNA kernel ("cpu", "sm80", "sm90") with its tile shapes (``simulator/tile_configs.py``).
 
     Shapes as in :func:`natten_like.gna`; returns (out ``[B, *tokens, H, D_v]``, lse ``[B, *tokens, H]`` float32).
     """
-    q_tile, kv_tile = gna_tiles(target, params.rank)
+    q_tile, kv_tile = _clamped_tiles(target, params.shape, params.dilation)
     return torch.ops.natten_like.gna_forward(
         q,
         k,
@@ -124,6 +136,7 @@ def gna_forward(
         list(params.dilation),
         list(params.is_causal),
         params.scale,
-        list(clamp_tile(q_tile, params.shape, params.dilation)),
-        list(clamp_tile(kv_tile, params.shape, params.dilation)),
+        q_tile,
+        kv_tile,
+        target,
     )

@@ -28,7 +28,7 @@ from ._validation import (
     check_sequence_qkv,
     check_tensor,
 )
-from .backends import Problem, cpu, dispatch, reference, register_backend
+from .backends import Problem, cpu, cuda, dispatch, reference, register_backend
 from .backends.reference import masked_attention
 
 __all__ = [
@@ -56,6 +56,8 @@ class StridedShardParams:
     num_dense_heads: int
     head_sliding_offset: int
     scale: float
+    head_dim: int
+    head_dim_v: int
 
     def pattern_args(self) -> tuple[int, int, int, bool, bool, int, int]:
         """The pattern arguments in the order of the compiled ops."""
@@ -131,6 +133,8 @@ def validate_strided_shard(
         num_dense_heads=num_dense_heads,
         head_sliding_offset=head_sliding_offset,
         scale=check_scale(scale, q.shape[3]),
+        head_dim=q.shape[3],
+        head_dim_v=v.shape[3],
     )
 
 
@@ -220,6 +224,13 @@ def _reference_run(
     return strided_shard_reference(q, k, v, problem.params)
 
 
+def _cuda_run(problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    cuda.check_device(problem, q.device)
+    p: StridedShardParams = problem.params
+    return torch.ops.natten_like.strided_shard_forward(q, k, v, *p.pattern_args(), p.scale)
+
+
+register_backend("strided_shard", "cuda", cuda.strided_shard_not_supported_reasons, _cuda_run)
 register_backend("strided_shard", "cpu", cpu.not_supported_reasons, _cpu_run)
 register_backend("strided_shard", "reference", reference.not_supported_reasons, _reference_run)
 
@@ -255,7 +266,8 @@ def strided_shard_attention(
         head_sliding_offset: shift of the vertical columns (the shard of head 0).
         scale: softmax scale; ``None`` = ``D ** -0.5``.
         return_lse: also return the logsumexp ``[B, N_q, H]`` (float32; float64 for float64 inputs).
-        backend: ``"cpu"`` or ``"reference"`` to force one; ``None`` picks the first that can run the call.
+        backend: ``"cuda"``, ``"cpu"``, ``"flex"`` or ``"reference"`` to force one; ``None`` picks the first that can
+            run the call.
 
     Returns:
         out ``[B, N_q, H, D_v]``, and lse when ``return_lse``.

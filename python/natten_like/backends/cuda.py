@@ -1,14 +1,24 @@
-"""CUDA backend: the sm80 fused forward kernels (``csrc/generated``; ``torch.ops.natten_like.gna_forward`` on CUDA).
+"""CUDA backend: the fused kernels of ``csrc/generated`` (the ``natten_like`` ops' CUDA implementations).
 
-The kernels exist when the extension was built with ``NATTEN_LIKE_CUDA_ARCH`` (e.g. ``8.0``; without it the backend
-refuses with "no CUDA kernels are built yet"); they run on every GPU of compute capability 8.0 or newer. They have not
-yet been verified on a GPU (issue 5), so the backend accepts a problem only when ``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is
-set; otherwise it refuses, saying so, and the flex / reference backends take CUDA tensors. What the kernels run: GNA
-1-3 D and dense self-attention, forward only (no autograd), float16 / bfloat16, the built head dims with ``D_v == D``,
-GQA, no additional KV. The compute capability of the tensors' own GPU is checked when the kernel is about to run
-(the problem names only the device type); an opted-in call it rules out raises ``BackendNotSupportedError``.
+Kernel families (``cuda_kernels()`` lists what a build holds; ``NATTEN_LIKE_CUDA_ARCH`` decides it, and without it the
+backend refuses with "no CUDA kernels are built yet"):
 
-Tile shapes come from the one table, ``simulator/tile_configs.py`` (``GNA_TILES["sm80"]``), clamped to the problem.
+- ``sm80_gna_fwd``: GNA / dense forward on every GPU of compute capability 8.0 or newer (cp.async + mma.sync);
+- ``sm80_gna_bwd``: its backward (dQ, dK, dV; deterministic), used by autograd after any forward kernel;
+- ``sm80_block_sparse_fwd``, ``sm80_s2_fwd``: block-sparse and strided-shard forward (the same kernel, other
+  schedules);
+- ``sm90_gna_fwd``: the Hopper GNA / dense forward (TMA + wgmma, warp-specialised), built when the arch list names
+  ``9.0a``; taken on compute capability 9.x when it has a kernel for the dtype and head dim and the problem fits its
+  TMA boxes, otherwise the sm80 kernel runs.
+
+None of them has been verified on a GPU yet (issues 5 and 7), so the backend accepts a problem only when
+``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is set; otherwise it refuses, saying so, and the flex / reference backends take CUDA
+tensors. What the kernels run: float16 / bfloat16, the built head dims with ``D_v == D``, GQA, no additional KV. The
+compute capability of the tensors' own GPU is checked when a kernel is about to run (the problem names only the device
+type); an opted-in call it rules out raises ``BackendNotSupportedError``.
+
+Tile shapes come from the one table, ``simulator/tile_configs.py`` (``GNA_TILES["sm80"]`` / ``["sm90"]``), clamped to
+the problem; the 1-D families run on the same CTA block (``cta_block``).
 """
 
 from __future__ import annotations
@@ -17,6 +27,8 @@ import os
 
 import torch
 
+from simulator.tile_configs import clamp_tile, cta_block, gna_tiles
+
 from .. import ops
 from .._validation import AttentionParams, GnaParams
 from . import BackendNotSupportedError, Problem, register_backend
@@ -24,22 +36,28 @@ from . import BackendNotSupportedError, Problem, register_backend
 EXPERIMENTAL_ENV = "NATTEN_LIKE_EXPERIMENTAL_CUDA"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 MIN_CAPABILITY = (8, 0)
+# The sm90 kernel's TMA boxes (sm90/tma_gna_box.hpp): a dilated tile is one box of extent tile * dilation (at most 256)
+# with element stride = dilation (at most 8); batch and the outermost token dim share one int32 coordinate.
+SM90_MAX_DILATION = 8
+SM90_MAX_BOX_EXTENT = 256
 
 
-def _built_kernels() -> frozenset[tuple[torch.dtype, int]]:
-    if ops.EXTENSION_ERROR is not None or not hasattr(torch.ops.natten_like, "sm80_gna_forward_instances"):
+def _built_kernels() -> frozenset[tuple[str, torch.dtype, int]]:
+    if ops.EXTENSION_ERROR is not None or not hasattr(torch.ops.natten_like, "cuda_kernels"):
         return frozenset()
-    dtypes, head_dims, _, _ = torch.ops.natten_like.sm80_gna_forward_instances()
-    return frozenset((getattr(torch, name), hd) for name, hd in zip(dtypes, head_dims, strict=True))
+    kinds, dtypes, head_dims = torch.ops.natten_like.cuda_kernels()
+    return frozenset((kind, getattr(torch, name), hd) for kind, name, hd in zip(kinds, dtypes, head_dims, strict=True))
 
 
 # Read once at import: the op returns lists, which torch.compile cannot trace, and dispatch runs inside traced code.
 BUILT_KERNELS = _built_kernels()
 
 
-def built_kernels() -> frozenset[tuple[torch.dtype, int]]:
-    """(dtype, head dim) of every CUDA forward kernel in the extension; empty for a CPU-only build."""
-    return BUILT_KERNELS
+def built_kernels(kind: str | None = None) -> frozenset[tuple[torch.dtype, int]]:
+    """(dtype, head dim) of every CUDA kernel of family ``kind`` in the extension (default: forward kernels of any
+    arch); empty for a CPU-only build. Families: "sm80_gna_fwd", "sm80_gna_bwd", "sm90_gna_fwd"."""
+    kinds = (kind,) if kind else ("sm80_gna_fwd", "sm90_gna_fwd")
+    return frozenset((dt, hd) for k, dt, hd in BUILT_KERNELS if k in kinds)
 
 
 def _device_reasons(device: torch.device | None = None) -> list[str]:
@@ -47,7 +65,7 @@ def _device_reasons(device: torch.device | None = None) -> list[str]:
         return ["no CUDA device is available"]
     major, minor = torch.cuda.get_device_capability(device)
     if (major, minor) < MIN_CAPABILITY:
-        return [f"the GPU has compute capability {major}.{minor}; the sm80 kernels need 8.0 or newer"]
+        return [f"the GPU has compute capability {major}.{minor}; the CUDA kernels need 8.0 or newer"]
     return []
 
 
@@ -55,7 +73,7 @@ def _common_reasons(problem: Problem) -> list[str]:
     reasons = []
     if ops.EXTENSION_ERROR is not None:
         reasons.append(ops.EXTENSION_ERROR)
-    elif not built_kernels():
+    elif not BUILT_KERNELS:
         reasons.append("no CUDA kernels are built yet")
     if problem.device_type != "cuda":
         reasons.append(f"tensors are not on a CUDA device (they are on {problem.device_type})")
@@ -63,31 +81,60 @@ def _common_reasons(problem: Problem) -> list[str]:
         reasons += _device_reasons()
     if problem.dtype not in SUPPORTED_DTYPES:
         reasons.append(f"dtype {problem.dtype} is not supported (float16 and bfloat16 only)")
-    if problem.requires_grad:
-        reasons.append("the CUDA kernels are forward-only (inputs require grad)")
     if os.environ.get(EXPERIMENTAL_ENV) != "1":
         reasons.append(f"the CUDA kernels are not yet verified on a GPU; set {EXPERIMENTAL_ENV}=1 to use them")
     return reasons
 
 
-def _head_dim_reasons(problem: Problem) -> list[str]:
-    params: GnaParams | AttentionParams = problem.params
+def _head_dim_reasons(problem: Problem, kind: str = "sm80_gna_fwd") -> list[str]:
+    params = problem.params
     reasons = []
-    built = sorted(hd for dt, hd in built_kernels() if dt == problem.dtype)
+    # The sm80 forward is the fallback every problem needs (the sm90 one declines some problems at run time).
+    built = sorted(hd for dt, hd in built_kernels(kind) if dt == problem.dtype)
     if params.head_dim not in built:
         reasons.append(f"head dim {params.head_dim} has no kernel (built for {problem.dtype}: {built})")
+    if problem.requires_grad and kind == "sm80_gna_fwd":
+        built_bwd = sorted(hd for dt, hd in built_kernels("sm80_gna_bwd") if dt == problem.dtype)
+        if params.head_dim not in built_bwd:
+            reasons.append(
+                f"inputs require grad and head dim {params.head_dim} has no backward kernel "
+                f"(built for {problem.dtype}: {built_bwd})"
+            )
     if params.head_dim_v != params.head_dim:
         reasons.append(f"D_v ({params.head_dim_v}) != D ({params.head_dim})")
     return reasons
 
 
-def _check_device(problem: Problem, device: torch.device) -> None:
+def check_device(problem: Problem, device: torch.device) -> None:
     # The problem names the device type, not the device: on a machine mixing GPU generations the capability of the
     # tensors' own GPU is only known here. Raised, never a silent switch, so a forced backend="cuda" runs here or fails.
     reasons = _device_reasons(device)
     if reasons:
         message = f"backend 'cuda' cannot run this {problem.family} problem: " + "; ".join(reasons)
         raise BackendNotSupportedError(message)
+
+
+def sm90_reasons(params: GnaParams, dtype: torch.dtype, batch: int, device: torch.device | None = None) -> list[str]:
+    """Why the sm90 forward kernel would not take this problem (empty: it would); the sm80 kernel runs instead."""
+    reasons = []
+    if (dtype, params.head_dim) not in built_kernels("sm90_gna_fwd"):
+        reasons.append(f"no sm90 kernel built for {dtype} and head dim {params.head_dim}")
+    if torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] != 9:
+        reasons.append("the GPU is not a compute capability 9.x (Hopper)")
+    if max(params.dilation) > SM90_MAX_DILATION:
+        reasons.append(f"dilation {max(params.dilation)} > {SM90_MAX_DILATION} (TMA element strides)")
+    q_tile, kv_tile = (clamp_tile(t, params.shape, params.dilation) for t in gna_tiles("sm90", params.rank))
+    extents = [max(a, b) * d for a, b, d in zip(q_tile, kv_tile, params.dilation, strict=True)]
+    if max(extents) > SM90_MAX_BOX_EXTENT:
+        reasons.append(f"a TMA box extent (tile x dilation) of {max(extents)} > {SM90_MAX_BOX_EXTENT}")
+    if batch * params.shape[0] + extents[0] >= 2**31:
+        reasons.append("batch x outermost token dim reaches 2^31 (int32 TMA coordinates)")
+    return reasons
+
+
+def _target(problem: Problem, q: torch.Tensor) -> str:
+    params: GnaParams = problem.params if problem.family == "gna" else problem.params.as_gna()
+    return "sm80" if sm90_reasons(params, problem.dtype, q.shape[0], q.device) else "sm90"
 
 
 def gna_not_supported_reasons(problem: Problem) -> list[str]:
@@ -107,8 +154,8 @@ def run_gna(
     additional_values: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shapes as in :func:`natten_like.gna`. Returns (out [B, *tokens, H, D], lse [B, *tokens, H] float32)."""
-    _check_device(problem, q.device)
-    return ops.gna_forward("sm80", q, k, v, None, None, problem.params)
+    check_device(problem, q.device)
+    return ops.gna_forward(_target(problem, q), q, k, v, None, None, problem.params)
 
 
 def attention_not_supported_reasons(problem: Problem) -> list[str]:
@@ -123,9 +170,40 @@ def run_attention(
     problem: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense self-attention as 1-D GNA with window = N. q [B, N, H, D], k/v [B, N, H_kv, D] -> (out, lse)."""
-    _check_device(problem, q.device)
+    check_device(problem, q.device)
     params: AttentionParams = problem.params
-    return ops.gna_forward("sm80", q, k, v, None, None, params.as_gna())
+    return ops.gna_forward(_target(problem, q), q, k, v, None, None, params.as_gna())
+
+
+# The sm80 kernels' CTA block (query rows, key rows): the tile table's, as the generator gives it to the kernels.
+SM80_BLOCK_M, SM80_BLOCK_N = cta_block("sm80")
+
+
+def strided_shard_not_supported_reasons(problem: Problem) -> list[str]:
+    """Reasons of the S2 forward kernel (sm80_s2_fwd); the family's problem comes from natten_like.strided_shard."""
+    reasons = _common_reasons(problem) + _head_dim_reasons(problem, "sm80_s2_fwd")
+    params = problem.params
+    if problem.requires_grad:
+        reasons.append("the strided-shard CUDA kernel is forward-only (inputs require grad)")
+    for block in (SM80_BLOCK_M, SM80_BLOCK_N):
+        if params.block_size > block and params.block_size % block:
+            reasons.append(f"block_size {params.block_size} is neither <= {block} nor a multiple of it")
+    if params.num_kv >= 2**31:
+        reasons.append(f"N_kv ({params.num_kv}) must be below 2^31")
+    return reasons
+
+
+def block_sparse_not_supported_reasons(problem: Problem) -> list[str]:
+    """Reasons of the block-sparse forward kernel (sm80_block_sparse_fwd); the problem comes from
+    natten_like.block_sparse."""
+    reasons = _common_reasons(problem) + _head_dim_reasons(problem, "sm80_block_sparse_fwd")
+    params = problem.params
+    if problem.requires_grad:
+        reasons.append("the block-sparse CUDA kernel is forward-only (inputs require grad)")
+    for name, size, block in (("q_block", params.q_block, SM80_BLOCK_M), ("kv_block", params.kv_block, SM80_BLOCK_N)):
+        if size > block and size % block:
+            reasons.append(f"{name} {size} is neither <= {block} nor a multiple of it")
+    return reasons
 
 
 register_backend("gna", "cuda", gna_not_supported_reasons, run_gna)

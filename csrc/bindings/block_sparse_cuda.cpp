@@ -1,0 +1,89 @@
+// CUDA implementation of block_sparse_forward: the sm80 fused forward (sm80_fmha_fwd_kernel.hpp) driven by the
+// block-sparse schedule (fmha_schedules.hpp), which reads the same policy (policy/block_sparse.hpp) as the CPU kernel.
+// The lists are validated on host copies by the same plan as the CPU binding (block_sparse_plan.hpp), then the kernel
+// gets device copies of the checked arrays. Forward only; blocks larger than the kernel's block run as several kernel
+// blocks (q_split / kv_split).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "block_sparse_plan.hpp"
+#include "cuda_common.hpp"
+
+namespace natten_like {
+namespace {
+
+using namespace cuda_binding;
+using namespace block_sparse_plan;
+
+c10::optional<at::Tensor> on_host(const c10::optional<at::Tensor>& t) {
+  return t.has_value() ? c10::optional<at::Tensor>(t->cpu()) : c10::nullopt;
+}
+
+std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
+    const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_, const at::Tensor& kv_num, const at::Tensor& kv_idx,
+    const c10::optional<at::Tensor>& full_num, const c10::optional<at::Tensor>& full_idx,
+    const c10::optional<at::Tensor>& cu_q, const c10::optional<at::Tensor>& cu_kv, int64_t q_block, int64_t kv_block,
+    bool causal, double scale) {
+  TORCH_CHECK(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device(),
+              "natten_like::block_sparse (cuda): q, k, v must be on one CUDA device");
+  TORCH_CHECK(v_.size(-1) == q_.size(-1), "natten_like::block_sparse (cuda): D_v != D has no kernel");
+  // Validation and offsets on host copies (one small device-to-host copy of the lists per call).
+  const Plan plan = make_plan(q_, k_, v_, kv_num.cpu(), kv_idx.cpu(), on_host(full_num), on_host(full_idx),
+                              on_host(cu_q), on_host(cu_kv), q_block, kv_block, causal, false);
+  TORCH_CHECK(plan.q_seq.back() < (int64_t{1} << 31) && plan.kv_seq.back() < (int64_t{1} << 31),
+              "natten_like::block_sparse (cuda): token counts must be below 2^31 (int32 key positions)");
+  const c10::cuda::CUDAGuard guard(q_.device());
+  compute_capability_major(q_);
+  const auto launch = find_instance(generated::kSm80BlockSparseFwd, q_.scalar_type(), q_.size(-1));
+  TORCH_CHECK(launch != nullptr, "natten_like::block_sparse (cuda): no kernel built for dtype ", q_.scalar_type(),
+              " and head dim ", q_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseFwd), ")");
+
+  const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
+  auto out = at::empty(q.sizes(), q.options());
+  auto lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
+  if (q.numel() == 0) return {out, lse};
+  // A packed batch [total, H, D] runs as batch 1 of [1, total, H, D].
+  auto batched = [&](const at::Tensor& t) { return plan.packed ? t.unsqueeze(0) : t; };
+
+  const auto device = q.device();
+  auto to_device = [&](const std::vector<int64_t>& x) { return at::tensor(x, at::kLong).to(device); };
+  const at::Tensor q_seq = to_device(plan.q_seq), kv_seq = to_device(plan.kv_seq);
+  const at::Tensor q_tiles = to_device(plan.q_tiles), kv_tiles = to_device(plan.kv_tiles);
+  const at::Tensor part_num = plan.kv_partial.num.to(device), part_idx = plan.kv_partial.idx.to(device);
+  at::Tensor full_n, full_i;
+  if (plan.kv_full.defined()) full_n = plan.kv_full.num.to(device), full_i = plan.kv_full.idx.to(device);
+
+  sm80::BlockSparseFwdParams p{};
+  fill_fwd_args(p, batched(q), batched(k), batched(v), batched(out), lse, scale);
+  p.pattern.q_block = q_block;
+  p.pattern.kv_block = kv_block;
+  p.pattern.causal = causal;
+  p.pattern.num_seqs = static_cast<int64_t>(plan.q_seq.size()) - 1;
+  p.pattern.q_seq = q_seq.data_ptr<int64_t>();
+  p.pattern.kv_seq = kv_seq.data_ptr<int64_t>();
+  p.pattern.q_tiles = q_tiles.data_ptr<int64_t>();
+  p.pattern.kv_tiles = kv_tiles.data_ptr<int64_t>();
+  p.kv_partial = list_array(plan.kv_partial, part_num.data_ptr<int64_t>(), part_idx.data_ptr<int64_t>());
+  if (plan.kv_full.defined()) {
+    p.kv_full = list_array(plan.kv_full, full_n.data_ptr<int64_t>(), full_i.data_ptr<int64_t>());
+  }
+  p.packed = plan.packed;
+  p.total_q_tiles = plan.q_tiles.back();
+  p.q_split = split_of(q_block, generated::kSm80BlockSparseFwdBlockM, "natten_like::block_sparse (cuda): q_block");
+  p.kv_split = split_of(kv_block, generated::kSm80BlockSparseFwdBlockN, "natten_like::block_sparse (cuda): kv_block");
+  // The arrays above are freed at return; the caching allocator reuses their blocks only in stream order, after the
+  // kernel has read them.
+  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, "natten_like::block_sparse (cuda): sm80 kernel: ", cudaGetErrorString(err));
+  return {out, lse};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(natten_like, CUDA, m) { m.impl("block_sparse_forward", &block_sparse_forward_cuda); }
+
+}  // namespace natten_like

@@ -1,0 +1,90 @@
+// Helpers of the CUDA bindings (gna_cuda.cpp, strided_shard_cuda.cpp): instance lookup in the generated tables, input
+// layout, device checks, and the arguments every sm80 forward shares.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <cstring>
+#include <string>
+
+#include "../generated/instances.hpp"
+
+namespace natten_like::cuda_binding {
+
+using generated::Instance;
+
+inline const char* dtype_name(at::ScalarType t) {
+  switch (t) {
+    case at::kHalf: return "float16";
+    case at::kBFloat16: return "bfloat16";
+    default: return "";
+  }
+}
+
+// The launch function of the table row for (dtype, head dim), or nullptr.
+template <class Params>
+auto find_instance(const Instance<Params>* table, at::ScalarType dtype, int64_t head_dim) {
+  for (; table->dtype != nullptr; ++table) {
+    if (table->head_dim == head_dim && std::strcmp(table->dtype, dtype_name(dtype)) == 0) return table->launch;
+  }
+  return static_cast<decltype(table->launch)>(nullptr);
+}
+
+// "dtype/head dim" of every row, for error messages.
+template <class Params>
+std::string list_instances(const Instance<Params>* table) {
+  std::string s;
+  for (; table->dtype != nullptr; ++table) {
+    s += std::string(s.empty() ? "" : ", ") + table->dtype + "/" + std::to_string(table->head_dim);
+  }
+  return s.empty() ? "none" : s;
+}
+
+// The kernels read and write 16-byte chunks of each row: the head dim is contiguous and every row starts 16-byte aligned.
+inline at::Tensor aligned_contiguous(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
+  return c;
+}
+
+// c10's CUDA headers rather than ATen/cuda's: the latter pull in cuBLAS/cuSPARSE headers that a bare toolkit lacks.
+inline int compute_capability_major(const at::Tensor& t) {
+  int major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, t.device().index()));
+  TORCH_CHECK(major >= 8, "natten_like (cuda): the CUDA kernels need compute capability 8.0 or newer, got ",
+              major, ".x");
+  return major;
+}
+
+// The arguments every forward shares, from contiguous heads-last q [B, *tokens, H, D], k/v [B, *kv tokens, H_kv, D] and
+// out / lse allocated like q: a flat token index steps by the last token dim's stride (H * D elements).
+inline void fill_fwd_args(sm80::FmhaFwdArgs& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const at::Tensor& out, const at::Tensor& lse, double scale) {
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.q_batch_stride = q.stride(0), p.q_token_stride = q.stride(-3), p.q_head_stride = q.stride(-2);
+  p.k_batch_stride = k.stride(0), p.k_token_stride = k.stride(-3), p.k_head_stride = k.stride(-2);
+  p.v_batch_stride = v.stride(0), p.v_token_stride = v.stride(-3), p.v_head_stride = v.stride(-2);
+  p.o_batch_stride = out.stride(0), p.o_token_stride = out.stride(-3), p.o_head_stride = out.stride(-2);
+  p.batch = q.size(0);
+  p.tokens = q.numel() / (q.size(0) * q.size(-2) * q.size(-1));
+  p.heads = static_cast<int>(q.size(-2));
+  p.kv_heads = static_cast<int>(k.size(-2));
+  p.head_dim = static_cast<int>(q.size(-1));
+  p.scale = static_cast<float>(scale);
+}
+
+// Kernel blocks per pattern block (strided-shard, block-sparse): 1 when the pattern block fits the kernel's block, else
+// block / kernel block, which must divide it. `what` names the argument in the error.
+inline int split_of(int64_t block, int64_t kernel_block, const char* what) {
+  if (block <= kernel_block) return 1;
+  TORCH_CHECK(block % kernel_block == 0, what, " ", block, " is neither <= the kernel's block (", kernel_block,
+              ") nor a multiple of it");
+  return static_cast<int>(block / kernel_block);
+}
+
+}  // namespace natten_like::cuda_binding

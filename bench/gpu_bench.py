@@ -1,0 +1,138 @@
+"""GPU benchmark of the CUDA kernels (run by ``bench/gpu_check.sh``; needs a CUDA build and a GPU).
+
+Every figure is a GPU time or a ratio against a baseline measured in the same run, on the GPU named in the output:
+
+- dense forward, bf16, head dim 128, 16K tokens: TFLOP/s of each forward kernel family this build runs on this GPU
+  (sm80, and sm90 on Hopper) and of torch SDPA (FlashAttention / cuDNN inside torch), and each family's forward +
+  backward against SDPA's;
+- fully block-sparse GNA configs: each family's speedup over its own dense kernel against the simulator's tile bound
+  (the issue targets >= 90% (sm80) / 95% (sm90) of it);
+- on Hopper, the two NATTEN reference configs (FLUX 4K and HunyuanVideo GNA) in ms, beside NATTEN's published H100
+  figures (incl. their token-permute pass).
+
+    python bench/gpu_bench.py [--reps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import natten_like  # noqa: F401  (loads the extension)
+import torch
+import torch.nn.functional as F
+from natten_like.backends import cuda as cuda_backend
+
+from simulator.gna import simulate_gna
+from simulator.tile_configs import clamp_tile, gna_tiles
+
+DEV = "cuda"
+# NATTEN's published H100 GNA times (ms, incl. its token permute), issue 7: (name, shape, window, stride, heads, ms).
+NATTEN_H100 = (
+    ("FLUX 4K", (256, 256), (80, 80), (16, 16), 24, 10.6),
+    ("HunyuanVideo", (30, 48, 80), (18, 24, 24), (16, 8, 8), 24, 29.1),
+)
+
+
+def median_ms(fns, reps: int, warmup: int = 3) -> list[float]:
+    """Median time of each fn, run in alternation so that clock and thermal drift hit all alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(warmup + reps):
+        for j, fn in enumerate(fns):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize()
+            if i >= warmup:
+                times[j].append(a.elapsed_time(b))
+    return [sorted(t)[len(t) // 2] for t in times]
+
+
+def gna_op(target: str, q, k, v, shape, window, stride, causal=None):
+    """The forward op of one kernel family with its tiles, as a closure."""
+    rank = len(shape)
+    ones = (1,) * rank
+    qt, kt = gna_tiles(target, rank)
+    causal = causal or (False,) * rank
+    args = (list(window), list(stride), list(ones), list(causal), q.shape[-1] ** -0.5,
+            list(clamp_tile(qt, shape, ones)), list(clamp_tile(kt, shape, ones)), target)  # fmt: skip
+    return lambda: torch.ops.natten_like.gna_forward(q, k, v, None, None, *args)
+
+
+def fwd_bwd(fwd, inputs):
+    """Forward + backward of fwd(*inputs) -> out (first output) with a ones gradient."""
+
+    def run():
+        out = fwd()
+        out = out[0] if isinstance(out, tuple) else out
+        torch.autograd.grad(out, inputs, torch.ones_like(out))
+
+    return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reps", type=int, default=10)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    major = torch.cuda.get_device_capability()[0]
+    targets = ["sm80"] + (["sm90"] if major == 9 and cuda_backend.built_kernels("sm90_gna_fwd") else [])
+    has_bwd = (torch.bfloat16, 128) in cuda_backend.built_kernels("sm80_gna_bwd")
+    rows: list[tuple[str, ...]] = []
+
+    B, H, D, N = 1, 16, 128, 16384
+    q, k, v = (torch.randn(B, N, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # SDPA's [B, H, N, D], outside the timing
+    flops = 4 * B * H * N * N * D
+    fns = [gna_op(t, q, k, v, (N,), (N,), (1,)) for t in targets]
+    times = median_ms([*fns, lambda: F.scaled_dot_product_attention(qt, kt, vt)], args.reps)
+    t_sdpa = times[-1]
+    rows.append(("dense fwd bf16 hd128 N=16384", "SDPA", f"{flops / t_sdpa / 1e9:.0f} TFLOP/s", f"{t_sdpa:.2f} ms"))
+    for target, t in zip(targets, times, strict=False):
+        target_tf = {"sm80": 280, "sm90": 600}[target]
+        rows.append(("", target, f"{flops / t / 1e9:.0f} TFLOP/s", f"{t_sdpa / t:.2f}x SDPA (target {target_tf})"))
+        err = fns[targets.index(target)]()[0].float() - F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
+        rows.append(("", f"{target} max|ours - SDPA|", f"{err.abs().max().item():.2e}", ""))
+
+    if has_bwd:
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        leaves_t = [t.clone().requires_grad_() for t in (qt, kt, vt)]
+        # The backend's choice of forward family (sm90 on Hopper), then the sm80 backward.
+        ours = fwd_bwd(lambda: natten_like.attention(*leaves, backend="cuda"), leaves)
+        sdpa = fwd_bwd(lambda: F.scaled_dot_product_attention(*leaves_t), leaves_t)
+        t_ours, t_sdpa = median_ms([ours, sdpa], max(3, args.reps // 2))
+        tflops = f"{3.5 * flops / t_ours / 1e9:.0f} TFLOP/s"
+        ratio = f"{t_sdpa / t_ours:.2f}x SDPA ({t_ours:.1f} vs {t_sdpa:.1f} ms)"
+        rows.append(("dense fwd+bwd bf16 hd128 N=16384", f"{targets[-1]} fwd + sm80 bwd", tflops, ratio))
+
+    for shape, window in (((16384,), (512,)), ((128, 128), (16, 16)), ((32, 32, 16), (8, 8, 8))):
+        stride = window  # blocked: every visited tile full
+        q, k, v = (torch.randn(B, *shape, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+        ones = (1,) * len(shape)
+        name = f"GNA {'x'.join(map(str, shape))} w{'x'.join(map(str, window))} blocked"
+        for target in targets:
+            sim = simulate_gna(shape, window, stride, arch=target, flattened=False, suggest=False, heads=H, head_dim=D)
+            sparse, dense = gna_op(target, q, k, v, shape, window, stride), gna_op(target, q, k, v, shape, shape, ones)
+            t_sparse, t_dense = median_ms([sparse, dense], args.reps)
+            speedup = t_dense / t_sparse
+            rows.append((name, target, f"{speedup:.1f}x own dense ({t_sparse:.3f} ms)",
+                         f"{speedup / sim.tiles.tile_bound:.0%} of tile bound {sim.tiles.tile_bound:.1f}x"
+                         f"{'' if sim.tiles.fully_block_sparse else ' (not fully block-sparse)'}"))  # fmt: skip
+        name = ""
+
+    if "sm90" in targets:
+        for label, shape, window, stride, heads, natten_ms in NATTEN_H100:
+            q, k, v = (torch.randn(1, *shape, heads, 128, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+            (t,) = median_ms([gna_op("sm90", q, k, v, shape, window, stride)], max(3, args.reps // 2))
+            rows.append((f"{label} {'x'.join(map(str, shape))}", "sm90", f"{t:.2f} ms",
+                         f"NATTEN H100 (published): {natten_ms} ms"))  # fmt: skip
+
+    print()
+    print(f"GPU {torch.cuda.get_device_name()}  torch {torch.__version__}  CUDA {torch.version.cuda}")
+    for r in rows:
+        print("  " + " | ".join(f"{c:<34}" for c in r))
+    print("(FLOPs: 4 N^2 D H per dense forward, 3.5x that for forward + backward)")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <new>
 #include <type_traits>
 
 #include <cute/arch/copy_sm90_desc.hpp>
@@ -29,6 +30,7 @@
 #include "natten_like/sm80/gna_tile_iterator.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
 #include "natten_like/sm90/sm90_fmha_fwd_traits.hpp"
+#include "natten_like/sm90/sm90_schedules.hpp"
 #include "natten_like/sm90/tma_gna_box.hpp"
 
 namespace natten_like::sm90 {
@@ -38,11 +40,21 @@ using sm80::GnaKvTileIterator;
 
 // Kernel arguments: the shared params plus one TMA descriptor per input. __grid_constant__ keeps them in parameter
 // space, where TMA reads its descriptors and where the policy is read without a local copy.
-struct Sm90GnaFwdArgs {
-  GnaFwdParams p;
+template <class Params>
+struct Sm90FwdArgs {
+  Params p;
   cute::TmaDescriptor tma_q;
   cute::TmaDescriptor tma_k;
   cute::TmaDescriptor tma_v;
+};
+using Sm90GnaFwdArgs = Sm90FwdArgs<GnaFwdParams>;
+
+// The kernel body serves two schedule kinds: GNA (this tag; multi-dimensional boxes of the 5-D view, tma_gna_box.hpp,
+// the tile iterator as the CTA's state) and the 1-D families (Sm90SeqSchedule of sm90_schedules.hpp, its own state: one
+// box per run of the 4-D view (D, H, tokens, B)). Only setup and producer differ; the consumers read the same per-row
+// geometry (tokens, windows, key coordinates, need-mask flag) from smem.
+struct Sm90GnaSchedule {
+  using Params = GnaFwdParams;
 };
 
 namespace detail {
@@ -119,14 +131,28 @@ CUTE_DEVICE void zero_smem_rows(void* buf, int blocks, int rows, int first_row, 
 
 }  // namespace detail
 
-template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads, 1)
-    sm90_gna_fwd_kernel(__grid_constant__ const Sm90GnaFwdArgs args) {
+namespace detail {
+
+template <class Schedule>
+struct ScheduleState {
+  using type = Schedule;
+};
+template <>
+struct ScheduleState<Sm90GnaSchedule> {
+  using type = GnaKvTileIterator<kRank>;
+};
+
+// The kernel body (inlined into the __global__ entries below, which take `args` as __grid_constant__).
+template <class Traits, class Schedule>
+CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>& args) {
 #if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
   // Built for an arch without wgmma/TMA/setmaxnreg (the same TU is compiled for sm_80 too): the host launches this
   // kernel only on sm_90a devices, so the body is empty here.
 #else
   using namespace cute;
+  constexpr bool kGna = std::is_same_v<Schedule, Sm90GnaSchedule>;
+  using State = typename ScheduleState<Schedule>::type;
+  using SharedStorage = typename Traits::template SharedStorageFor<State>;
   using Element = typename Traits::Element;
   using Barrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
@@ -134,26 +160,29 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   constexpr int kStages = Traits::kStages, kBoxCols = Traits::kBoxCols, kBoxesPerRow = Traits::kBoxesPerRow;
   constexpr int kConsumerWarps = Traits::kConsumerThreads / 32;
 
-  const GnaFwdParams& p = args.p;
-  const GnaPolicy<kRank>& pol = p.policy;
+  const auto& p = args.p;
 
   // The kernel has no static smem, so dynamic smem starts at the 1024-byte aligned base of the CTA's window (CUTLASS's
   // sm90 kernels rely on the same); a constant base keeps the buffers' addresses immediates instead of a 64-bit pointer
   // live across the role split.
   extern __shared__ __align__(1024) char smem_raw[];
-  auto& smem = *reinterpret_cast<typename Traits::SharedStorage*>(smem_raw);
+  auto& smem = *reinterpret_cast<SharedStorage*>(smem_raw);
   const int tid = threadIdx.x;
   const int warpgroup = tid / 128;
   const int64_t q_tile = blockIdx.x;
   const int h = blockIdx.y;
   const int64_t b = blockIdx.z;
 
-  // The iterator (some 30 int64) lives in smem, read field by field where needed, as in sm80: held in registers it
-  // would compete with the accumulators.
+  // The iterator (some 30 int64) or schedule lives in smem, read field by field where needed, as in sm80: held in
+  // registers it would compete with the accumulators.
   if (tid == 0) {
     // TMA and GMMA agree on the swizzle only in 1024-byte aligned buffers: fail loudly rather than compute garbage.
     if (cast_smem_ptr_to_uint(smem_raw) % 1024 != 0) __trap();
-    smem.iter = GnaKvTileIterator<kRank>(pol, q_tile);
+    if constexpr (kGna) {
+      smem.state = GnaKvTileIterator<kRank>(p.policy, q_tile);
+    } else {
+      new (&smem.state) State(p, q_tile, h, b);
+    }
     Barrier::init(&smem.q_full, 1);
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&smem.k_full[s], 1);  // the producer's arrive_and_expect_tx; TMA completes the bytes
@@ -167,20 +196,33 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     prefetch_tma_descriptor(&args.tma_v);
   }
   __syncthreads();
-  const GnaKvTileIterator<kRank>& it = smem.iter;
-  // Every box of this launch fills the same rows of its smem tile: the tile shape's row product (<= the block).
-  const int q_box_rows = static_cast<int>(tma_box_rows<kRank>(pol.tq));
-  const int kv_box_rows = static_cast<int>(tma_box_rows<kRank>(pol.tk));
+  const State& sched = smem.state;
+  // Every box of this launch fills the same rows of its smem tile: GNA, the tile shape's row product; 1-D, the kernel
+  // rows of one pattern block (both <= the block).
+  int q_box_rows, kv_box_rows;
+  if constexpr (kGna) {
+    q_box_rows = static_cast<int>(tma_box_rows<kRank>(p.policy.tq));
+    kv_box_rows = static_cast<int>(tma_box_rows<kRank>(p.policy.tk));
+  } else {
+    q_box_rows = seq_q_box_rows(p);
+    kv_box_rows = seq_kv_box_rows(p);
+  }
 
   // Q row geometry, fixed for the CTA: token (for the epilogue) and window per dim (for the mask) of each smem row.
   if (tid < kBlockM) {
-    int32_t x[kRank], wb[kRank], we[kRank];
+    int32_t wb[kRank], we[kRank];
     int64_t token = -1;
-    if (tma_box_row(it.q, pol.tq, tid, x)) {
-      token = tma_box_row_token(pol, it.q, x);
-      it.q_row_window(pol, x, wb, we);
+    if constexpr (kGna) {
+      const GnaPolicy<kRank>& pol = p.policy;
+      int32_t x[kRank];
+      if (tma_box_row(sched.q, pol.tq, tid, x)) {
+        token = tma_box_row_token(pol, sched.q, x);
+        sched.q_row_window(pol, x, wb, we);
+      } else {
+        for (int i = 0; i < kRank; ++i) wb[i] = we[i] = 0;  // empty window; the row is never stored
+      }
     } else {
-      for (int i = 0; i < kRank; ++i) wb[i] = we[i] = 0;  // empty window; the row is never stored
+      token = sched.q_row(p, tid, wb, we);  // -1 and an empty window past the tile's rows
     }
     smem.q_token[tid] = token;
     for (int i = 0; i < kRank; ++i) {
@@ -190,14 +232,20 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
   // Rows past the box's row product are never written by TMA. Zero them once for the CTA: P is exactly 0 on those keys
   // (they are masked), but stale smem could hold NaN bit patterns and 0 * NaN = NaN in P V. Rows inside the box that
-  // are not tile rows are zero-filled by TMA (past the dim's end) or hold another sample's finite tokens (dim 0).
+  // are not tile rows are zero-filled by TMA (past the dim's end) or hold another sample's finite tokens (GNA dim 0;
+  // 1-D: tokens past the run, of another block or, packed, of the next sequence).
   detail::zero_smem_rows<Traits::kThreads>(smem.q, kBoxesPerRow, kBlockM, q_box_rows, tid);
   detail::zero_smem_rows<Traits::kThreads>(smem.k, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
   detail::zero_smem_rows<Traits::kThreads>(smem.v, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
   cutlass::arch::fence_view_async_shared();  // generic-proxy zeros visible to wgmma's async-proxy reads
   __syncthreads();
 
-  const int64_t kv_tiles = it.count;
+  int64_t kv_tiles;
+  if constexpr (kGna) {
+    kv_tiles = sched.count;
+  } else {
+    kv_tiles = sched.count();
+  }
   const int lane = tid % 32;
 
   if (warpgroup == 0) {
@@ -206,53 +254,101 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     if (tid >= 32) return;
     constexpr uint64_t kCacheHint = static_cast<uint64_t>(TMA::CacheHintSm90::EVICT_NORMAL);
     const int h_kv = h / (p.heads / p.kv_heads);
-    // Batch and x0 share TMA dim 4 (the binding's tensors are contiguous over batch); the host keeps it below 2^31.
-    const int32_t batch_x0 = static_cast<int32_t>(b * pol.dim[0].length);
-    if (lane == 0) {
-      int32_t start[kRank];
-      tma_box_start(pol, it.q, start);
-      TxBarrier::arrive_and_expect_tx(&smem.q_full, q_box_rows * kHeadDim * sizeof(Element));
-      CUTE_UNROLL
-      for (int j = 0; j < kBoxesPerRow; ++j) {
-        SM90_TMA_LOAD_5D::copy(&args.tma_q, &smem.q_full, kCacheHint, smem.q + j * kBlockM * kBoxCols, j * kBoxCols, h,
-                               start[2], start[1], batch_x0 + start[0]);
-      }
-    }
-    const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
-    for (int64_t e = 0; e < kv_tiles; ++e) {
-      const int st = static_cast<int>(e % kStages);
-      const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
-      // Wait until every consumer warp is done with the stage's previous tile (data and geometry); a fresh barrier
-      // counts its preceding phase as complete, so the first kStages waits pass at once.
-      Barrier::wait(&smem.kv_empty[st], phase ^ 1);
-      int64_t u[kRank];
-      bool full;
-      const GnaTileBox<kRank> kv = it.visit(pol, e, u, full);
-      for (int r = lane; r < kBlockN; r += 32) {
-        int32_t x[kRank];
-        tma_box_row(kv, pol.tk, r, x);
-        for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
-      }
-      // A full tile whose shape holds fewer rows than the block still has padding keys.
-      if (lane == 0) smem.kv_need_mask[st] = !full || kv_box_rows < kBlockN;
-      // The geometry is published by lane 0's arrive below (release), ordered after the other lanes' stores here.
-      __syncwarp();
+    if constexpr (kGna) {
+      const GnaPolicy<kRank>& pol = p.policy;
+      // Batch and x0 share TMA dim 4 (the binding's tensors are contiguous over batch); the host keeps it below 2^31.
+      const int32_t batch_x0 = static_cast<int32_t>(b * pol.dim[0].length);
       if (lane == 0) {
         int32_t start[kRank];
-        tma_box_start(pol, kv, start);
-        Element* k_dst = smem.k + st * kBlockN * kHeadDim;
-        Element* v_dst = smem.v + st * kBlockN * kHeadDim;
-        TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
+        tma_box_start(pol, sched.q, start);
+        TxBarrier::arrive_and_expect_tx(&smem.q_full, q_box_rows * kHeadDim * sizeof(Element));
         CUTE_UNROLL
         for (int j = 0; j < kBoxesPerRow; ++j) {
-          SM90_TMA_LOAD_5D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
-                                 j * kBoxCols, h_kv, start[2], start[1], batch_x0 + start[0]);
+          SM90_TMA_LOAD_5D::copy(&args.tma_q, &smem.q_full, kCacheHint, smem.q + j * kBlockM * kBoxCols, j * kBoxCols,
+                                 h, start[2], start[1], batch_x0 + start[0]);
         }
-        TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
+      }
+      const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
+      for (int64_t e = 0; e < kv_tiles; ++e) {
+        const int st = static_cast<int>(e % kStages);
+        const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
+        // Wait until every consumer warp is done with the stage's previous tile (data and geometry); a fresh barrier
+        // counts its preceding phase as complete, so the first kStages waits pass at once.
+        Barrier::wait(&smem.kv_empty[st], phase ^ 1);
+        int64_t u[kRank];
+        bool full;
+        const GnaTileBox<kRank> kv = sched.visit(pol, e, u, full);
+        for (int r = lane; r < kBlockN; r += 32) {
+          int32_t x[kRank];
+          tma_box_row(kv, pol.tk, r, x);
+          for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
+        }
+        // A full tile whose shape holds fewer rows than the block still has padding keys.
+        if (lane == 0) smem.kv_need_mask[st] = !full || kv_box_rows < kBlockN;
+        // The geometry is published by lane 0's arrive below (release), ordered after the other lanes' stores here.
+        __syncwarp();
+        if (lane == 0) {
+          int32_t start[kRank];
+          tma_box_start(pol, kv, start);
+          Element* k_dst = smem.k + st * kBlockN * kHeadDim;
+          Element* v_dst = smem.v + st * kBlockN * kHeadDim;
+          TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
+          CUTE_UNROLL
+          for (int j = 0; j < kBoxesPerRow; ++j) {
+            SM90_TMA_LOAD_5D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
+                                   j * kBoxCols, h_kv, start[2], start[1], batch_x0 + start[0]);
+          }
+          TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
+          CUTE_UNROLL
+          for (int j = 0; j < kBoxesPerRow; ++j) {
+            SM90_TMA_LOAD_5D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
+                                   j * kBoxCols, h_kv, start[2], start[1], batch_x0 + start[0]);
+          }
+        }
+      }
+    } else {
+      // 1-D families: one box per run, (head-dim columns, head, first token of the run, batch entry) of the 4-D view.
+      const int32_t batch = static_cast<int32_t>(b);
+      if (lane == 0) {
+        const int32_t q_start = static_cast<int32_t>(sched.q_start(p));
+        TxBarrier::arrive_and_expect_tx(&smem.q_full, q_box_rows * kHeadDim * sizeof(Element));
         CUTE_UNROLL
         for (int j = 0; j < kBoxesPerRow; ++j) {
-          SM90_TMA_LOAD_5D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
-                                 j * kBoxCols, h_kv, start[2], start[1], batch_x0 + start[0]);
+          SM90_TMA_LOAD_4D::copy(&args.tma_q, &smem.q_full, kCacheHint, smem.q + j * kBlockM * kBoxCols, j * kBoxCols,
+                                 h, q_start, batch);
+        }
+      }
+      const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
+      for (int64_t e = 0; e < kv_tiles; ++e) {
+        const int st = static_cast<int>(e % kStages);
+        const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
+        Barrier::wait(&smem.kv_empty[st], phase ^ 1);  // as above
+        typename Schedule::KvTile kv;
+        const SeqRun run = sched.kv_run(p, e, kv);
+        for (int r = lane; r < kBlockN; r += 32) {
+          int32_t x[kRank];
+          sched.kv_row(p, kv, run, r, x);
+          for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
+        }
+        // A run shorter than the block (a small pattern block, a block cut by the end, an empty visit) has padding.
+        if (lane == 0) smem.kv_need_mask[st] = !run.full || run.rows < kBlockN;
+        __syncwarp();
+        if (lane == 0) {
+          const int32_t start = static_cast<int32_t>(run.token);
+          Element* k_dst = smem.k + st * kBlockN * kHeadDim;
+          Element* v_dst = smem.v + st * kBlockN * kHeadDim;
+          TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
+          CUTE_UNROLL
+          for (int j = 0; j < kBoxesPerRow; ++j) {
+            SM90_TMA_LOAD_4D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
+                                   j * kBoxCols, h_kv, start, batch);
+          }
+          TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
+          CUTE_UNROLL
+          for (int j = 0; j < kBoxesPerRow; ++j) {
+            SM90_TMA_LOAD_4D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
+                                   j * kBoxCols, h_kv, start, batch);
+          }
         }
       }
     }
@@ -445,6 +541,22 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 #endif
 }
 
+}  // namespace detail
+
+// GNA and dense attention.
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    sm90_gna_fwd_kernel(__grid_constant__ const Sm90GnaFwdArgs args) {
+  detail::sm90_fmha_fwd_body<Traits, Sm90GnaSchedule>(args);
+}
+
+// The 1-D families: Schedule is Sm90StridedShardSchedule or Sm90BlockSparseSchedule (sm90_schedules.hpp).
+template <class Traits, class Schedule>
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    sm90_seq_fwd_kernel(__grid_constant__ const Sm90FwdArgs<typename Schedule::Params> args) {
+  detail::sm90_fmha_fwd_body<Traits, Schedule>(args);
+}
+
 namespace detail {
 
 // One TMA descriptor of the 5-D view (D, H, X2, X1, B * X0) of a contiguous [B, X0, X1, X2, H, D] tensor with boxes of
@@ -542,6 +654,111 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
   return cudaGetLastError();
+}
+
+namespace detail {
+
+// One TMA descriptor of the 4-D view (D, H, tokens, B) of a heads-last tensor (sm90_schedules.hpp: seq_tma_view).
+template <class Element>
+cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const SeqTmaView& view) {
+  if (!view.ok || reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return cudaErrorNotSupported;
+  cuuint64_t dims[4], strides[3];
+  cuuint32_t box[4], element_strides[4] = {1u, 1u, 1u, 1u};
+  for (int i = 0; i < 4; ++i) {
+    dims[i] = static_cast<cuuint64_t>(view.dims[i]);
+    box[i] = static_cast<cuuint32_t>(view.box[i]);
+  }
+  for (int i = 0; i < 3; ++i) strides[i] = static_cast<cuuint64_t>(view.strides[i]);
+  const CUtensorMapDataType dtype =
+      std::is_same_v<Element, cutlass::half_t> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  // Rows past the token dim's end arrive as zeros (OOB_FILL_NONE), as for GNA.
+  const CUresult result = cutlass::call_cuTensorMapEncodeTiled(
+      desc, dtype, 4, const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
+}
+
+// The launcher shared by the 1-D families: q_block / kv_block are the pattern's block sizes, kv_tokens_k / _v the
+// token extents of the K / V views per batch entry (-1: unknown, not supported).
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, class Schedule>
+cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_block, int64_t kv_block,
+                                int64_t kv_tokens_k, int64_t kv_tokens_v, cudaStream_t stream) {
+  using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  if (p.head_dim != kHeadDim || !seq_split_matches(q_block, p.q_split, kBlockM) ||
+      !seq_split_matches(kv_block, p.kv_split, kBlockN)) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t q_tiles = Schedule::num_q_tiles(p);
+  if (q_tiles == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
+  if (p.kv_heads <= 0 || p.heads % p.kv_heads != 0) return cudaErrorInvalidValue;
+
+  // Token coordinates reach past a tensor's tokens by less than a pattern block (the start of a part past the end);
+  // TMA coordinates are int32.
+  constexpr int64_t kMaxCoord = 0x7fffffff;
+  if (kv_tokens_k < 1 || kv_tokens_v != kv_tokens_k || p.tokens + q_block > kMaxCoord ||
+      kv_tokens_k + kv_block > kMaxCoord) {
+    return cudaErrorNotSupported;
+  }
+  constexpr int64_t kBytes = sizeof(Element);
+  const SeqTmaView view_q = seq_tma_view(kBytes, kHeadDim, p.heads, p.tokens, p.batch, p.q_head_stride,
+                                         p.q_token_stride, p.q_batch_stride, seq_q_box_rows(p));
+  const SeqTmaView view_k = seq_tma_view(kBytes, kHeadDim, p.kv_heads, kv_tokens_k, p.batch, p.k_head_stride,
+                                         p.k_token_stride, p.k_batch_stride, seq_kv_box_rows(p));
+  const SeqTmaView view_v = seq_tma_view(kBytes, kHeadDim, p.kv_heads, kv_tokens_v, p.batch, p.v_head_stride,
+                                         p.v_token_stride, p.v_batch_stride, seq_kv_box_rows(p));
+  const bool aligned = reinterpret_cast<uintptr_t>(p.q) % 16 == 0 && reinterpret_cast<uintptr_t>(p.k) % 16 == 0 &&
+                       reinterpret_cast<uintptr_t>(p.v) % 16 == 0;
+  if (!view_q.ok || !view_k.ok || !view_v.ok || !aligned) return cudaErrorNotSupported;
+  if (q_tiles > 0x7fffffff || p.heads > 65535 || p.batch > 65535) return cudaErrorInvalidConfiguration;
+
+  Sm90FwdArgs<typename Schedule::Params> args;
+  args.p = p;
+  cudaError_t err = make_seq_tma_desc<Element>(&args.tma_q, p.q, view_q);
+  if (err == cudaSuccess) err = make_seq_tma_desc<Element>(&args.tma_k, p.k, view_k);
+  if (err == cudaSuccess) err = make_seq_tma_desc<Element>(&args.tma_v, p.v, view_v);
+  if (err != cudaSuccess) return err;
+
+  constexpr int kSmem = sizeof(typename Traits::template SharedStorageFor<Schedule>);
+  static_assert(kSmem <= 227 * 1024, "Hopper's per-block shared memory limit");
+  auto kernel = sm90_seq_fwd_kernel<Traits, Schedule>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace detail
+
+// Strided-shard (S2) forward: grid (pattern Q tiles x q_split, heads, batch), 384 threads. Returns
+// - cudaErrorInvalidValue: head_dim != kHeadDim, q_split / kv_split not splitting the pattern block into the kernel's
+//   blocks (block <= 128 with split 1, or block = split * 128), or kv_heads not dividing heads;
+// - cudaSuccess without a launch for an empty problem;
+// - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
+//   the sm80 kernel): byte strides not positive multiples of 16 or beyond 2^40, base pointers not 16-byte aligned,
+//   token counts plus a block beyond int32 (TMA coordinates), or the driver refusing a descriptor;
+// - cudaErrorInvalidConfiguration: a grid beyond the hardware limits;
+// - otherwise the launch's error.
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm90_s2_fwd(const sm80::StridedShardFwdParams& p, cudaStream_t stream) {
+  return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, Sm90StridedShardSchedule>(
+      p, p.pattern.block, p.pattern.block, p.pattern.nkv, p.pattern.nkv, stream);
+}
+
+// Block-sparse forward: grid (total Q tiles x q_split, heads, batch; a packed varlen batch is batch 1), 384 threads,
+// the same return codes as launch_sm90_s2_fwd. The params hold the sequence offsets on the device only, so the K / V
+// views take their token extent per batch entry from the strides: k_batch_stride / k_token_stride (and V's), exact for
+// tensors contiguous over the token dims, which the binding passes (for batch 1 it sets the batch strides to tokens *
+// token stride). Strides that do not divide, or K and V extents that differ, are not supported.
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm90_block_sparse_fwd(const sm80::BlockSparseFwdParams& p, cudaStream_t stream) {
+  auto extent = [](int64_t batch_stride, int64_t token_stride) -> int64_t {
+    if (token_stride <= 0 || batch_stride <= 0 || batch_stride % token_stride != 0) return -1;
+    return batch_stride / token_stride;
+  };
+  return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, Sm90BlockSparseSchedule>(
+      p, p.pattern.q_block, p.pattern.kv_block, extent(p.k_batch_stride, p.k_token_stride),
+      extent(p.v_batch_stride, p.v_token_stride), stream);
 }
 
 }  // namespace natten_like::sm90

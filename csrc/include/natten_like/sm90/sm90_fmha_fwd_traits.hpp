@@ -86,7 +86,9 @@ struct Sm90FmhaFwdTraits {
   static constexpr int kChunk = 16 / sizeof(Element);  // elements per 16-byte global store
   static constexpr int kChunksPerRow = kHeadDim / kChunk;
 
-  struct SharedStorage {
+  // State: the CTA's schedule, kept in smem (GNA: the tile iterator; 1-D families: sm90_schedules.hpp's schedules).
+  template <class State>
+  struct SharedStorageFor {
     // 1024-byte alignment: the 128-byte swizzle pattern repeats every 8 rows of 128 bytes, and TMA and GMMA agree on
     // it only from a 1024-byte boundary.
     alignas(1024) Element q[cute::cosize_v<SmemLayoutQ>];  // also the output tile in the epilogue
@@ -97,12 +99,13 @@ struct Sm90FmhaFwdTraits {
     int32_t q_end[kRank][kBlockM];
     int32_t kv_x[kStages][kRank][kBlockN];  // group-local coordinate of each KV smem row (-1 in dim 0: not a tile row)
     int32_t kv_need_mask[kStages];
-    sm80::GnaKvTileIterator<kRank> iter;  // the Q tile and the KV tiles it visits
+    State state;  // the Q tile and the KV tiles it visits
     alignas(8) uint64_t q_full;
     uint64_t k_full[kStages];
     uint64_t v_full[kStages];
     uint64_t kv_empty[kStages];
   };
+  using SharedStorage = SharedStorageFor<sm80::GnaKvTileIterator<kRank>>;
 };
 
 }  // namespace natten_like::sm90

@@ -21,7 +21,7 @@ import torch
 
 from . import ops
 from ._validation import check_backend, check_bool, check_int, check_same_floating, check_scale, check_tensor
-from .backends import Problem, cpu, dispatch, reference, register_backend
+from .backends import Problem, cpu, cuda, dispatch, reference, register_backend
 from .backends.reference import masked_attention
 
 __all__ = ["LatentParams", "MultiHeadLatentAttention", "latent_attention", "latent_reference"]
@@ -37,7 +37,7 @@ class LatentParams:
     scale: float
     cache_seqlens: torch.Tensor | None  # [B] int64
     block_table: torch.Tensor | None  # [B, max_pages] int64; None = contiguous cache
-    num_splits: int  # split-KV count of the CPU kernel; 0 = automatic
+    num_splits: int  # split-KV count of the CPU / CUDA kernel; 0 = automatic
 
 
 def validate_latent(
@@ -178,6 +178,27 @@ def _reference_run(problem: Problem, q: torch.Tensor, kv_cache: torch.Tensor) ->
     return latent_reference(q, kv_cache, problem.params)
 
 
+def _cuda_reasons(problem: Problem) -> list[str]:
+    reasons = cuda._common_reasons(problem)
+    p: LatentParams = problem.params
+    built = sorted(hd for dt, hd in cuda.built_kernels("sm80_latent_fwd") if dt == problem.dtype)
+    if 576 not in built:
+        reasons.append(f"no sm80_latent_fwd kernel for {problem.dtype} (built head dims: {built})")
+    if p.latent_dim + p.rope_dim != 576 or p.latent_dim != 512:
+        reasons.append(
+            f"the CUDA kernel is built for latent_dim 512 + rope_dim 64 (D = 576), got {p.latent_dim} + {p.rope_dim}"
+        )
+    if problem.requires_grad:
+        reasons.append("the CUDA latent kernel is forward only (inference) and an input requires grad")
+    return reasons
+
+
+def _cuda_run(problem: Problem, q: torch.Tensor, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    cuda.check_device(problem, q.device)
+    return _cpu_run(problem, q, kv_cache)  # the same op; the tensors' device selects the CUDA implementation
+
+
+register_backend("latent", "cuda", _cuda_reasons, _cuda_run)
 register_backend("latent", "cpu", _cpu_reasons, _cpu_run)
 register_backend("latent", "reference", reference.not_supported_reasons, _reference_run)
 
@@ -208,8 +229,8 @@ def latent_attention(
         scale: softmax scale; ``None`` = ``(latent_dim + rope_dim) ** -0.5``. DeepSeek's layer passes its un-absorbed
             head dim's, ``(nope_dim + rope_dim) ** -0.5`` (see :class:`MultiHeadLatentAttention`).
         return_lse: also return the logsumexp ``[B, S_q, H]`` (float32; float64 for float64 inputs).
-        backend: ``"cpu"`` or ``"reference"`` to force one; ``None`` picks the first that can run the call.
-        num_splits: split-KV count of the CPU kernel (0 = automatic); results agree for every value.
+        backend: ``"cuda"``, ``"cpu"`` or ``"reference"`` to force one; ``None`` picks the first that can run the call.
+        num_splits: split-KV count of the CPU / CUDA kernel (0 = automatic); results agree for every value.
 
     Returns:
         out ``[B, S_q, H, latent_dim]``, and lse when ``return_lse``.

@@ -44,6 +44,8 @@ class Kind:
     params: str  # fully qualified params type
     table: str  # name of the dispatch table in instances.hpp
     head_dims: tuple[int, ...]
+    # The launcher's template arguments; fields: element, head_dim, block_m, block_n.
+    template_args: str = "{element}, {head_dim}, {block_m}, {block_n}"
 
 
 KINDS = (
@@ -56,7 +58,7 @@ KINDS = (
         "launch_sm80_gna_fwd",
         "natten_like::sm80::GnaFwdParams",
         "kSm80GnaFwd",
-        (64, 128),
+        (32, 64, 128),
     ),
     Kind(
         "sm80_block_sparse_fwd",
@@ -67,7 +69,7 @@ KINDS = (
         "launch_sm80_block_sparse_fwd",
         "natten_like::sm80::BlockSparseFwdParams",
         "kSm80BlockSparseFwd",
-        (64, 128),
+        (32, 64, 128),
     ),
     Kind(
         "sm80_s2_fwd",
@@ -78,7 +80,7 @@ KINDS = (
         "launch_sm80_s2_fwd",
         "natten_like::sm80::StridedShardFwdParams",
         "kSm80S2Fwd",
-        (64, 128),
+        (32, 64, 128),
     ),
     Kind(
         "sm80_gna_bwd",
@@ -133,14 +135,14 @@ def render() -> dict[str, str]:
             for head_dim in kind.head_dims:
                 name = f"{kind.name}_{dtype}_hd{head_dim}_m{block_m}_n{block_n}"
                 minimal = (kind.name, dtype, head_dim) in MINIMAL
+                args = kind.template_args.format(element=element, head_dim=head_dim, block_m=block_m, block_n=block_n)
                 files[f"{name}.cu"] = (
                     HEADER
                     + f'#include "{kind.header}"\n'
                     + '#include "instances.hpp"\n\n'
                     + "namespace natten_like::generated {\n\n"
                     + f"cudaError_t {name}(const {kind.params}& p, cudaStream_t stream) {{\n"
-                    + f"  return {kind.namespace}::{kind.launcher}<{element}, {head_dim}, {block_m}, {block_n}>"
-                    + "(p, stream);\n"
+                    + f"  return {kind.namespace}::{kind.launcher}<{args}>(p, stream);\n"
                     + "}\n\n"
                     + "}  // namespace natten_like::generated\n"
                 )

@@ -25,16 +25,22 @@ struct Instance {
   cudaError_t (*launch)(const Params&, cudaStream_t);
 };
 
+cudaError_t sm80_gna_fwd_fp16_hd32_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_fp16_hd128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_fwd_bf16_hd32_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_bf16_hd64_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_bf16_hd128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_fwd_fp16_hd32_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd64_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_fwd_bf16_hd32_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_bf16_hd64_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_bf16_hd128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_fwd_fp16_hd32_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_fp16_hd64_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_fp16_hd128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_fwd_bf16_hd32_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
@@ -51,10 +57,16 @@ constexpr int kSm80GnaFwdBlockM = 64;
 constexpr int kSm80GnaFwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm80GnaFwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 32, &sm80_gna_fwd_fp16_hd32_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 64, &sm80_gna_fwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, &sm80_gna_fwd_fp16_hd128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 32, &sm80_gna_fwd_bf16_hd32_m64_n64},
 #endif
     {"bfloat16", 64, &sm80_gna_fwd_bf16_hd64_m64_n64},
     {"bfloat16", 128, &sm80_gna_fwd_bf16_hd128_m64_n64},
@@ -66,10 +78,16 @@ constexpr int kSm80BlockSparseFwdBlockM = 64;
 constexpr int kSm80BlockSparseFwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm80BlockSparseFwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 32, &sm80_block_sparse_fwd_fp16_hd32_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 64, &sm80_block_sparse_fwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, &sm80_block_sparse_fwd_fp16_hd128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 32, &sm80_block_sparse_fwd_bf16_hd32_m64_n64},
 #endif
     {"bfloat16", 64, &sm80_block_sparse_fwd_bf16_hd64_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
@@ -83,10 +101,16 @@ constexpr int kSm80S2FwdBlockM = 64;
 constexpr int kSm80S2FwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm80S2Fwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 32, &sm80_s2_fwd_fp16_hd32_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 64, &sm80_s2_fwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, &sm80_s2_fwd_fp16_hd128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 32, &sm80_s2_fwd_bf16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 64, &sm80_s2_fwd_bf16_hd64_m64_n64},

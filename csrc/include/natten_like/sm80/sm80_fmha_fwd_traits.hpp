@@ -24,7 +24,7 @@ struct Sm80FmhaFwdTraits {
   // otherwise spends ~250 for no gain, leaving 2 per SM); at 128 the accumulators need the full 255, so 2.
   static constexpr int kMinBlocksPerSm = kHeadDim <= 64 ? 3 : 2;
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "m16n8k16 needs 16-row blocks");
-  static_assert(kHeadDim % 64 == 0, "the smem swizzle atom spans 64 head-dim elements");
+  static_assert(kHeadDim % 64 == 0 || kHeadDim == 32, "the smem swizzle atom spans 64 (or, for 32, 32) elements");
   static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
 
   using MmaOp = std::conditional_t<std::is_same_v<Element, cutlass::half_t>, cute::SM80_16x8x16_F32F16F16F32_TN,
@@ -35,8 +35,12 @@ struct Sm80FmhaFwdTraits {
 
   // Rows of 64 elements (128 bytes) with a 3-bit XOR swizzle: the 8 rows one ldmatrix reads at a column land in 8
   // distinct 16-byte bank groups, and each 16-byte cp.async chunk stays contiguous.
+  // At head dim 32 rows are 64 bytes, two per 128-byte line: a 2-bit swizzle of the row's 4 chunks, with the row's low
+  // bit picking the half line, still puts the 8 rows one ldmatrix reads into 8 distinct bank groups.
+  static constexpr int kAtomCols = kHeadDim % 64 == 0 ? 64 : 32;
   using SmemLayoutAtom = decltype(cute::composition(
-      cute::Swizzle<3, 3, 3>{}, cute::Layout<cute::Shape<cute::_8, cute::_64>, cute::Stride<cute::_64, cute::_1>>{}));
+      cute::Swizzle<kAtomCols == 64 ? 3 : 2, 3, 3>{},
+      cute::Layout<cute::Shape<cute::_8, cute::Int<kAtomCols>>, cute::Stride<cute::Int<kAtomCols>, cute::_1>>{}));
   using SmemLayoutQ = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
   using SmemLayoutKV = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>{}));
   // V is the B operand of P V (N = head dim, K = keys): a (head dim, keys) view of the same smem, read with ldmatrix.trans.

@@ -1,0 +1,499 @@
+"""The index logic of the sm90 forward for the 1-D families (strided-shard, block-sparse) without a GPU.
+
+``sm90/sm90_schedules.hpp`` (plain C++) turns each Q tile and KV visit of the sm80 schedules into one TMA box of the
+4-D view (D, H, tokens, B) of a heads-last tensor: a start token, box rows (the kernel rows of one pattern block), and
+per smem row whether it is a row of the run and its coordinates. The checker below compiles it with the host compiler
+and, for random problems of both families (block sizes 8-256 against the 128-row kernel block, so split and unsplit,
+causal or not, GQA, dense heads, plain batches and packed varlen sequences), simulates what the kernel does:
+
+- TMA loads smem row r < box rows from token start + r of the CTA's batch entry (zeros past the tokens); rows past the
+  box are zeroed once by the kernel;
+- the valid rows of each Q box and KV box are exactly the sm80 schedule's rows, in order, with the same tokens and
+  coordinates; the rest are flagged (query token -1 / empty window, key x0 = -1); a run never exceeds its box;
+- the kernel's element mask (window test on the smem-row coordinates, skipped where the producer clears the need-mask
+  flag) attends exactly the (query, key) pairs of the policy (for_each_kv_tile + fill_mask), each once, never a padding
+  row, and, packed, never a key of another sequence; every query token is a valid row of exactly one CTA;
+- TMA coordinates stay within int32 and within a pattern block past the tokens (what the launcher bounds).
+
+A second check proves the 4-D view's byte addressing (seq_tma_view) equals the sm80 kernel's element addressing, and
+its TMA limits; a third (nvcc, no GPU) calls the launchers with bad arguments and checks that they refuse them before
+any CUDA call, with the documented error codes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHECKER = r"""
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "natten_like/sm90/sm90_schedules.hpp"
+
+using namespace natten_like;
+using Pairs = std::set<std::pair<int64_t, int64_t>>;
+constexpr int kBlock = 128;  // the sm90 kernel's kBlockM = kBlockN
+
+int64_t split_for(int64_t block) { return block > kBlock ? block / kBlock : 1; }
+
+// One CTA (kernel Q tile t, head h, batch entry b): simulates the kernel's geometry and adds the attended pairs to
+// `got` (tokens: query index / packed row, key index / packed row). q_seq_range(token) gives the query's sequence.
+template <class Sched, class Params, class SeqOf>
+int run_cta(const Params& p, int64_t t, int h, int64_t b, int64_t q_tokens, int64_t kv_tokens, int64_t q_block,
+            int64_t kv_block, Pairs& got, std::vector<int>& seen, SeqOf&& q_seq_range, long& checks) {
+  using S90 = sm90::Sm90SeqSchedule<Sched>;
+  const S90 s(p, t, h, b);
+  const Sched ref(p, t, h, b);
+  const int qbox = sm90::seq_q_box_rows(p), kvbox = sm90::seq_kv_box_rows(p);
+  if (qbox < 1 || qbox > kBlock || kvbox < 1 || kvbox > kBlock) return 10;
+  if (s.q_rows() != ref.q_rows() || s.q_rows() > qbox || s.count() != ref.count()) return 11;
+  const int64_t q_start = s.q_start(p);
+  if (q_start < 0 || q_start > q_tokens + q_block || q_start + qbox > int64_t{0x7fffffff}) return 12;
+  // Q smem rows: token and window (kernel: smem.q_token / q_begin / q_end).
+  std::vector<int64_t> qtok(kBlock);
+  std::vector<int32_t> wb(3 * kBlock), we(3 * kBlock);
+  for (int r = 0; r < kBlock; ++r) {
+    qtok[r] = s.q_row(p, r, &wb[3 * r], &we[3 * r]);
+    if (r < s.q_rows()) {
+      int32_t rb[3], re[3];
+      const int64_t tok = ref.q_row(p, r, rb, re);
+      // The box row r holds token q_start + r: the schedule's row r.
+      if (r >= qbox || tok != q_start + r || qtok[r] != tok || tok >= q_tokens) return 13;
+      for (int i = 0; i < 3; ++i)
+        if (rb[i] != wb[3 * r + i] || re[i] != we[3 * r + i]) return 14;
+      ++seen[tok];
+    } else {
+      if (qtok[r] != -1) return 15;
+      for (int i = 0; i < 3; ++i)
+        if (wb[3 * r + i] != 0 || we[3 * r + i] != 0) return 16;
+    }
+    ++checks;
+  }
+  const auto range = q_seq_range(q_start);  // the sequence of the tile's tokens (packed), else [0, tokens)
+  for (int r = 0; r < s.q_rows(); ++r)
+    if (qtok[r] < range.first || qtok[r] >= range.second) return 17;
+  for (int64_t e = 0; e < s.count(); ++e) {
+    typename Sched::KvTile kv;
+    const sm90::SeqRun run = s.kv_run(p, e, kv);
+    int rows;
+    bool full;
+    const auto rkv = ref.kv_tile(p, e, rows, full);
+    if (run.rows != rows || run.full != full || run.rows > kvbox || run.rows < 0) return 20;
+    if (run.token < 0 || run.token > kv_tokens + kv_block || run.token + kvbox > int64_t{0x7fffffff}) return 21;
+    const bool need_mask = !run.full || run.rows < kBlock;  // the producer's kv_need_mask
+    std::vector<int32_t> x(3 * kBlock);
+    std::vector<int64_t> ktok(kBlock, -1);
+    for (int c = 0; c < kBlock; ++c) {
+      const bool valid = s.kv_row(p, kv, run, c, &x[3 * c]);
+      if (valid != (c < run.rows)) return 22;
+      if (valid) {
+        int32_t xr[3];
+        const int64_t tok = ref.kv_row(p, rkv, c, xr);
+        // Box row c holds token run.token + c (c < kvbox): the schedule's key row c, same coordinates.
+        if (c >= kvbox || tok != run.token + c || tok >= kv_tokens) return 23;
+        for (int i = 0; i < 3; ++i)
+          if (xr[i] != x[3 * c + i]) return 24;
+        ktok[c] = tok;
+      } else if (x[3 * c] != -1 || x[3 * c + 1] != 0 || x[3 * c + 2] != 0) {
+        return 25;
+      }
+    }
+    for (int r = 0; r < kBlock; ++r) {
+      if (qtok[r] < 0) continue;  // never stored
+      for (int c = 0; c < kBlock; ++c) {
+        bool inside = true;
+        for (int i = 0; i < 3; ++i) inside = inside && wb[3 * r + i] <= x[3 * c + i] && x[3 * c + i] < we[3 * r + i];
+        const bool attended = need_mask ? inside : true;
+        ++checks;
+        if (!attended) continue;
+        if (ktok[c] < 0) return 26;                               // a padding row attended
+        if (!got.emplace(qtok[r], ktok[c]).second) return 27;    // a pair attended twice
+      }
+    }
+  }
+  return 0;
+}
+
+int check_s2(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  sm80::StridedShardFwdParams p{};
+  const int64_t block = std::vector<int64_t>{8, 16, 64, 128, 256}[pick(0, 4)];
+  p.kv_heads = static_cast<int>(pick(1, 3));
+  p.heads = p.kv_heads * static_cast<int>(pick(1, 2));
+  p.batch = pick(1, 2);
+  p.pattern.nkv = pick(1, 4 * block);
+  p.pattern.nq = pick(1, p.pattern.nkv);
+  p.tokens = p.pattern.nq;
+  p.pattern.block = block;
+  p.pattern.local = pick(1, 3);
+  p.pattern.vert_stride = pick(1, 5);
+  p.pattern.causal = pick(0, 1) == 1;
+  p.head_step = pick(0, 3) == 0 ? 0 : std::max<int64_t>(1, p.pattern.vert_stride / p.heads);
+  p.sliding_offset = pick(0, 3);
+  p.dense_heads = static_cast<int>(pick(0, p.kv_heads));
+  p.q_split = p.kv_split = static_cast<int>(split_for(block));
+  if (!sm90::seq_split_matches(block, p.q_split, kBlock)) return 1;
+  if (sm90::seq_split_matches(block, p.q_split + 1, kBlock)) return 1;
+  std::vector<int64_t> qr(block), kr(block);
+  std::vector<unsigned char> mask(block * block);
+  for (int64_t b = 0; b < p.batch; ++b)
+    for (int h = 0; h < p.heads; ++h) {
+      policy::StridedShardPolicy pol = p.pattern;
+      const int64_t hk = h / (p.heads / p.kv_heads);
+      pol.shift = (hk * p.head_step + p.sliding_offset) % pol.vert_stride;
+      pol.dense = hk >= p.kv_heads - p.dense_heads;
+      Pairs want, got;
+      for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
+        const int64_t nq = pol.q_tile_rows(t, qr.data());
+        pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+          const int64_t nk = pol.kv_tile_rows(u, kr.data());
+          pol.fill_mask(t, u, mask.data());
+          for (int64_t i = 0; i < nq; ++i)
+            for (int64_t j = 0; j < nk; ++j)
+              if (full || mask[i * nk + j]) want.emplace(qr[i], kr[j]);
+        });
+      }
+      std::vector<int> seen(p.tokens, 0);
+      auto whole = [&](int64_t) { return std::pair<int64_t, int64_t>{0, p.tokens}; };
+      for (int64_t t = 0; t < sm90::Sm90StridedShardSchedule::num_q_tiles(p); ++t) {
+        const int bad = run_cta<sm80::StridedShardSchedule>(p, t, h, b, p.tokens, p.pattern.nkv, block, block, got,
+                                                            seen, whole, checks);
+        if (bad) return bad;
+      }
+      for (int c : seen)
+        if (c != 1) return 2;
+      if (got != want) return 3;
+    }
+  return 0;
+}
+
+int check_bs(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  const bool packed = pick(0, 2) == 0;
+  const int64_t batch = packed ? 1 : pick(1, 2), heads = pick(1, 3), seqs = packed ? pick(1, 3) : 1;
+  const std::vector<int64_t> sizes{16, 64, 128, 256};
+  const int64_t qbs = sizes[pick(0, 3)], kbs = sizes[pick(0, 3)];
+  std::vector<int64_t> q_seq{0}, kv_seq{0}, q_tiles{0}, kv_tiles{0};
+  int64_t max_q = 0, max_kv = 0;
+  for (int64_t s = 0; s < seqs; ++s) {
+    const int64_t nq = pick(0, 400), nkv = pick(1, 400);
+    q_seq.push_back(q_seq.back() + nq);
+    kv_seq.push_back(kv_seq.back() + nkv);
+    q_tiles.push_back(q_tiles.back() + policy::ceil_div(nq, qbs));
+    kv_tiles.push_back(kv_tiles.back() + policy::ceil_div(nkv, kbs));
+    max_q = std::max(max_q, nq);
+    max_kv = std::max(max_kv, nkv);
+  }
+  const int64_t QB = std::max<int64_t>(1, policy::ceil_div(max_q, qbs)), KB = policy::ceil_div(max_kv, kbs);
+  const int64_t lb = packed ? seqs : (pick(0, 1) ? batch : 1), lh = pick(0, 1) ? heads : 1, cap = KB;
+  std::vector<int64_t> pnum(lb * lh * QB), pidx(lb * lh * QB * cap), fnum(lb * lh * QB), fidx(lb * lh * QB * cap);
+  for (int64_t g = 0; g < lb * lh * QB; ++g) {
+    std::vector<int64_t> cols(KB);
+    std::iota(cols.begin(), cols.end(), 0);
+    std::shuffle(cols.begin(), cols.end(), rng);
+    const int64_t n = pick(0, KB), nf = pick(0, n);
+    fnum[g] = nf;
+    pnum[g] = n - nf;
+    for (int64_t i = 0; i < nf; ++i) fidx[g * cap + i] = cols[i];
+    for (int64_t i = nf; i < n; ++i) pidx[g * cap + i - nf] = cols[i];
+  }
+  auto array = [&](const std::vector<int64_t>& num, const std::vector<int64_t>& idx) {
+    policy::BlockListArray a;
+    a.num = num.data();
+    a.idx = idx.data();
+    a.num_stride_b = lb > 1 ? lh * QB : 0;
+    a.num_stride_h = lh > 1 ? QB : 0;
+    a.idx_stride_b = lb > 1 ? lh * QB * cap : 0;
+    a.idx_stride_h = lh > 1 ? QB * cap : 0;
+    a.cap = cap;
+    return a;
+  };
+  sm80::BlockSparseFwdParams p{};
+  p.heads = static_cast<int>(heads);
+  p.kv_heads = 1;
+  p.batch = batch;
+  p.tokens = q_seq.back();
+  p.pattern.q_block = qbs;
+  p.pattern.kv_block = kbs;
+  p.pattern.causal = pick(0, 1) == 1;
+  p.pattern.num_seqs = seqs;
+  p.pattern.q_seq = q_seq.data();
+  p.pattern.kv_seq = kv_seq.data();
+  p.pattern.q_tiles = q_tiles.data();
+  p.pattern.kv_tiles = kv_tiles.data();
+  p.kv_partial = array(pnum, pidx);
+  if (pick(0, 1)) p.kv_full = array(fnum, fidx);
+  p.packed = packed;
+  p.total_q_tiles = q_tiles.back();
+  p.q_split = static_cast<int>(split_for(qbs));
+  p.kv_split = static_cast<int>(split_for(kbs));
+  if (!sm90::seq_split_matches(qbs, p.q_split, kBlock) || !sm90::seq_split_matches(kbs, p.kv_split, kBlock)) return 1;
+  std::vector<int64_t> qr(qbs), kr(kbs);
+  std::vector<unsigned char> mask(qbs * kbs);
+  // The sequence of a query row (packed) and of a key row, to prove no key of another sequence is attended.
+  auto seq_of = [](const std::vector<int64_t>& off, int64_t tok) {
+    return static_cast<int64_t>(std::upper_bound(off.begin(), off.end(), tok) - off.begin()) - 1;
+  };
+  for (int64_t b = 0; b < batch; ++b)
+    for (int h = 0; h < heads; ++h) {
+      policy::BlockSparsePolicy pol = p.pattern;
+      pol.kv_partial = p.kv_partial.at(b, h, packed);
+      pol.kv_full = p.kv_full.at(b, h, packed);
+      Pairs want, got;
+      for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
+        const int64_t nq = pol.q_tile_rows(t, qr.data());
+        pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+          const int64_t nk = pol.kv_tile_rows(u, kr.data());
+          pol.fill_mask(t, u, mask.data());
+          for (int64_t i = 0; i < nq; ++i)
+            for (int64_t j = 0; j < nk; ++j)
+              if (full || mask[i * nk + j]) want.emplace(qr[i], kr[j]);
+        });
+      }
+      std::vector<int> seen(q_seq.back(), 0);
+      auto seq_range = [&](int64_t tok) {
+        const int64_t s = std::min<int64_t>(seq_of(q_seq, tok), seqs - 1);
+        return std::pair<int64_t, int64_t>{q_seq[s], q_seq[s + 1]};
+      };
+      for (int64_t t = 0; t < sm90::Sm90BlockSparseSchedule::num_q_tiles(p); ++t) {
+        const int bad = run_cta<sm80::BlockSparseSchedule>(p, t, h, b, q_seq.back(), kv_seq.back(), qbs, kbs, got,
+                                                           seen, seq_range, checks);
+        if (bad) return bad;
+      }
+      for (int c : seen)
+        if (c != 1) return 2;
+      for (const auto& [q, k] : got)
+        if (seq_of(q_seq, q) != seq_of(kv_seq, k)) return 4;  // a key of another sequence
+      if (got != want) return 3;
+    }
+  return 0;
+}
+
+// The 4-D view: byte address of (d, h, t, b) through the view's strides equals the sm80 kernel's element address
+// (b * batch_stride + h * head_stride + t * token_stride + d) * bytes; the TMA limits are enforced.
+int check_view(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  const int64_t bytes = 2, D = pick(0, 1) ? 64 : 128, H = pick(1, 8), N = pick(1, 5000), B = pick(1, 3);
+  // Heads-last contiguous, sometimes with padded rows / batch gaps (multiples of 8 elements keep 16-byte strides).
+  const int64_t hs = D + 8 * pick(0, 1), ts = H * hs + 8 * pick(0, 2), bs = N * ts + 8 * pick(0, 3);
+  const int rows = static_cast<int>(pick(1, 128));
+  const sm90::SeqTmaView v = sm90::seq_tma_view(bytes, D, H, N, B, hs, ts, bs, rows);
+  if (!v.ok) return 30;
+  if (v.dims[0] != uint64_t(D) || v.dims[1] != uint64_t(H) || v.dims[2] != uint64_t(N) || v.dims[3] != uint64_t(B))
+    return 31;
+  if (v.box[0] * bytes != 128 || v.box[1] != 1 || v.box[2] != uint32_t(rows) || v.box[3] != 1) return 32;
+  for (int i = 0; i < 64; ++i) {
+    const int64_t d = pick(0, D - 1), h = pick(0, H - 1), t = pick(0, N - 1), b = pick(0, B - 1);
+    const uint64_t view = d * bytes + h * v.strides[0] + t * v.strides[1] + b * v.strides[2];
+    if (view != uint64_t((b * bs + h * hs + t * ts + d) * bytes)) return 33;
+    ++checks;
+  }
+  // Refusals: a stride not a multiple of 16 bytes, a token count reaching int32 with a box, more than 256 box rows.
+  if (sm90::seq_tma_view(bytes, D, H, N, 2, hs, ts + 1, bs, rows).ok) return 34;
+  if (sm90::seq_tma_view(bytes, D, H, N, 2, hs, ts, bs + 4, rows).ok) return 35;
+  if (sm90::seq_tma_view(bytes, D, H, int64_t{0x7fffffff} - rows + 1, 1, hs, ts, 0, rows).ok) return 36;
+  if (sm90::seq_tma_view(bytes, D, H, N, B, hs, ts, bs, 257).ok) return 37;
+  // One batch entry: whatever batch stride the caller passes is replaced by tokens * token stride.
+  const sm90::SeqTmaView one = sm90::seq_tma_view(bytes, D, H, N, 1, hs, ts, 3, rows);
+  if (!one.ok || one.strides[2] != uint64_t(N * ts * bytes)) return 38;
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  std::mt19937 rng(argc > 1 ? std::atoi(argv[1]) : 0);
+  long checks = 0;
+  for (int i = 0; i < 50; ++i) {
+    int bad = check_s2(rng, checks);
+    if (bad) {
+      std::printf("strided-shard mismatch %d in problem %d\n", bad, i);
+      return 1;
+    }
+    bad = check_bs(rng, checks);
+    if (bad) {
+      std::printf("block-sparse mismatch %d in problem %d\n", bad, i);
+      return 1;
+    }
+    bad = check_view(rng, checks);
+    if (bad) {
+      std::printf("view mismatch %d in problem %d\n", bad, i);
+      return 1;
+    }
+  }
+  std::printf("ok %ld\n", checks);
+  return 0;
+}
+"""
+
+
+# The launchers' error-code contract, checked on the host: every refusal happens before any CUDA call, so the program
+# runs without a GPU. Built for sm_80 only (the kernel body is the empty stub there), which keeps the build short.
+CODES_CHECKER = r"""
+#include <cstdio>
+#include "natten_like/sm90/sm90_fmha_fwd_kernel.hpp"
+
+using namespace natten_like;
+using E = cutlass::bfloat16_t;
+
+template <class P>
+void fill(P& p, int64_t B, int64_t N, int64_t H, int64_t Hkv, int64_t D) {
+  static char buf[256] __attribute__((aligned(256)));
+  p.q = p.k = p.v = buf;
+  p.out = buf;
+  p.lse = nullptr;
+  p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = D;
+  p.q_token_stride = p.o_token_stride = H * D;
+  p.k_token_stride = p.v_token_stride = Hkv * D;
+  p.q_batch_stride = p.o_batch_stride = N * H * D;
+  p.k_batch_stride = p.v_batch_stride = N * Hkv * D;
+  p.batch = B;
+  p.tokens = N;
+  p.heads = static_cast<int>(H);
+  p.kv_heads = static_cast<int>(Hkv);
+  p.head_dim = static_cast<int>(D);
+  p.scale = 1.f;
+}
+
+int main() {
+  int bad = 0;
+  auto expect = [&](const char* what, cudaError_t got, cudaError_t want) {
+    if (got != want) {
+      std::printf("%s: got %d want %d\n", what, int(got), int(want));
+      ++bad;
+    }
+  };
+  auto s2 = [](int64_t block, int split) {
+    sm80::StridedShardFwdParams p{};
+    fill(p, 2, 1000, 4, 2, 128);
+    p.pattern.nq = p.pattern.nkv = 1000;
+    p.pattern.block = block;
+    p.pattern.local = 1;
+    p.pattern.vert_stride = 2;
+    p.q_split = p.kv_split = split;
+    return p;
+  };
+  auto launch_s2 = [](const sm80::StridedShardFwdParams& p) {
+    return sm90::launch_sm90_s2_fwd<E, 128, 128, 128>(p, nullptr);
+  };
+  auto p = s2(64, 1);
+  p.head_dim = 64;
+  expect("s2 head dim", launch_s2(p), cudaErrorInvalidValue);
+  expect("s2 split 2 of 64", launch_s2(s2(64, 2)), cudaErrorInvalidValue);
+  expect("s2 split 1 of 256", launch_s2(s2(256, 1)), cudaErrorInvalidValue);
+  expect("s2 192 (not a multiple of 128)", launch_s2(s2(192, 3)), cudaErrorInvalidValue);
+  p = s2(256, 2);
+  p.kv_heads = 3;
+  expect("s2 kv heads", launch_s2(p), cudaErrorInvalidValue);
+  p = s2(256, 2);
+  p.k_token_stride += 4;  // 8 bytes: not a multiple of 16
+  expect("s2 token stride", launch_s2(p), cudaErrorNotSupported);
+  p = s2(64, 1);
+  p.q_batch_stride += 1;
+  expect("s2 batch stride", launch_s2(p), cudaErrorNotSupported);
+  p = s2(64, 1);
+  p.q = static_cast<const char*>(p.q) + 8;
+  expect("s2 misaligned q", launch_s2(p), cudaErrorNotSupported);
+  p = s2(64, 1);
+  p.pattern.nq = p.tokens = int64_t{0x7fffffff} - 32;
+  p.pattern.nkv = p.pattern.nq;
+  expect("s2 int32 coordinates", launch_s2(p), cudaErrorNotSupported);
+  p = s2(64, 1);
+  p.batch = 0;
+  expect("s2 empty", launch_s2(p), cudaSuccess);
+  p = s2(64, 1);
+  p.batch = 70000;
+  expect("s2 grid", launch_s2(p), cudaErrorInvalidConfiguration);
+
+  auto bs = []() {
+    sm80::BlockSparseFwdParams p{};
+    fill(p, 2, 1000, 4, 4, 128);
+    p.pattern.q_block = 64;
+    p.pattern.kv_block = 256;
+    p.q_split = 1;
+    p.kv_split = 2;
+    p.total_q_tiles = 16;
+    return p;
+  };
+  auto launch_bs = [](const sm80::BlockSparseFwdParams& p) {
+    return sm90::launch_sm90_block_sparse_fwd<E, 128, 128, 128>(p, nullptr);
+  };
+  auto q = bs();
+  q.kv_split = 1;
+  expect("bs split", launch_bs(q), cudaErrorInvalidValue);
+  q = bs();
+  q.k_batch_stride += 8;  // 16 bytes, but not a whole number of tokens: no KV extent
+  expect("bs kv extent", launch_bs(q), cudaErrorNotSupported);
+  q = bs();
+  q.v_batch_stride = 999 * q.v_token_stride;  // V extent differs from K's
+  expect("bs kv extents differ", launch_bs(q), cudaErrorNotSupported);
+  q = bs();
+  q.total_q_tiles = 0;
+  expect("bs empty", launch_bs(q), cudaSuccess);
+  q = bs();
+  q.heads = 70000;
+  q.kv_heads = 70000;
+  expect("bs grid", launch_bs(q), cudaErrorInvalidConfiguration);
+  std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
+  return bad != 0;
+}
+"""
+
+
+def _cxx() -> str | None:
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the schedule checker")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sm90_runs_match_schedules_and_policies(tmp_path: Path, seed: int) -> None:
+    src = tmp_path / "checker.cpp"
+    src.write_text(CHECKER)
+    exe = tmp_path / "checker"
+    include = ROOT / "csrc" / "include"
+    cuda_include = Path("/usr/local/cuda/include")  # cuda_runtime_api.h, for the params header's launch types
+    cmd = [_cxx(), "-std=c++20", "-O1", f"-I{include}", f"-I{cuda_include}", str(src), "-o", str(exe)]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    if built.returncode != 0 and "cuda_runtime_api.h" in built.stderr:
+        pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h)")
+    assert built.returncode == 0, built.stderr
+    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok ")
+
+
+def _nvcc() -> str | None:
+    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
+
+
+def _cutlass_include() -> str | None:
+    try:
+        import cutlass_library
+    except ImportError:
+        return None
+    path = Path(cutlass_library.__file__).parent / "source" / "include"
+    return str(path) if (path / "cute").is_dir() else None
+
+
+@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+def test_launchers_refuse_before_any_cuda_call(tmp_path: Path) -> None:
+    src = tmp_path / "codes.cu"
+    src.write_text(CODES_CHECKER)
+    exe = tmp_path / "codes"
+    include = ROOT / "csrc" / "include"
+    cmd = [_nvcc(), "-std=c++20", "--expt-relaxed-constexpr", "-gencode=arch=compute_80,code=sm_80"]
+    cmd += [f"-I{include}", f"-I{_cutlass_include()}", str(src), "-o", str(exe)]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    result = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr

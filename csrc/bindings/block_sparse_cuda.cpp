@@ -3,6 +3,9 @@
 // The lists are validated on host copies by the same plan as the CPU binding (block_sparse_plan.hpp), then the kernel
 // gets device copies of the checked arrays. Forward only; blocks larger than the kernel's block run as several kernel
 // blocks (q_split / kv_split).
+// In builds with sm90 kernels, a 9.x GPU takes the sm90 forward (sm90_fmha_fwd_kernel.hpp, TMA + wgmma, the same
+// schedule as TMA runs) where it has the dtype / head dim and the blocks split into its block; where its TMA scheme
+// cannot express the problem (cudaErrorNotSupported, before any launch) the sm80 kernel runs.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -18,6 +21,13 @@ namespace {
 
 using namespace cuda_binding;
 using namespace block_sparse_plan;
+
+// Kernel blocks per pattern block against an sm90 block, 0 where the pattern block is neither <= it nor a multiple of
+// it (the sm80 kernel, with its smaller block, runs those).
+[[maybe_unused]] int split_if_divides(int64_t block, int64_t kernel_block) {
+  if (block <= kernel_block) return 1;
+  return block % kernel_block == 0 ? static_cast<int>(block / kernel_block) : 0;
+}
 
 c10::optional<at::Tensor> on_host(const c10::optional<at::Tensor>& t) {
   return t.has_value() ? c10::optional<at::Tensor>(t->cpu()) : c10::nullopt;
@@ -37,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
   TORCH_CHECK(plan.q_seq.back() < (int64_t{1} << 31) && plan.kv_seq.back() < (int64_t{1} << 31),
               "natten_like::block_sparse (cuda): token counts must be below 2^31 (int32 key positions)");
   const c10::cuda::CUDAGuard guard(q_.device());
-  compute_capability_major(q_);
+  [[maybe_unused]] const int major = compute_capability_major(q_);
   const auto launch = find_instance(generated::kSm80BlockSparseFwd, q_.scalar_type(), q_.size(-1));
   TORCH_CHECK(launch != nullptr, "natten_like::block_sparse (cuda): no kernel built for dtype ", q_.scalar_type(),
               " and head dim ", q_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseFwd), ")");
@@ -73,11 +83,34 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
   }
   p.packed = plan.packed;
   p.total_q_tiles = plan.q_tiles.back();
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+#if NATTEN_LIKE_WITH_SM90
+  if (major == 9) {
+    const auto launch90 = find_instance(generated::kSm90BlockSparseFwd, q.scalar_type(), q.size(-1));
+    sm80::BlockSparseFwdParams p90 = p;
+    p90.q_split = split_if_divides(q_block, generated::kSm90BlockSparseFwdBlockM);
+    p90.kv_split = split_if_divides(kv_block, generated::kSm90BlockSparseFwdBlockN);
+    // The sm90 launcher takes the K / V token extent per batch entry from batch stride / token stride (its params hold
+    // the sequence offsets on the device only): exact for these contiguous tensors except in a batch of 1, whose batch
+    // stride is whatever the caller's tensor had.
+    const int64_t kv_tokens = batched(k).size(1);
+    p90.k_batch_stride = kv_tokens * p90.k_token_stride;
+    p90.v_batch_stride = kv_tokens * p90.v_token_stride;
+    if (launch90 != nullptr && p90.q_split > 0 && p90.kv_split > 0) {
+      const cudaError_t err = launch90(p90, stream);
+      if (err != cudaErrorNotSupported) {
+        TORCH_CHECK(err == cudaSuccess, "natten_like::block_sparse (cuda): sm90 kernel: ", cudaGetErrorString(err));
+        return {out, lse};
+      }
+      (void)cudaGetLastError();
+    }
+  }
+#endif
   p.q_split = split_of(q_block, generated::kSm80BlockSparseFwdBlockM, "natten_like::block_sparse (cuda): q_block");
   p.kv_split = split_of(kv_block, generated::kSm80BlockSparseFwdBlockN, "natten_like::block_sparse (cuda): kv_block");
   // The arrays above are freed at return; the caching allocator reuses their blocks only in stream order, after the
   // kernel has read them.
-  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::block_sparse (cuda): sm80 kernel: ", cudaGetErrorString(err));
   return {out, lse};
 }

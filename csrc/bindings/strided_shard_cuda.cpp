@@ -1,6 +1,9 @@
 // CUDA implementation of strided_shard_forward: the sm80 fused forward (sm80_fmha_fwd_kernel.hpp) driven by the S2
 // schedule (fmha_schedules.hpp), which reads the same policy (policy/strided_shard.hpp) as the CPU kernel. Forward only;
 // pattern blocks larger than the kernel's block run as several kernel blocks (q_split / kv_split).
+// In builds with sm90 kernels, a 9.x GPU takes the sm90 forward (sm90_fmha_fwd_kernel.hpp, TMA + wgmma, the same
+// schedule as TMA runs) where it has the dtype / head dim and the block splits into its block; where its TMA scheme
+// cannot express the problem (cudaErrorNotSupported, before any launch) the sm80 kernel runs.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -14,6 +17,13 @@ namespace natten_like {
 namespace {
 
 using namespace cuda_binding;
+
+// Kernel blocks per pattern block against an sm90 block, 0 where the pattern block is neither <= it nor a multiple of
+// it (the sm80 kernel, with its smaller block, runs those).
+[[maybe_unused]] int split_if_divides(int64_t block, int64_t kernel_block) {
+  if (block <= kernel_block) return 1;
+  return block % kernel_block == 0 ? static_cast<int>(block / kernel_block) : 0;
+}
 
 std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& q_, const at::Tensor& k_,
                                                               const at::Tensor& v_, int64_t block, int64_t local,
@@ -42,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
   TORCH_CHECK(nkv < (int64_t{1} << 31), "natten_like::strided_shard (cuda): N_kv must be below 2^31");
 
   const c10::cuda::CUDAGuard guard(q_.device());
-  compute_capability_major(q_);
+  [[maybe_unused]] const int major = compute_capability_major(q_);
   const auto launch = find_instance(generated::kSm80S2Fwd, q_.scalar_type(), q_.size(3));
   TORCH_CHECK(launch != nullptr, "natten_like::strided_shard (cuda): no kernel built for dtype ", q_.scalar_type(),
               " and head dim ", q_.size(3), " (built: ", list_instances(generated::kSm80S2Fwd), ")");
@@ -63,9 +73,26 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
   p.head_step = homo_head ? 0 : std::max<int64_t>(1, vert_stride / heads);
   p.sliding_offset = sliding_offset;
   p.dense_heads = static_cast<int>(dense_heads);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+#if NATTEN_LIKE_WITH_SM90
+  if (major == 9) {
+    const auto launch90 = find_instance(generated::kSm90S2Fwd, q.scalar_type(), q.size(3));
+    sm80::StridedShardFwdParams p90 = p;
+    p90.q_split = split_if_divides(block, generated::kSm90S2FwdBlockM);
+    p90.kv_split = split_if_divides(block, generated::kSm90S2FwdBlockN);
+    if (launch90 != nullptr && p90.q_split > 0 && p90.kv_split > 0) {
+      const cudaError_t err = launch90(p90, stream);
+      if (err != cudaErrorNotSupported) {
+        TORCH_CHECK(err == cudaSuccess, "natten_like::strided_shard (cuda): sm90 kernel: ", cudaGetErrorString(err));
+        return {out, lse};
+      }
+      (void)cudaGetLastError();
+    }
+  }
+#endif
   p.q_split = split_of(block, generated::kSm80S2FwdBlockM, "natten_like::strided_shard (cuda): block_size");
   p.kv_split = split_of(block, generated::kSm80S2FwdBlockN, "natten_like::strided_shard (cuda): block_size");
-  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::strided_shard (cuda): sm80 kernel: ", cudaGetErrorString(err));
   return {out, lse};
 }

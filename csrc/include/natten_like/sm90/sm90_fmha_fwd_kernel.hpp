@@ -9,7 +9,11 @@
 //   MN-major from the same smem); the two warpgroups take turns on S = Q K^T (FlashAttention-3's ping-pong), so one's
 //   softmax runs under the other's GEMMs;
 // - out and logsumexp (natural log, float32) written once per row; a row with no key gets 0 and -inf.
-// Semantics mirror sm80/sm80_fmha_fwd_kernel.hpp; every index comes from the host-tested policy, iterator and box code.
+// The strided-shard and block-sparse families (sm90_seq_fwd_kernel) run the same body with the sm80 schedules wrapped
+// in sm90_schedules.hpp: Q tiles and KV visits are runs of consecutive tokens, one box each of the 4-D view
+// (D, H, tokens, B); the consumers are unchanged (the 1-D row geometry uses the same windows / coordinates).
+// Semantics mirror sm80/sm80_fmha_fwd_kernel.hpp; every index comes from the host-tested policy, iterator, box and
+// schedule code.
 #pragma once
 
 #include <cuda.h>

@@ -8,9 +8,10 @@
 // at token(0): smem row r holds token token(0) + r of the same batch entry. The box has the kernel block's rows of one
 // pattern block (the pattern block, or block / split when it is split), so a run never exceeds it; rows of the box past
 // the run are padding: zero-filled by TMA past the token dim's end, otherwise another block's (packed: the next
-// sequence's) finite tokens. Padding key rows get x = (-1, 0, 0), outside every window (1-D windows are [0, 1) in dims 0
-// and 1), so the element mask drops them; padding query rows get token -1 and empty windows and are never stored. Smem rows past
-// box_rows (pattern blocks below the kernel block) are never written by TMA; the kernel zeroes them once per CTA.
+// sequence's) finite tokens. Padding key rows get x = (-1, 0, 0), outside every window (1-D windows are [0, 1) in dims
+// 0 and 1), so the element mask drops them; padding query rows get token -1 and empty windows and are never stored.
+// Smem rows past box_rows (pattern blocks below the kernel block) are never written by TMA; the kernel zeroes them once
+// per CTA.
 //
 // Plain C++ with NL_HOST_DEVICE: tests/test_sm90_schedules_host.py checks, against the sm80 schedules and the policies,
 // that every box addresses exactly the schedule's tokens in order, with the padding flagged and masked.
@@ -105,9 +106,10 @@ using Sm90BlockSparseSchedule = Sm90SeqSchedule<sm80::BlockSparseSchedule>;
 // The 4-D TMA view (D, H, tokens, B) of a heads-last tensor with element strides (head, token, batch): extents, byte
 // strides of dims 1-3 and the box (64 head-dim columns x 1 head x box_rows tokens x 1 batch entry). Element
 // (d, h, t, b) sits at byte (d + h * head_stride + t * token_stride + b * batch_stride) * bytes from the base, the
-// address the sm80 kernel reads. `ok` is false where TMA cannot express it: byte strides not positive multiples of 16 or not below 2^40,
-// extents beyond 2^32, or token coordinates (up to tokens - 1 + box_rows) beyond int32. With one batch entry the batch
-// stride is never applied; it is replaced by tokens * token_stride so that any stride the caller passes is accepted.
+// address the sm80 kernel reads. `ok` is false where TMA cannot express it: byte strides not positive multiples of 16
+// or not below 2^40, extents beyond 2^32, or token coordinates (up to tokens - 1 + box_rows) beyond int32. With one
+// batch entry the batch stride is never applied; it is replaced by tokens * token_stride so that any stride the caller
+// passes is accepted.
 struct SeqTmaView {
   uint64_t dims[4];
   uint64_t strides[3];  // bytes, of dims 1, 2, 3

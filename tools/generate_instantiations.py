@@ -104,6 +104,28 @@ KINDS = (
         "kSm90GnaFwd",
         (64, 128),
     ),
+    Kind(
+        "sm90_block_sparse_fwd",
+        "sm90",
+        "natten_like/sm90/sm90_fmha_fwd_kernel.hpp",
+        "natten_like/sm80/sm80_fmha_fwd_params.hpp",
+        "natten_like::sm90",
+        "launch_sm90_block_sparse_fwd",
+        "natten_like::sm80::BlockSparseFwdParams",
+        "kSm90BlockSparseFwd",
+        (64, 128),
+    ),
+    Kind(
+        "sm90_s2_fwd",
+        "sm90",
+        "natten_like/sm90/sm90_fmha_fwd_kernel.hpp",
+        "natten_like/sm80/sm80_fmha_fwd_params.hpp",
+        "natten_like::sm90",
+        "launch_sm90_s2_fwd",
+        "natten_like::sm80::StridedShardFwdParams",
+        "kSm90S2Fwd",
+        (64, 128),
+    ),
 )
 
 # (kind, dtype, head dim) compiled by a minimal build.
@@ -114,6 +136,8 @@ MINIMAL = {
     ("sm80_s2_fwd", "bf16", 128),
     ("sm80_gna_bwd", "bf16", 128),
     ("sm90_gna_fwd", "bf16", 128),
+    ("sm90_block_sparse_fwd", "bf16", 128),
+    ("sm90_s2_fwd", "bf16", 64),
 }
 
 

@@ -51,6 +51,14 @@ cudaError_t sm90_gna_fwd_fp16_hd64_m128_n128(const natten_like::sm80::GnaFwdPara
 cudaError_t sm90_gna_fwd_fp16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_fp16_hd64_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_fp16_hd128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_bf16_hd64_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_bf16_hd128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_fp16_hd64_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_fp16_hd128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_bf16_hd64_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_bf16_hd128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 
 // sm80_gna_fwd: query rows 64, key rows 64 per CTA block.
 constexpr int kSm80GnaFwdBlockM = 64;
@@ -151,6 +159,44 @@ inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm90GnaFwd[] = {
     {"bfloat16", 64, &sm90_gna_fwd_bf16_hd64_m128_n128},
 #endif
     {"bfloat16", 128, &sm90_gna_fwd_bf16_hd128_m128_n128},
+    {nullptr, 0, nullptr},
+};
+#endif
+
+#if NATTEN_LIKE_WITH_SM90
+// sm90_block_sparse_fwd: query rows 128, key rows 128 per CTA block.
+constexpr int kSm90BlockSparseFwdBlockM = 128;
+constexpr int kSm90BlockSparseFwdBlockN = 128;
+inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm90BlockSparseFwd[] = {
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 64, &sm90_block_sparse_fwd_fp16_hd64_m128_n128},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 128, &sm90_block_sparse_fwd_fp16_hd128_m128_n128},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 64, &sm90_block_sparse_fwd_bf16_hd64_m128_n128},
+#endif
+    {"bfloat16", 128, &sm90_block_sparse_fwd_bf16_hd128_m128_n128},
+    {nullptr, 0, nullptr},
+};
+#endif
+
+#if NATTEN_LIKE_WITH_SM90
+// sm90_s2_fwd: query rows 128, key rows 128 per CTA block.
+constexpr int kSm90S2FwdBlockM = 128;
+constexpr int kSm90S2FwdBlockN = 128;
+inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm90S2Fwd[] = {
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 64, &sm90_s2_fwd_fp16_hd64_m128_n128},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 128, &sm90_s2_fwd_fp16_hd128_m128_n128},
+#endif
+    {"bfloat16", 64, &sm90_s2_fwd_bf16_hd64_m128_n128},
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 128, &sm90_s2_fwd_bf16_hd128_m128_n128},
+#endif
     {nullptr, 0, nullptr},
 };
 #endif

@@ -94,6 +94,18 @@ KINDS = (
         (64, 128),
     ),
     Kind(
+        "sm80_latent_fwd",
+        "sm80",
+        "natten_like/sm80/sm80_latent_kernel.hpp",
+        "natten_like/sm80/sm80_latent_params.hpp",
+        "natten_like::sm80",
+        "launch_sm80_latent_fwd",
+        "natten_like::sm80::LatentFwdParams",
+        "kSm80LatentFwd",
+        (576,),  # MLA: 512 latent + 64 rope columns; values are the latent columns
+        "{element}",
+    ),
+    Kind(
         "sm90_gna_fwd",
         "sm90",
         "natten_like/sm90/sm90_fmha_fwd_kernel.hpp",
@@ -135,6 +147,7 @@ MINIMAL = {
     ("sm80_block_sparse_fwd", "bf16", 64),
     ("sm80_s2_fwd", "bf16", 128),
     ("sm80_gna_bwd", "bf16", 128),
+    ("sm80_latent_fwd", "bf16", 576),
     ("sm90_gna_fwd", "bf16", 128),
     ("sm90_block_sparse_fwd", "bf16", 128),
     ("sm90_s2_fwd", "bf16", 64),

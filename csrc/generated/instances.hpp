@@ -8,6 +8,7 @@
 
 #include "natten_like/sm80/sm80_fmha_bwd_params.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
+#include "natten_like/sm80/sm80_latent_params.hpp"
 
 #ifndef NATTEN_LIKE_MINIMAL_INSTANCES
 #define NATTEN_LIKE_MINIMAL_INSTANCES 0
@@ -47,6 +48,8 @@ cudaError_t sm80_gna_bwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams
 cudaError_t sm80_gna_bwd_fp16_hd128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_bf16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_bf16_hd128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_latent_fwd_fp16_hd576_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_latent_fwd_bf16_hd576_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
@@ -141,6 +144,17 @@ inline constexpr Instance<natten_like::sm80::GnaBwdParams> kSm80GnaBwd[] = {
     {"bfloat16", 64, &sm80_gna_bwd_bf16_hd64_m64_n64},
 #endif
     {"bfloat16", 128, &sm80_gna_bwd_bf16_hd128_m64_n64},
+    {nullptr, 0, nullptr},
+};
+
+// sm80_latent_fwd: query rows 64, key rows 64 per CTA block.
+constexpr int kSm80LatentFwdBlockM = 64;
+constexpr int kSm80LatentFwdBlockN = 64;
+inline constexpr Instance<natten_like::sm80::LatentFwdParams> kSm80LatentFwd[] = {
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 576, &sm80_latent_fwd_fp16_hd576_m64_n64},
+#endif
+    {"bfloat16", 576, &sm80_latent_fwd_bf16_hd576_m64_n64},
     {nullptr, 0, nullptr},
 };
 

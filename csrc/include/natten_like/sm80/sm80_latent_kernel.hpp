@@ -15,8 +15,8 @@
 //
 // smem: Q 72 KB + K 72 KB + P 8 KB + 2 KB = 154 KB: one CTA per SM, fits sm80 / sm90 (<= 163 / 227 KB opt-in), not
 // sm86 / sm89 (99 KB); the launcher checks the device's opt-in limit. K is single-buffered (a second 72 KB buffer
-// exceeds sm80's limit), so its load is not overlapped with compute: the next step for speed (e.g. split the K tile
-// into a rope part prefetched during P V).
+// exceeds sm80's limit): only its rope atom (1/9) of the next tile loads during P V; the latent atoms
+// load after P V, exposed. Double-buffered 32-row KV tiles (2 x 36 KB) would overlap it all: the next step for speed.
 //
 // Output: with num_splits == 1 out / lse are written directly; otherwise each split writes its normalised partial
 // output and logsumexp to the workspace and sm80_latent_combine_kernel merges them exactly.
@@ -75,6 +75,7 @@ struct Sm80LatentTraits {
     int64_t row_limit[kBlockM];  // exclusive end of the positions each query row sees (latent::row_limit)
     float red_max[2][kBlockM];   // per warp column wn: row maxima of its keys, for the pair exchange
     float red_sum[2][kBlockM];   // per wn: row sums, summed in the epilogue
+    int64_t seqlen;              // L_b, re-read per KV tile: held in a register across the mainloop it spilled
   };
 };
 
@@ -85,13 +86,15 @@ namespace detail {
 // swizzle atom row (128 bytes); a thread walks the 9 atoms of its rows at a constant smem stride (atoms are 512-element
 // blocks, M-major, and the swizzle permutes only inside one), so each of its rows needs one global and one smem base
 // address: an (r, c) address per chunk would be 36 loop-invariant registers, which spilled.
-template <class Traits, class SmemTensor>
+// Only the 64-column atoms [kAtomBegin, kAtomEnd) are copied (the rope atom of the next K tile goes early).
+template <class Traits, int kAtomBegin, int kAtomEnd, class SmemTensor>
 CUTE_DEVICE void latent_gather_rows(SmemTensor& s, const typename Traits::Element* base, const int64_t* off, int tid) {
   using namespace cute;
   using Element = typename Traits::Element;
   constexpr int kRowsPerPass = Traits::kThreads / 8;
   constexpr int kAtomStride = Traits::kBlockM * 64;  // elements from column c to c + 64 of one row
   static_assert(Traits::kBlockM % kRowsPerPass == 0 && Traits::kDim % 64 == 0);
+  static_assert(0 <= kAtomBegin && kAtomBegin < kAtomEnd && kAtomEnd <= Traits::kDim / 64);
   const int cc = (tid % 8) * Traits::kChunk;
   CUTE_UNROLL
   for (int pass = 0; pass < Traits::kBlockM / kRowsPerPass; ++pass) {
@@ -101,7 +104,7 @@ CUTE_DEVICE void latent_gather_rows(SmemTensor& s, const typename Traits::Elemen
     const Element* src = base + (valid ? o + cc : 0);
     Element* dst = &s(r, cc);
     CUTE_UNROLL
-    for (int j = 0; j < Traits::kDim / 64; ++j) {
+    for (int j = kAtomBegin; j < kAtomEnd; ++j) {
       SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<uint128_t>::copy(*reinterpret_cast<const uint128_t*>(src + (valid ? 64 * j : 0)),
                                                        *reinterpret_cast<uint128_t*>(dst + j * kAtomStride), valid);
     }
@@ -131,6 +134,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm80_latent_fwd_kernel(__
   using namespace cute;
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kDim = Traits::kDim, kDimV = Traits::kDimV;
+  constexpr int kAtoms = kDim / 64, kLatentAtoms = kDimV / 64;  // 9 column atoms of 64; the first 8 are V
 
   extern __shared__ __align__(128) char smem_raw[];
   auto& smem = *reinterpret_cast<typename Traits::SharedStorage*>(smem_raw);
@@ -152,7 +156,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm80_latent_fwd_kernel(__
   auto kv_offsets = [&](int64_t e) {
     if (tid < kBlockN) {
       const int64_t pos = e * kBlockN + tid;
-      smem.row_off[tid] = pos < len ? latent::cache_row(p.block_table, p.max_pages, p.page_size, p.s_kv, b, pos) *
+      smem.row_off[tid] = pos < smem.seqlen ? latent::cache_row(p.block_table, p.max_pages, p.page_size, p.s_kv, b, pos) *
                                           p.cache_row_stride
                                     : -1;
     }
@@ -163,18 +167,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm80_latent_fwd_kernel(__
   Tensor sP = make_tensor(make_smem_ptr(smem.p), typename Traits::SmemLayoutP{});
   Tensor sVt = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutVt{});
 
+  if (tid == 0) smem.seqlen = len;
   if (tid < kBlockM) {
     const int64_t r = rows.begin + tid;
     smem.row_off[tid] = tid < n_rows ? b * p.q_batch_stride + r * p.q_row_stride : -1;
     smem.row_limit[tid] = tid < n_rows ? latent::row_limit(len, p.sq, p.heads, p.causal, r) : 0;
   }
   __syncthreads();
-  if (tiles.size() > 0) detail::latent_gather_rows<Traits>(sQ, q_base, smem.row_off, tid);
+  if (tiles.size() > 0) detail::latent_gather_rows<Traits, 0, kAtoms>(sQ, q_base, smem.row_off, tid);
   cp_async_fence();
   __syncthreads();  // every thread has issued its Q copies from row_off before it is overwritten
   if (tiles.size() > 0) kv_offsets(tiles.begin);
   __syncthreads();
-  if (tiles.size() > 0) detail::latent_gather_rows<Traits>(sK, cache, smem.row_off, tid);
+  if (tiles.size() > 0) detail::latent_gather_rows<Traits, 0, kAtoms>(sK, cache, smem.row_off, tid);
   cp_async_fence();
 
   typename Traits::TiledMma tiled_mma;
@@ -240,7 +245,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm80_latent_fwd_kernel(__
       m_part[mi] = detail::quad_max<4>(m);
       if (lane % 4 == 0) smem.red_max[warp_n][r] = m_part[mi];
     }
-    __syncthreads();  // both warps' maxima of each row
+    __syncthreads();  // both warps' maxima of each row; every warp is done with S, the only reader of K's rope atom
 
     Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
     CUTE_UNROLL
@@ -267,13 +272,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm80_latent_fwd_kernel(__
     for (int i = 0; i < size(acc_s); ++i) p_frag(i) = static_cast<Element>(acc_s(i));
     copy(copy_p, thr_copy_p.retile_S(p_frag), tPsP);
     __syncthreads();  // P of both warps in smem; row_off of K(e + 1) visible
+    // The rope atom of K(e + 1) loads during P V, which reads only the latent atoms (issued here, not right after the
+    // previous barrier, where the S accumulators are still live: there its addresses spilled).
+    if (e + 1 < tiles.end) detail::latent_gather_rows<Traits, kLatentAtoms, kAtoms>(sK, cache, smem.row_off, tid);
+    cp_async_fence();
 
     detail::gemm_ss_noprefetch(acc_o, rP, rVt, tOsP, tOsVt, tiled_mma, copy_a, copy_v);
-    __syncthreads();  // every warp is done with K(e) and P
-    if (e + 1 < tiles.end) {
-      detail::latent_gather_rows<Traits>(sK, cache, smem.row_off, tid);
-      cp_async_fence();
-    }
+    __syncthreads();  // every warp is done with K(e)'s latent atoms and P
+    if (e + 1 < tiles.end) detail::latent_gather_rows<Traits, 0, kLatentAtoms>(sK, cache, smem.row_off, tid);
+    cp_async_fence();
   }
   cp_async_wait<0>();  // an empty split's Q copies (none issued) or nothing: no copy outlives the kernel
 

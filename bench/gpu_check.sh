@@ -42,9 +42,15 @@ echo "built in ${build_s}s"
 export PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== CUDA tests"
-"$PY" -m pytest -q -rs tests/test_cuda_build.py tests/test_gna_cuda.py tests/test_strided_shard_cuda.py tests/test_block_sparse_cuda.py \
-  tests/test_sm80_bwd_host.py 2>&1 | tee "$LOG/tests.log"
+# Every family's GPU tests against the float64 reference, the SASS checks of this build, and the backward's standalone
+# kernel check (no torch in the loop); the host-only tests of the kernels' index logic run in CI, not here.
+gpu_tests=(tests/test_cuda_build.py tests/test_gna_cuda.py tests/test_strided_shard_cuda.py tests/test_block_sparse_cuda.py
+  tests/test_latent_cuda.py)
+[ -f tests/test_sparse_bwd_cuda.py ] && gpu_tests+=(tests/test_sparse_bwd_cuda.py)
+"$PY" -m pytest -q -rs "${gpu_tests[@]}" 2>&1 | tee "$LOG/tests.log"
 tests_rc=${PIPESTATUS[0]}
+"$PY" -m pytest -q -rs tests/test_sm80_bwd_host.py -k gpu 2>&1 | tee -a "$LOG/tests.log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || tests_rc=1
 
 echo "== benchmark"
 "$PY" bench/gpu_bench.py 2>&1 | tee "$LOG/bench.log"

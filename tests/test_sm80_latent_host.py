@@ -5,7 +5,9 @@ random problems (paged and contiguous caches, causal or not, S_q 1..4, seqlens 0
 tile, split) the KV tiles the split visits, per position the cache row it loads (zero-filled past L_b) and per (row,
 key) the mask. It proves that the (query row, cache position) pairs attended, unioned over splits, are exactly the
 semantics of python/natten_like/latent.py, each pair once, that every query row is in exactly one M tile and that the
-paged address equals the row the reference gathers through the block table.
+paged address equals the row the reference gathers through the block table. A second check (nvcc, host only)
+evaluates the kernel's CuTe layouts: the warp pair that shares rows, the P store, the epilogue's column pairs, V^T as
+the K tile's first 512 columns and the gather's constant atom stride.
 """
 
 from __future__ import annotations
@@ -120,6 +122,81 @@ int main(int argc, char** argv) {
 }
 """
 
+LAYOUT_CHECKER = r"""
+#include <cstdio>
+#include <set>
+#include <vector>
+
+#include "natten_like/sm80/sm80_latent_kernel.hpp"
+
+using namespace cute;
+using T = natten_like::sm80::Sm80LatentTraits<cutlass::half_t>;
+using natten_like::sm80::detail::acc_rowcol;
+
+int main() {
+  int bad = 0;
+  // smem: the gather's constant atom stride, V^T as the K tile's first 512 columns, 16-byte chunks contiguous.
+  auto L = T::SmemLayoutQK{};
+  auto Vt = T::SmemLayoutVt{};
+  for (int r = 0; r < 64; ++r)
+    for (int c = 0; c < 576; ++c) {
+      bad += L(r, c) != L(r, c % 64) + (c / 64) * 64 * 64;
+      bad += c < 512 && Vt(c, r) != L(r, c);
+      for (int e = 1; e < 8 && c % 8 == 0; ++e) bad += L(r, c + e) != L(r, c) + e;
+    }
+  typename T::TiledMma mma;
+  std::vector<int> count_s(64 * 64, 0), count_o(64 * 512, 0);
+  std::vector<std::set<int>> rows_of(T::kThreads);
+  for (int tid = 0; tid < T::kThreads; ++tid) {
+    auto thr = mma.get_slice(tid);
+    Tensor cs = thr.partition_C(make_identity_tensor(Shape<_64, _64>{}));
+    Tensor rc = make_tensor(cs.data(), acc_rowcol(cs.layout()));
+    for (int i = 0; i < size(cs); ++i) ++count_s[get<0>(cs(i)) * 64 + get<1>(cs(i))];
+    for (int mi = 0; mi < size<0>(rc); ++mi) {
+      rows_of[tid].insert(get<0>(rc(mi, 0)));
+      for (int ni = 0; ni < size<1>(rc); ++ni)
+        bad += get<0>(rc(mi, ni)) != get<0>(rc(mi, 0)) || get<1>(rc(mi, ni)) != get<1>(rc(0, ni));
+    }
+    Tensor co = thr.partition_C(make_identity_tensor(Shape<_64, _512>{}));
+    Tensor rco = make_tensor(co.data(), acc_rowcol(co.layout()));
+    for (int i = 0; i < size(co); ++i) ++count_o[get<0>(co(i)) * 512 + get<1>(co(i))];
+    // The epilogue's stores: accumulators (i, i + 1) are adjacent columns of one row, the first even.
+    for (int i = 0; i < size(co); i += 2)
+      bad += get<0>(co(i + 1)) != get<0>(co(i)) || get<1>(co(i + 1)) != get<1>(co(i)) + 1 || get<1>(co(i)) % 2;
+    // O's rows per mi are S's: one row_max / row_sum per mi rescales both.
+    for (int mi = 0; mi < size<0>(rco); ++mi)
+      for (int ni = 0; ni < size<1>(rco); ++ni) bad += get<0>(rco(mi, ni)) != get<0>(rc(mi, 0));
+  }
+  for (int x : count_s) bad += x != 1;
+  for (int x : count_o) bad += x != 1;
+  // Warps w and w + 4 (the kernel's warp_n = warp / 4 pair) hold the same rows lane by lane; a quad shares its rows.
+  for (int tid = 0; tid < T::kThreads / 2; ++tid) bad += rows_of[tid] != rows_of[tid + T::kThreads / 2];
+  for (int tid = 0; tid < T::kThreads; ++tid) bad += rows_of[tid] != rows_of[tid - tid % 4];
+  // The P store (tiled C copy of 32-bit pairs) puts accumulator (r, c) at sP(r, c): rows, then columns, as values.
+  for (int pass = 0; pass < 2; ++pass) {
+    std::vector<cutlass::half_t> buf(64 * 64, cutlass::half_t(-1.f));
+    Tensor sp = make_tensor(buf.data(), typename T::SmemLayoutP{});
+    auto copy_p = make_tiled_copy_C(typename T::SmemCopyAtomP{}, mma);
+    for (int tid = 0; tid < T::kThreads; ++tid) {
+      Tensor cs = mma.get_slice(tid).partition_C(make_identity_tensor(Shape<_64, _64>{}));
+      Tensor frag = make_tensor<cutlass::half_t>(cs.shape());
+      for (int i = 0; i < size(cs); ++i) frag(i) = cutlass::half_t(float(pass ? get<1>(cs(i)) : get<0>(cs(i))));
+      auto tc = copy_p.get_slice(tid);
+      Tensor dst = tc.partition_D(sp);
+      copy(copy_p, tc.retile_S(frag), dst);
+    }
+    for (int r = 0; r < 64; ++r)
+      for (int c = 0; c < 64; ++c) bad += float(sp(r, c)) != float(pass ? c : r);
+  }
+  if (bad) {
+    std::printf("bad %d\n", bad);
+    return 1;
+  }
+  std::printf("ok\n");
+  return 0;
+}
+"""
+
 
 def _cxx() -> str | None:
     return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
@@ -140,3 +217,31 @@ def test_latent_schedule_covers_semantics(tmp_path: Path, seed: int) -> None:
     result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.startswith("ok ")
+
+
+def _nvcc() -> str | None:
+    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
+
+
+def _cutlass_include() -> str | None:
+    try:
+        import cutlass_library
+    except ImportError:
+        return None
+    path = Path(cutlass_library.__file__).parent / "source" / "include"
+    return str(path) if (path / "cute").is_dir() else None
+
+
+@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+def test_latent_kernel_layouts(tmp_path: Path) -> None:
+    """The kernel's register and smem layouts, evaluated on the host: the warp pair sharing rows, the P store, the
+    epilogue's column pairs, V^T as the K tile's first 512 columns and the gather's constant atom stride."""
+    src = tmp_path / "latent_layouts.cu"
+    src.write_text(LAYOUT_CHECKER)
+    exe = tmp_path / "latent_layouts"
+    include = ROOT / "csrc" / "include"
+    cmd = [_nvcc(), "-std=c++20", "-arch=sm_80", "--expt-relaxed-constexpr", f"-I{include}", f"-I{_cutlass_include()}"]
+    built = subprocess.run([*cmd, str(src), "-o", str(exe)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-4000:]
+    result = subprocess.run([str(exe)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr

@@ -1,22 +1,25 @@
-// The sm80 fused GNA backward, deterministic (no atomics: every output element has exactly one writer, which sums its
-// contributions in a fixed order):
+// The sm80 fused attention backward of every family (GNA, strided-shard, block-sparse), deterministic (no atomics:
+// every output element has exactly one writer, which sums its contributions in a fixed order):
 // 1. delta kernel: delta = rowsum(dO * O) - grad_lse per (token, query head), float32, into the caller's workspace;
 // 2. dK/dV kernel: one CTA per (KV tile, KV head, batch) keeps its K and V tile in smem and walks the query heads of
-//    its GQA group and, for each, the Q tiles visiting the KV tile (GnaQTileIterator), accumulating dK and dV in
-//    registers;
-// 3. dQ kernel: one CTA per (Q tile, query head, batch) walks the KV tiles its Q tile visits (GnaKvTileIterator) and
-//    recomputes S, P, dP and dS to accumulate dQ in registers.
+//    its GQA group and, for each, the Q tiles visiting the KV tile (the family's key-side schedule,
+//    fmha_bwd_schedules.hpp), accumulating dK and dV in registers;
+// 3. dQ kernel: one CTA per (Q tile, query head, batch) walks the KV tiles its Q tile visits (the forward's schedule,
+//    fmha_schedules.hpp) and recomputes S, P, dP and dS to accumulate dQ in registers.
+// The mainloops are written once over the schedules' row geometry; each family has its own __global__ entry points
+// (sm80_{gna,s2,block_sparse}_bwd_{dkdv,dq}_kernel) so that profiles and SASS checks name them.
 // Semantics are the forward's and the CPU reference's: P = exp(scale S - lse), 0 for masked pairs and for rows with
 // lse = -inf; dS = P (dP - delta); dQ = scale dS K; dK = scale dS^T Q; dV = P^T dO. Rows are gathered from the
 // heads-last tensors by token (the forward's gather_rows_async), masking is the forward's per-dim window test.
 #pragma once
 
 #include <cmath>
+#include <new>
 
 #include <cute/tensor.hpp>
 
-#include "natten_like/sm80/gna_q_tile_iterator.hpp"
-#include "natten_like/sm80/gna_tile_iterator.hpp"
+#include "natten_like/sm80/fmha_bwd_schedules.hpp"
+#include "natten_like/sm80/fmha_schedules.hpp"
 #include "natten_like/sm80/sm80_fmha_bwd_params.hpp"
 #include "natten_like/sm80/sm80_fmha_bwd_traits.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_kernel.hpp"
@@ -32,27 +35,36 @@ using namespace cute;
 // pairs.
 CUTE_DEVICE float lse_to_log2(float lse) { return lse == -INFINITY ? INFINITY : lse * static_cast<float>(M_LOG2E); }
 
-// Geometry of step `step` of the dK/dV mainloop (query head h_first + step / count, visiting Q tile step % count) into
-// geometry stage st: per query row its token, window, lse and delta (threads below kBlockM, one row each); the row
-// count, whether the pair needs the element mask and the head (thread 0).
-template <class Traits>
-CUTE_DEVICE void load_q_geometry(typename Traits::DkDvStorage& smem, int st, const GnaBwdParams& p,
-                                 const GnaQTileIterator<kRank>& it, int64_t step, int64_t b, int h_first, int kv_rows,
-                                 int tid) {
+// Shared memory of the dK/dV kernel (the traits' tiles and row geometry, and the CTA's key-side schedule) and of the dQ
+// kernel (with the forward's schedule of its Q tile). The schedules live in smem for the reason the forward's does: in
+// registers they would cost the accumulators.
+template <class Traits, class KeySchedule>
+struct DkDvSmem {
+  typename Traits::DkDvStorage s;
+  KeySchedule sched;
+};
+template <class Traits, class Schedule>
+struct DqSmem {
+  typename Traits::DqStorage s;
+  Schedule sched;
+};
+
+// Geometry of step `step` of the dK/dV mainloop (a query head of the group and one of its Q tiles visiting the CTA's
+// KV tile, from the key-side schedule) into geometry stage st: per query row its token, window, lse and delta (threads
+// below kBlockM, one row each); the row count, whether the pair needs the element mask and the head (thread 0).
+template <class Traits, class KeySchedule>
+CUTE_DEVICE void load_q_geometry(typename Traits::DkDvStorage& smem, int st, const typename KeySchedule::Params& p,
+                                 const KeySchedule& sched, int64_t step, int64_t b, int tid) {
   if (tid >= Traits::kBlockM) return;
-  const GnaFwdParams& f = p.fwd;
-  const int64_t count = it.count;
-  const int h = h_first + static_cast<int>(step / count);
-  int64_t t[kRank];
+  const auto& f = p.fwd;
+  int h, rows;
   bool full;
-  const GnaTileBox<kRank> q = it.visit(f.policy, step % count, t, full);
-  const int64_t rows = q.num_rows();
-  int32_t x[kRank], wb[kRank], we[kRank];
+  const typename KeySchedule::QTile q = sched.q_tile(p, step, h, rows, full);
+  int32_t wb[kRank], we[kRank];
   int64_t token = 0;
   float lse_log2 = INFINITY, delta = 0.f;  // padding rows: P = 0, dS = 0
   if (tid < rows) {
-    token = q.row(f.policy, static_cast<int32_t>(tid), x);
-    it.q_row_window(f.policy, x, wb, we);
+    token = sched.q_row(p, q, tid, wb, we);
     const int64_t idx = (b * f.tokens + token) * f.heads + h;
     lse_log2 = lse_to_log2(f.lse[idx]);
     delta = p.delta[idx];
@@ -70,27 +82,26 @@ CUTE_DEVICE void load_q_geometry(typename Traits::DkDvStorage& smem, int st, con
     smem.q_rows[st] = static_cast<int32_t>(rows);
     // Padding rows on either side are harmless without the mask (P = 0 for padding queries; padding keys only reach
     // dK/dV rows that are never stored), but masking them keeps every product finite.
-    smem.q_need_mask[st] = !full || rows < Traits::kBlockM || kv_rows < Traits::kBlockN;
+    smem.q_need_mask[st] = !full || rows < Traits::kBlockM || smem.kv_rows < Traits::kBlockN;
     smem.q_head[st] = h;
   }
 }
 
-// Geometry of KV tile e of the dQ mainloop into geometry stage st: token and group-local coordinates per key row
-// (threads below kBlockN, one row each; padding rows get -1 in dim 0, outside every window), the row count and whether
-// the pair needs the element mask (thread 0). The forward's per-row scheme, kept here so that the backward does not
-// depend on the forward's internal helper signatures.
-template <class Traits>
-CUTE_DEVICE void load_dq_kv_geometry(typename Traits::DqStorage& smem, int st, const GnaPolicy<kRank>& pol,
-                                     const GnaKvTileIterator<kRank>& it, int64_t e, int tid) {
+// Geometry of KV tile e of the dQ mainloop (from the forward's schedule) into geometry stage st: token and coordinates
+// per key row (threads below kBlockN, one row each; padding rows get -1 in dim 0, outside every window), the row count
+// and whether the pair needs the element mask (thread 0). The forward's per-row scheme, kept here so that the backward
+// does not depend on the forward's internal helper signatures.
+template <class Traits, class Schedule>
+CUTE_DEVICE void load_dq_kv_geometry(typename Traits::DqStorage& smem, int st, const typename Schedule::Params& f,
+                                     const Schedule& sched, int64_t e, int tid) {
   if (tid >= Traits::kBlockN) return;
-  int64_t u[kRank];
+  int rows;
   bool full;
-  const GnaTileBox<kRank> kv = it.visit(pol, e, u, full);
-  const int64_t rows = kv.num_rows();
+  const typename Schedule::KvTile kv = sched.kv_tile(f, e, rows, full);
   int32_t x[kRank];
   int64_t token = 0;
   if (tid < rows) {
-    token = kv.row(pol, static_cast<int32_t>(tid), x);
+    token = sched.kv_row(f, kv, tid, x);
   } else {
     for (int i = 0; i < kRank; ++i) x[i] = 0;
     x[0] = -1;
@@ -103,6 +114,14 @@ CUTE_DEVICE void load_dq_kv_geometry(typename Traits::DqStorage& smem, int st, c
     // are all very negative, and inf * 0 (their zero K in dS K) would be NaN.
     smem.kv_need_mask[st] = !full || rows < Traits::kBlockN;
   }
+}
+
+// threadIdx.x read afresh (volatile, so never merged with the kernel's first read): what an epilogue derives from it
+// is then computed there, rather than hoisted above the mainloop and held, or spilled, across it.
+CUTE_DEVICE int fresh_thread_index() {
+  int t;
+  asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+  return t;
 }
 
 // Converts an fp32 accumulator tile (MMA=4, MMA_M, MMA_N) to Element, as a register tensor laid out as the A operand of
@@ -150,13 +169,13 @@ CUTE_DEVICE void store_rows(const SmemTensor& s, typename Traits::Element* base,
 
 // delta[row] = sum_d dO[row, d] * O[row, d] - grad_lse[row] for every (batch, token, query head) row, float32.
 // kHeadDim / (16 / sizeof(Element)) lanes per row, one 16-byte chunk of O and dO each.
-template <class Element, int kHeadDim>
-__global__ void __launch_bounds__(256) sm80_gna_bwd_delta_kernel(__grid_constant__ const GnaBwdParams p) {
+template <class Element, int kHeadDim, class Params>
+__global__ void __launch_bounds__(256) sm80_fmha_bwd_delta_kernel(__grid_constant__ const Params p) {
   constexpr int kChunk = 16 / sizeof(Element);
   constexpr int kLanes = kHeadDim / kChunk;  // power of two, at most 32: the row's lanes sit in one warp
   static_assert(kLanes <= 32 && (kLanes & (kLanes - 1)) == 0);
   constexpr int kRowsPerBlock = 256 / kLanes;
-  const GnaFwdParams& f = p.fwd;
+  const FmhaFwdArgs& f = p.fwd;
   const int64_t rows = f.batch * f.tokens * f.heads;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kLanes;
   const int lane = threadIdx.x % kLanes;
@@ -181,38 +200,41 @@ __global__ void __launch_bounds__(256) sm80_gna_bwd_delta_kernel(__grid_constant
   if (row < rows && lane == 0) p.delta[row] = sum - (p.grad_lse != nullptr ? p.grad_lse[row] : 0.f);
 }
 
-template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
-    sm80_gna_bwd_dkdv_kernel(__grid_constant__ const GnaBwdParams p) {
+namespace detail {
+
+// The dK/dV mainloop of one CTA (KV tile blockIdx.x of KV head blockIdx.y, batch blockIdx.z), over the steps of the
+// key-side schedule.
+template <class Traits, class KeySchedule>
+CUTE_DEVICE void bwd_dkdv(const typename KeySchedule::Params& p) {
   using namespace cute;
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
   constexpr int kQChunk = Traits::kQChunk, kStages = Traits::kStages;
 
   extern __shared__ __align__(128) char smem_raw[];
-  auto& smem = *reinterpret_cast<typename Traits::DkDvStorage*>(smem_raw);
+  auto& smem_all = *reinterpret_cast<DkDvSmem<Traits, KeySchedule>*>(smem_raw);
+  auto& smem = smem_all.s;
   const int tid = threadIdx.x;
   const int64_t kv_tile = blockIdx.x;
   const int h_kv = blockIdx.y;
   const int64_t b = blockIdx.z;
-  const GnaFwdParams& f = p.fwd;
-  const GnaPolicy<kRank>& pol = f.policy;
-  const int group = f.heads / f.kv_heads;
-  const int h_first = h_kv * group;
+  const auto& f = p.fwd;
 
-  // The iterator lives in smem for the reason the forward's does: in registers it would cost the accumulators.
-  if (tid == 0) smem.iter = GnaQTileIterator<kRank>(pol, kv_tile);
+  if (tid == 0) new (&smem_all.sched) KeySchedule(p, kv_tile, h_kv, b);
   __syncthreads();
-  const GnaQTileIterator<kRank>& it = smem.iter;
+  const KeySchedule& sched = smem_all.sched;
   // Steps: (query head of the group, visiting Q tile), head-major. A KV tile no query visits has none and stores zeros.
-  const int64_t steps = it.count * group;
-  const int kv_rows = static_cast<int>(it.kv.num_rows());
+  // Step counters are int32 (a CTA's steps are Q tile visits, far below 2^31): two registers fewer across the loop,
+  // which the head dim 128 instantiations need to stay free of spills.
+  const int steps = static_cast<int>(sched.count(p));
+  const int kv_rows = sched.kv_rows();
+  if (tid == 0) smem.kv_rows = kv_rows;  // read by load_q_geometry (thread 0 here, every thread after the barriers)
 
   if (tid < kBlockN) {
     int32_t x[kRank];
     int64_t token = 0;
     if (tid < kv_rows) {
-      token = it.kv.row(pol, tid, x);
+      token = sched.kv_row(p, tid, x);
     } else {
       for (int i = 0; i < kRank; ++i) x[i] = 0;
       x[0] = -1;  // outside every window
@@ -220,7 +242,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     smem.kv_token[tid] = token;
     for (int i = 0; i < kRank; ++i) smem.kv_x[i][tid] = x[i];
   }
-  if (steps > 0) detail::load_q_geometry<Traits>(smem, 0, p, it, 0, b, h_first, kv_rows, tid);
+  if (steps > 0) load_q_geometry<Traits>(smem, 0, p, sched, 0, b, tid);
   __syncthreads();
 
   Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});
@@ -268,12 +290,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 
   const float scale_log2 = f.scale * static_cast<float>(M_LOG2E);
 
-  for (int64_t e = 0; e < steps; ++e) {
-    const int st = static_cast<int>(e & 1);
+  for (int e = 0; e < steps; ++e) {
+    const int st = e & 1;
     const int ts = kStages == 2 ? st : 0;
     cp_async_wait<0>();
     __syncthreads();  // Q/dO of step e in smem; every warp is done with step e - 1 (its tiles and geometry)
-    if (e + 1 < steps) detail::load_q_geometry<Traits>(smem, st ^ 1, p, it, e + 1, b, h_first, kv_rows, tid);
+    if (e + 1 < steps) load_q_geometry<Traits>(smem, st ^ 1, p, sched, e + 1, b, tid);
     if constexpr (kStages == 2) {
       if (e + 1 < steps) {
         __syncthreads();  // geometry of e + 1 visible
@@ -360,45 +382,47 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   // Epilogue: dK (times scale) and dV through the K and V buffers, then their rows to their tokens.
   cp_async_wait<0>();
   __syncthreads();  // every warp is done reading K and V
-  detail::acc_to_smem<Traits>(acc_dk, f.scale, sK, tiled_mma, tid);
-  detail::acc_to_smem<Traits>(acc_dv, 1.f, sV, tiled_mma, tid);
+  const int tid_e = fresh_thread_index();
+  detail::acc_to_smem<Traits>(acc_dk, f.scale, sK, tiled_mma, tid_e);
+  detail::acc_to_smem<Traits>(acc_dv, 1.f, sV, tiled_mma, tid_e);
   __syncthreads();
   auto* dk_base = static_cast<Element*>(p.dk) + b * p.dk_batch_stride + h_kv * p.dk_head_stride;
   auto* dv_base = static_cast<Element*>(p.dv) + b * p.dv_batch_stride + h_kv * p.dv_head_stride;
-  detail::store_rows<Traits, kBlockN>(sK, dk_base, p.dk_token_stride, smem.kv_token, kv_rows, tid);
-  detail::store_rows<Traits, kBlockN>(sV, dv_base, p.dv_token_stride, smem.kv_token, kv_rows, tid);
+  // The key row count is re-read from smem rather than held in a register across the mainloop.
+  detail::store_rows<Traits, kBlockN>(sK, dk_base, p.dk_token_stride, smem.kv_token, smem.kv_rows, tid_e);
+  detail::store_rows<Traits, kBlockN>(sV, dv_base, p.dv_token_stride, smem.kv_token, smem.kv_rows, tid_e);
 }
 
-template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
-    sm80_gna_bwd_dq_kernel(__grid_constant__ const GnaBwdParams p) {
+// The dQ mainloop of one CTA (kernel Q tile blockIdx.x of query head blockIdx.y, batch blockIdx.z), over the KV tiles
+// of the forward's schedule.
+template <class Traits, class Params, class Schedule>
+CUTE_DEVICE void bwd_dq(const Params& p) {
   using namespace cute;
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
   constexpr int kStages = Traits::kStages;
 
   extern __shared__ __align__(128) char smem_raw[];
-  auto& smem = *reinterpret_cast<typename Traits::DqStorage*>(smem_raw);
+  auto& smem_all = *reinterpret_cast<DqSmem<Traits, Schedule>*>(smem_raw);
+  auto& smem = smem_all.s;
   const int tid = threadIdx.x;
   const int64_t q_tile = blockIdx.x;
   const int h = blockIdx.y;
   const int64_t b = blockIdx.z;
-  const GnaFwdParams& f = p.fwd;
-  const GnaPolicy<kRank>& pol = f.policy;
+  const auto& f = p.fwd;
   const int h_kv = h / (f.heads / f.kv_heads);
 
-  if (tid == 0) smem.iter = GnaKvTileIterator<kRank>(pol, q_tile);
+  if (tid == 0) new (&smem_all.sched) Schedule(f, q_tile, h, b);
   __syncthreads();
-  const GnaKvTileIterator<kRank>& it = smem.iter;
-  const int64_t kv_tiles = it.count;
-  const int q_rows = static_cast<int>(it.q.num_rows());
+  const Schedule& sched = smem_all.sched;
+  const int kv_tiles = static_cast<int>(sched.count());  // int32, as the dK/dV kernel's steps
+  const int q_rows = sched.q_rows();
 
   if (tid < kBlockM) {
-    int32_t x[kRank], wb[kRank], we[kRank];
+    int32_t wb[kRank], we[kRank];
     int64_t token = 0;
     if (tid < q_rows) {
-      token = it.q.row(pol, tid, x);
-      it.q_row_window(pol, x, wb, we);
+      token = sched.q_row(f, tid, wb, we);
     } else {
       for (int i = 0; i < kRank; ++i) wb[i] = we[i] = 0;
     }
@@ -408,7 +432,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       smem.q_end[i][tid] = we[i];
     }
   }
-  if (kv_tiles > 0) detail::load_dq_kv_geometry<Traits>(smem, 0, pol, it, 0, tid);
+  if (kv_tiles > 0) load_dq_kv_geometry<Traits>(smem, 0, f, sched, 0, tid);
   __syncthreads();
 
   const auto* q_base = static_cast<const Element*>(f.q) + b * f.q_batch_stride + h * f.q_head_stride;
@@ -465,12 +489,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   }
   const float scale_log2 = f.scale * static_cast<float>(M_LOG2E);
 
-  for (int64_t e = 0; e < kv_tiles; ++e) {
-    const int st = static_cast<int>(e & 1);
+  for (int e = 0; e < kv_tiles; ++e) {
+    const int st = e & 1;
     const int ts = kStages == 2 ? st : 0;
     cp_async_wait<0>();
     __syncthreads();  // K/V of tile e in smem; every warp is done with tile e - 1
-    if (e + 1 < kv_tiles) detail::load_dq_kv_geometry<Traits>(smem, st ^ 1, pol, it, e + 1, tid);
+    if (e + 1 < kv_tiles) load_dq_kv_geometry<Traits>(smem, st ^ 1, f, sched, e + 1, tid);
     if constexpr (kStages == 2) {
       if (e + 1 < kv_tiles) {
         __syncthreads();  // geometry of e + 1 visible
@@ -545,21 +569,39 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   detail::store_rows<Traits, kBlockM>(sQ, dq_base, p.dq_token_stride, smem.q_token, q_rows, tid);
 }
 
-// Launches the backward of one instantiation on `stream`: delta, then dK/dV (grid (KV tiles, KV heads, batch)), then
-// dQ (grid (Q tiles, heads, batch)). Returns cudaErrorInvalidValue when the head dim, the tile shapes or the head
-// counts do not fit this instantiation, cudaErrorInvalidConfiguration beyond the grid limits, cudaSuccess for empty
-// problems.
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
-cudaError_t launch_sm80_gna_bwd(const GnaBwdParams& p, cudaStream_t stream) {
-  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
-  const GnaFwdParams& f = p.fwd;
-  if (f.head_dim != kHeadDim || f.policy.max_q_rows() > kBlockM || f.policy.max_kv_rows() > kBlockN) {
-    return cudaErrorInvalidValue;
+}  // namespace detail
+
+// The kernels of each family: thin entry points over the shared mainloops, named per family.
+#define NL_SM80_BWD_KERNELS(family, KeySchedule)                                                                    \
+  template <class Traits>                                                                                           \
+  __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)                                      \
+      sm80_##family##_bwd_dkdv_kernel(__grid_constant__ const typename KeySchedule::Params p) {                     \
+    detail::bwd_dkdv<Traits, KeySchedule>(p);                                                                       \
+  }                                                                                                                 \
+  template <class Traits>                                                                                           \
+  __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)                                      \
+      sm80_##family##_bwd_dq_kernel(__grid_constant__ const typename KeySchedule::Params p) {                       \
+    detail::bwd_dq<Traits, typename KeySchedule::Params, typename KeySchedule::QSchedule>(p);                       \
   }
+NL_SM80_BWD_KERNELS(gna, GnaKeySchedule)
+NL_SM80_BWD_KERNELS(s2, StridedShardKeySchedule)
+NL_SM80_BWD_KERNELS(block_sparse, BlockSparseKeySchedule)
+#undef NL_SM80_BWD_KERNELS
+
+// Launches the backward of one instantiation on `stream`: delta, then dK/dV (grid (kernel KV tiles, KV heads, batch)),
+// then dQ (grid (kernel Q tiles, heads, batch)), with the family's kernels. Returns cudaErrorInvalidValue when the head
+// dim or the head counts do not fit, cudaErrorInvalidConfiguration beyond the grid limits, cudaSuccess for empty
+// problems. The family's launcher checks its tile shapes first.
+template <class Traits, class KeySchedule, class Params>
+cudaError_t launch_sm80_fmha_bwd(const Params& p, void (*dkdv)(Params), void (*dq)(Params), cudaStream_t stream) {
+  using QSchedule = typename KeySchedule::QSchedule;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  const auto& f = p.fwd;
+  if (f.head_dim != kHeadDim) return cudaErrorInvalidValue;
   if (f.batch == 0 || f.heads == 0 || f.tokens == 0) return cudaSuccess;
   if (f.kv_heads <= 0 || f.heads % f.kv_heads != 0) return cudaErrorInvalidValue;
-  const int64_t q_tiles = f.policy.num_q_tiles();
-  const int64_t kv_tiles = f.policy.num_kv_tiles();
+  const int64_t q_tiles = QSchedule::num_q_tiles(f);
+  const int64_t kv_tiles = KeySchedule::num_kv_tiles(p);
   if (q_tiles == 0 || kv_tiles == 0) return cudaSuccess;
   constexpr int kDeltaRowsPerBlock = 256 / (kHeadDim / Traits::kChunk);
   const int64_t delta_blocks = (f.batch * f.tokens * f.heads + kDeltaRowsPerBlock - 1) / kDeltaRowsPerBlock;
@@ -568,12 +610,12 @@ cudaError_t launch_sm80_gna_bwd(const GnaBwdParams& p, cudaStream_t stream) {
     return cudaErrorInvalidConfiguration;
   }
 
-  sm80_gna_bwd_delta_kernel<Element, kHeadDim><<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(p);
+  sm80_fmha_bwd_delta_kernel<typename Traits::Element, kHeadDim, Params>
+      <<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(p);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  constexpr int kSmemDkDv = sizeof(typename Traits::DkDvStorage);
-  auto dkdv = sm80_gna_bwd_dkdv_kernel<Traits>;
+  constexpr int kSmemDkDv = sizeof(detail::DkDvSmem<Traits, KeySchedule>);
   err = cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemDkDv);
   if (err != cudaSuccess) return err;
   dim3 grid_kv(static_cast<unsigned>(kv_tiles), static_cast<unsigned>(f.kv_heads), static_cast<unsigned>(f.batch));
@@ -581,13 +623,47 @@ cudaError_t launch_sm80_gna_bwd(const GnaBwdParams& p, cudaStream_t stream) {
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
-  constexpr int kSmemDq = sizeof(typename Traits::DqStorage);
-  auto dq = sm80_gna_bwd_dq_kernel<Traits>;
+  constexpr int kSmemDq = sizeof(detail::DqSmem<Traits, QSchedule>);
   err = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemDq);
   if (err != cudaSuccess) return err;
   dim3 grid_q(static_cast<unsigned>(q_tiles), static_cast<unsigned>(f.heads), static_cast<unsigned>(f.batch));
   dq<<<grid_q, Traits::kThreads, kSmemDq, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm80_gna_bwd(const GnaBwdParams& p, cudaStream_t stream) {
+  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  if (p.fwd.policy.max_q_rows() > kBlockM || p.fwd.policy.max_kv_rows() > kBlockN) return cudaErrorInvalidValue;
+  return launch_sm80_fmha_bwd<Traits, GnaKeySchedule>(p, sm80_gna_bwd_dkdv_kernel<Traits>,
+                                                      sm80_gna_bwd_dq_kernel<Traits>, stream);
+}
+
+// Pattern blocks larger than the kernel's blocks run as q_split x kv_split kernel blocks, as in the forward.
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm80_s2_bwd(const StridedShardBwdParams& p, cudaStream_t stream) {
+  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  const StridedShardFwdParams& f = p.fwd;
+  const int64_t block = f.pattern.block;
+  if (f.q_split < 1 || f.kv_split < 1 || block % f.q_split || block % f.kv_split || block / f.q_split > kBlockM ||
+      block / f.kv_split > kBlockN) {
+    return cudaErrorInvalidValue;
+  }
+  return launch_sm80_fmha_bwd<Traits, StridedShardKeySchedule>(p, sm80_s2_bwd_dkdv_kernel<Traits>,
+                                                               sm80_s2_bwd_dq_kernel<Traits>, stream);
+}
+
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm80_block_sparse_bwd(const BlockSparseBwdParams& p, cudaStream_t stream) {
+  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  const BlockSparseFwdParams& f = p.fwd;
+  const int64_t qb = f.pattern.q_block, kb = f.pattern.kv_block;
+  if (f.q_split < 1 || f.kv_split < 1 || qb % f.q_split || kb % f.kv_split || qb / f.q_split > kBlockM ||
+      kb / f.kv_split > kBlockN) {
+    return cudaErrorInvalidValue;
+  }
+  return launch_sm80_fmha_bwd<Traits, BlockSparseKeySchedule>(p, sm80_block_sparse_bwd_dkdv_kernel<Traits>,
+                                                              sm80_block_sparse_bwd_dq_kernel<Traits>, stream);
 }
 
 }  // namespace natten_like::sm80

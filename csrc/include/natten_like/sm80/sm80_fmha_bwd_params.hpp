@@ -1,5 +1,5 @@
-// Arguments of the sm80 GNA backward kernels: plain pointers, element strides and sizes (no torch), shared by the
-// binding and the generated kernel translation units like GnaFwdParams.
+// Arguments of the sm80 fused backward kernels (GNA, strided-shard, block-sparse): plain pointers, element strides and
+// sizes (no torch), shared by the bindings and the generated kernel translation units like the forward's params.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -10,11 +10,9 @@
 
 namespace natten_like::sm80 {
 
-struct GnaBwdParams {
-  // The forward's problem: q, k, v, out (O of the forward, read here), lse (the forward's logsumexp, read here;
-  // natural log, [B, *tokens, H] contiguous, -inf for rows with no key), their strides, batch, tokens, heads,
-  // kv_heads, head_dim, scale and the policy (tile shapes included), exactly as the forward was launched with.
-  GnaFwdParams fwd;
+// The backward's own arguments, common to every family; each family's params are these plus `fwd`, the forward's
+// params of the problem.
+struct FmhaBwdArgs {
   // dO like q/out: [B, *tokens, H, D], head dim contiguous, rows 16-byte aligned.
   const void* d_out;
   int64_t do_batch_stride, do_token_stride, do_head_stride;
@@ -34,7 +32,31 @@ struct GnaBwdParams {
   float* delta;
 };
 
+// The forward's problem in `fwd`: q, k, v, out (O of the forward, read here), lse (the forward's logsumexp, read here;
+// natural log, [B, *tokens, H] contiguous, -inf for rows with no key), their strides, batch, tokens, heads, kv_heads,
+// head_dim, scale and the family's pattern, exactly as the forward was launched with.
+struct GnaBwdParams : FmhaBwdArgs {
+  GnaFwdParams fwd;  // tile shapes included (tile row products <= the kernel's blocks)
+};
+
+// Strided-shard: `fwd` as for the forward (q_split / kv_split for pattern blocks larger than the kernel's blocks).
+struct StridedShardBwdParams : FmhaBwdArgs {
+  StridedShardFwdParams fwd;
+};
+
+// Block-sparse: `fwd` as for the forward (its kv_partial / kv_full lists drive the dQ kernel), plus the transposed
+// lists the dK/dV kernel walks: per (batch or sequence, query head, KV block) the query blocks whose list holds it,
+// counts [Bm, Hm, KB] and indices [Bm, Hm, KB, QB] (block_sparse_plan.hpp's transpose_lists), q_full empty when no
+// full lists were given. total_kv_tiles = fwd.pattern.num_kv_tiles(), kept here for the host (the grid).
+struct BlockSparseBwdParams : FmhaBwdArgs {
+  BlockSparseFwdParams fwd;
+  policy::BlockListArray q_partial, q_full;
+  int64_t total_kv_tiles;
+};
+
 // One instantiation: launches the backward's kernels on `stream` and returns the first launch error.
 using GnaBwdLaunchFn = cudaError_t (*)(const GnaBwdParams&, cudaStream_t stream);
+using StridedShardBwdLaunchFn = cudaError_t (*)(const StridedShardBwdParams&, cudaStream_t stream);
+using BlockSparseBwdLaunchFn = cudaError_t (*)(const BlockSparseBwdParams&, cudaStream_t stream);
 
 }  // namespace natten_like::sm80

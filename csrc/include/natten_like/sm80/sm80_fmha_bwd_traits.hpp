@@ -1,5 +1,5 @@
 // Static configuration of the sm80 fused attention backward (dK/dV kernel and dQ kernel): CTA tile, tensor-core atom,
-// shared-memory layouts, copy atoms and the shared storage of each kernel.
+// shared-memory layouts, copy atoms and the shared storage of each kernel (the kernels add their schedules to it).
 //
 // Both kernels tile the M dimension of their tiles over 4 warps (16 rows each), and compute every product in the
 // orientation that keeps the row owner fixed, so that no P or dS tile goes through shared memory:
@@ -14,8 +14,6 @@
 #include <cute/tensor.hpp>
 #include <cutlass/numeric_types.h>
 
-#include "natten_like/sm80/gna_q_tile_iterator.hpp"
-#include "natten_like/sm80/gna_tile_iterator.hpp"
 #include "natten_like/sm80/sm80_fmha_bwd_params.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
 
@@ -84,13 +82,13 @@ struct Sm80FmhaBwdTraits {
     alignas(128) Element q[kStages][kTileElems];
     alignas(128) Element d_out[kStages][kTileElems];
     int64_t kv_token[kBlockN];         // flat token of each key row
-    int32_t kv_x[kRank][kBlockN];      // group-local coordinate of each key row (-1 in dim 0 for padding rows)
+    int32_t kv_x[kRank][kBlockN];      // coordinate of each key row (-1 in dim 0 for padding rows)
     int64_t q_token[2][kBlockM];       // flat token of each query row
-    int32_t q_begin[2][kRank][kBlockM];  // group-local window of each query row, per dim (empty for padding rows)
+    int32_t q_begin[2][kRank][kBlockM];  // window of each query row, per dim (empty for padding rows)
     int32_t q_end[2][kRank][kBlockM];
     float lse_log2[2][kBlockM];        // lse * log2(e); +inf for padding rows and rows with no key, so that P = 0
     float delta[2][kBlockM];           // 0 for padding rows
-    GnaQTileIterator<kRank> iter;      // the KV tile and the Q tiles visiting it
+    int32_t kv_rows;                   // key rows of the tile (read from here, not held in a register)
     int32_t q_rows[2];
     int32_t q_need_mask[2];
     int32_t q_head[2];                 // query head of the step
@@ -108,7 +106,6 @@ struct Sm80FmhaBwdTraits {
     int32_t q_end[kRank][kBlockM];
     int64_t kv_token[2][kBlockN];
     int32_t kv_x[2][kRank][kBlockN];
-    GnaKvTileIterator<kRank> iter;
     int32_t kv_rows[2];
     int32_t kv_need_mask[2];
   };

@@ -1,0 +1,101 @@
+// CUDA implementation of strided_shard_backward: the sm80 fused backward (sm80_fmha_bwd_kernel.hpp): delta, then dK/dV
+// per kernel KV tile over the query blocks keeping it (StridedShardKeySchedule, fmha_bwd_schedules.hpp; the pattern is
+// the KV head's, shared by its GQA group), then dQ per kernel Q tile over its kept KV blocks (the forward's
+// StridedShardSchedule). Deterministic, no atomics. Pattern blocks larger than the kernel's block run as several kernel
+// blocks (q_split / kv_split), as in the forward.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "cuda_common.hpp"
+
+namespace natten_like {
+namespace {
+
+using namespace cuda_binding;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
+    const at::Tensor& grad_out_, const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
+    const at::Tensor& out_, const at::Tensor& lse_, const c10::optional<at::Tensor>& grad_lse_, int64_t block,
+    int64_t local, int64_t vert_stride, bool causal, bool homo_head, int64_t dense_heads, int64_t sliding_offset,
+    double scale) {
+  constexpr const char* kName = "natten_like::strided_shard_backward (cuda)";
+  TORCH_CHECK(q_.dim() == 4 && k_.dim() == 4 && v_.dim() == 4, kName, ": q, k, v must be [B, N, H, D]");
+  TORCH_CHECK(k_.size(0) == q_.size(0) && v_.size(0) == q_.size(0) && v_.size(1) == k_.size(1) &&
+                  v_.size(2) == k_.size(2),
+              kName, ": q/k/v batch, token or head dims differ");
+  TORCH_CHECK(k_.size(3) == q_.size(3) && v_.size(3) == q_.size(3), kName, ": q, k, v head dims differ (D_v != D has "
+              "no kernel)");
+  TORCH_CHECK(q_.scalar_type() == k_.scalar_type() && q_.scalar_type() == v_.scalar_type(), kName, ": dtypes differ");
+  TORCH_CHECK(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device() &&
+                  out_.device() == q_.device() && grad_out_.device() == q_.device() && lse_.device() == q_.device(),
+              kName, ": grad_out, q, k, v, out, lse must be on one CUDA device");
+  TORCH_CHECK(out_.sizes() == q_.sizes() && grad_out_.sizes() == q_.sizes() && lse_.sizes() == q_.sizes().slice(0, 3),
+              kName, ": out / grad_out must be shaped like q and lse like q without its head dim");
+  const int64_t heads = q_.size(2), kv_heads = k_.size(2), nq = q_.size(1), nkv = k_.size(1);
+  TORCH_CHECK(kv_heads >= 1 && heads % kv_heads == 0, kName, ": query heads must be a multiple of KV heads");
+  TORCH_CHECK(nq <= nkv, kName, ": N_q must be <= N_kv (queries align to the end of the keys)");
+  TORCH_CHECK(block >= 1 && local >= 1 && vert_stride >= 1 && sliding_offset >= 0 && dense_heads >= 0 &&
+                  dense_heads <= kv_heads,
+              kName, ": need block_size >= 1, local_blocks >= 1, vert_stride >= 1, head_sliding_offset >= 0, "
+              "0 <= num_dense_heads <= H_kv");
+  // Key positions are int32 in the kernels' row geometry.
+  TORCH_CHECK(nkv < (int64_t{1} << 31), kName, ": N_kv must be below 2^31");
+
+  const c10::cuda::CUDAGuard guard(q_.device());
+  compute_capability_major(q_);
+  const auto launch = find_instance(generated::kSm80S2Bwd, q_.scalar_type(), q_.size(3));
+  TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dim ", q_.size(3),
+              " (built: ", list_instances(generated::kSm80S2Bwd), ")");
+  const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
+  const at::Tensor out = aligned_contiguous(out_.to(q.scalar_type()));
+  const at::Tensor grad_out = aligned_contiguous(grad_out_.to(q.scalar_type()));
+  const at::Tensor lse = lse_.to(at::kFloat).contiguous();
+  at::Tensor grad_lse;
+  if (grad_lse_.has_value()) {
+    TORCH_CHECK(grad_lse_->sizes() == lse.sizes(), kName, ": grad_lse must be shaped like lse");
+    grad_lse = grad_lse_->to(at::kFloat).contiguous();
+  }
+  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  if (q.numel() == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
+  auto delta = at::empty(lse.sizes(), lse.options());
+
+  sm80::StridedShardBwdParams p{};
+  sm80::StridedShardFwdParams& f = p.fwd;
+  fill_fwd_args(f, q, k, v, out, lse, scale);
+  f.pattern.nq = nq;
+  f.pattern.nkv = nkv;
+  f.pattern.block = block;
+  f.pattern.local = local;
+  f.pattern.vert_stride = vert_stride;
+  f.pattern.causal = causal;
+  // As the CPU binding: the shard step of each KV head, shift and dense flag applied per head by the schedules.
+  f.head_step = homo_head ? 0 : std::max<int64_t>(1, vert_stride / heads);
+  f.sliding_offset = sliding_offset;
+  f.dense_heads = static_cast<int>(dense_heads);
+  f.q_split = split_of(block, generated::kSm80S2BwdBlockM, "natten_like::strided_shard_backward (cuda): block_size");
+  f.kv_split = split_of(block, generated::kSm80S2BwdBlockN, "natten_like::strided_shard_backward (cuda): block_size");
+
+  p.d_out = grad_out.data_ptr();
+  p.do_batch_stride = grad_out.stride(0), p.do_token_stride = grad_out.stride(1), p.do_head_stride = grad_out.stride(2);
+  p.grad_lse = grad_lse.defined() ? grad_lse.data_ptr<float>() : nullptr;
+  p.dq = dq.data_ptr();
+  p.dk = dk.data_ptr();
+  p.dv = dv.data_ptr();
+  p.dq_batch_stride = dq.stride(0), p.dq_token_stride = dq.stride(1), p.dq_head_stride = dq.stride(2);
+  p.dk_batch_stride = dk.stride(0), p.dk_token_stride = dk.stride(1), p.dk_head_stride = dk.stride(2);
+  p.dv_batch_stride = dv.stride(0), p.dv_token_stride = dv.stride(1), p.dv_head_stride = dv.stride(2);
+  p.delta = delta.data_ptr<float>();
+  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  TORCH_CHECK(err == cudaSuccess, kName, ": sm80 kernel: ", cudaGetErrorString(err));
+  return {dq, dk, dv};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(natten_like, CUDA, m) { m.impl("strided_shard_backward", &strided_shard_backward_cuda); }
+
+}  // namespace natten_like

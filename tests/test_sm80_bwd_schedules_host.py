@@ -1,0 +1,307 @@
+"""The key-side schedules of the sm80 backward's dK/dV kernel (``sm80/fmha_bwd_schedules.hpp``) on the host.
+
+The schedules are plain C++; each checker below compiles with the host compiler and, on random problems, runs every
+kernel KV tile of every (batch, KV head) through the schedule exactly as the dK/dV kernel does (key rows, then every
+step's query head, query rows and windows, the element mask of the rows' geometry), and proves that
+
+- the (query head, query, key) triples the kernel attends, over all kernel KV tiles and steps, are exactly the
+  policy's pairs of each query head of the group (``for_each_kv_tile`` + ``fill_mask`` of the forward lists), each
+  attended once;
+- every key row of every (batch, KV head) lies in exactly one kernel KV tile, tiles and steps fit the 64-row kernel
+  block, and step heads stay in the KV head's GQA group;
+- no step flagged ``full`` (run without the element mask) holds a pair the policy does not attend.
+
+Strided-shard problems mix dense and sharded KV heads, GQA groups, causal and not, block sizes 16 / 64 / 128 (128 runs
+as two kernel blocks); block-sparse problems have random full and partial lists per query head (broadcast batch / head
+dims), plain and packed varlen batches, Q and KV block sizes 16 / 64 / 128 independently.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Shared by both checkers: the dK/dV kernel's use of a key schedule for one kernel KV tile, collecting the attended
+# (query head, query token, key token) triples; `keys` counts how often each key token appears as a key row.
+COMMON = r"""
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <set>
+#include <tuple>
+#include <vector>
+
+#include "natten_like/sm80/fmha_bwd_schedules.hpp"
+
+using namespace natten_like;
+using Triples = std::set<std::tuple<int64_t, int64_t, int64_t>>;
+constexpr int kBlock = 64;
+
+template <class KeySchedule>
+int run_tile(const typename KeySchedule::Params& p, int64_t t, int h_kv, int64_t b, int group, Triples& got,
+             std::vector<int>& keys, long& checks) {
+  const KeySchedule s(p, t, h_kv, b);
+  const int nk = s.kv_rows();
+  if (nk < 0 || nk > kBlock) return 2;
+  std::vector<int64_t> ktok(nk);
+  std::vector<int32_t> kx(3 * nk);
+  for (int c = 0; c < nk; ++c) {
+    ktok[c] = s.kv_row(p, c, &kx[3 * c]);
+    if (ktok[c] < 0 || ktok[c] >= static_cast<int64_t>(keys.size())) return 3;
+    ++keys[ktok[c]];
+  }
+  for (int64_t e = 0; e < s.count(p); ++e) {
+    int h, rows;
+    bool full;
+    const auto q = s.q_tile(p, e, h, rows, full);
+    if (rows < 0 || rows > kBlock) return 4;
+    if (h < h_kv * group || h >= (h_kv + 1) * group) return 5;
+    for (int r = 0; r < rows; ++r) {
+      int32_t wb[3], we[3];
+      const int64_t qtok = s.q_row(p, q, r, wb, we);
+      for (int c = 0; c < nk; ++c) {
+        bool inside = true;
+        for (int i = 0; i < 3; ++i) inside = inside && wb[i] <= kx[3 * c + i] && kx[3 * c + i] < we[i];
+        if (full && !inside) return 6;  // a full step runs unmasked: every pair of it must be attended
+        if (inside && !got.emplace(h, qtok, ktok[c]).second) return 7;  // a pair attended twice
+        ++checks;
+      }
+    }
+  }
+  return 0;
+}
+
+int check(std::mt19937& rng, long& checks);
+
+int main(int argc, char** argv) {
+  std::mt19937 rng(argc > 1 ? std::atoi(argv[1]) : 0);
+  long checks = 0;
+  for (int i = 0; i < 200; ++i) {
+    const int bad = check(rng, checks);
+    if (bad) {
+      std::printf("mismatch %d in problem %d\n", bad, i);
+      return 1;
+    }
+  }
+  std::printf("ok %ld\n", checks);
+  return 0;
+}
+"""
+
+S2_CHECKER = (
+    COMMON
+    + r"""
+int check(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  sm80::StridedShardBwdParams p{};
+  auto& f = p.fwd;
+  const int64_t block = std::vector<int64_t>{8, 16, 64, 128, 192}[pick(0, 4)];
+  f.kv_heads = static_cast<int>(pick(1, 3));
+  const int group = static_cast<int>(pick(1, 3));
+  f.heads = f.kv_heads * group;
+  f.pattern.nkv = pick(1, 6 * block);
+  f.pattern.nq = pick(1, f.pattern.nkv);
+  f.pattern.block = block;
+  f.pattern.local = pick(1, 3);
+  f.pattern.vert_stride = pick(1, 5);
+  f.pattern.causal = pick(0, 1) == 1;
+  const bool homo = pick(0, 3) == 0;
+  f.head_step = homo ? 0 : std::max<int64_t>(1, f.pattern.vert_stride / f.heads);
+  f.sliding_offset = pick(0, 3);
+  f.dense_heads = static_cast<int>(pick(0, f.kv_heads));
+  f.q_split = block > kBlock ? static_cast<int>(block / kBlock) : 1;
+  f.kv_split = f.q_split;
+  for (int h_kv = 0; h_kv < f.kv_heads; ++h_kv) {
+    Triples want, got;
+    for (int h = h_kv * group; h < (h_kv + 1) * group; ++h) {
+      // The policy of query head h, built as the CPU binding builds it.
+      policy::StridedShardPolicy pol = f.pattern;
+      const int64_t hk = h / (f.heads / f.kv_heads);
+      pol.shift = (hk * f.head_step + f.sliding_offset) % pol.vert_stride;
+      pol.dense = hk >= f.kv_heads - f.dense_heads;
+      std::vector<int64_t> qr(block), kr(block);
+      std::vector<unsigned char> mask(block * block);
+      for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
+        const int64_t nq = pol.q_tile_rows(t, qr.data());
+        pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+          const int64_t nk = pol.kv_tile_rows(u, kr.data());
+          pol.fill_mask(t, u, mask.data());
+          for (int64_t i = 0; i < nq; ++i)
+            for (int64_t j = 0; j < nk; ++j)
+              if (full || mask[i * nk + j]) want.emplace(h, qr[i], kr[j]);
+        });
+      }
+    }
+    std::vector<int> keys(f.pattern.nkv, 0);
+    for (int64_t t = 0; t < sm80::StridedShardKeySchedule::num_kv_tiles(p); ++t) {
+      const int bad = run_tile<sm80::StridedShardKeySchedule>(p, t, h_kv, 0, group, got, keys, checks);
+      if (bad) return bad;
+    }
+    for (int c : keys)
+      if (c != 1) return 8;
+    if (got != want) return 9;
+  }
+  return 0;
+}
+"""
+)
+
+BLOCK_SPARSE_CHECKER = (
+    COMMON
+    + r"""
+// block_sparse_plan.hpp's transpose_lists: per KV block, the query blocks whose list holds it, in increasing order.
+void transpose(const std::vector<int64_t>& num, const std::vector<int64_t>& idx, int64_t bh, int64_t rows, int64_t cap,
+               int64_t cols, std::vector<int64_t>& tnum, std::vector<int64_t>& tidx, int64_t& tcap) {
+  tcap = std::max<int64_t>(rows, 1);
+  tnum.assign(bh * cols, 0);
+  tidx.assign(bh * cols * tcap, 0);
+  for (int64_t g = 0; g < bh; ++g)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < num[g * rows + r]; ++i) {
+        const int64_t c = idx[(g * rows + r) * cap + i];
+        tidx[(g * cols + c) * tcap + tnum[g * cols + c]++] = r;
+      }
+}
+
+int check(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  const bool packed = pick(0, 2) == 0;
+  const int64_t batch = packed ? 1 : pick(1, 2), kv_heads = pick(1, 2), seqs = packed ? pick(1, 3) : 1;
+  const int group = static_cast<int>(pick(1, 3));
+  const int64_t heads = kv_heads * group;
+  const std::vector<int64_t> sizes{16, 64, 128};
+  const int64_t qbs = sizes[pick(0, 2)], kbs = sizes[pick(0, 2)];
+  std::vector<int64_t> q_seq{0}, kv_seq{0}, q_tiles{0}, kv_tiles{0};
+  int64_t max_q = 0, max_kv = 0;
+  for (int64_t s = 0; s < seqs; ++s) {
+    const int64_t nq = pick(0, 300), nkv = pick(1, 300);
+    q_seq.push_back(q_seq.back() + nq);
+    kv_seq.push_back(kv_seq.back() + nkv);
+    q_tiles.push_back(q_tiles.back() + policy::ceil_div(nq, qbs));
+    kv_tiles.push_back(kv_tiles.back() + policy::ceil_div(nkv, kbs));
+    max_q = std::max(max_q, nq);
+    max_kv = std::max(max_kv, nkv);
+  }
+  const int64_t QB = policy::ceil_div(max_q, qbs), KB = policy::ceil_div(max_kv, kbs);
+  const int64_t lb = packed ? seqs : (pick(0, 1) ? batch : 1), lh = pick(0, 1) ? heads : 1, cap = KB;
+  std::vector<int64_t> pnum(lb * lh * QB), pidx(lb * lh * QB * cap), fnum(lb * lh * QB), fidx(lb * lh * QB * cap);
+  for (int64_t g = 0; g < lb * lh * QB; ++g) {
+    std::vector<int64_t> cols(KB);
+    std::iota(cols.begin(), cols.end(), 0);
+    std::shuffle(cols.begin(), cols.end(), rng);
+    const int64_t n = pick(0, KB), nf = pick(0, n);
+    fnum[g] = nf;
+    pnum[g] = n - nf;
+    for (int64_t i = 0; i < nf; ++i) fidx[g * cap + i] = cols[i];
+    for (int64_t i = nf; i < n; ++i) pidx[g * cap + i - nf] = cols[i];
+  }
+  const bool with_full = pick(0, 1) == 1;
+  std::vector<int64_t> tpnum, tpidx, tfnum, tfidx;
+  int64_t tcap = 1;
+  transpose(pnum, pidx, lb * lh, QB, cap, KB, tpnum, tpidx, tcap);
+  transpose(fnum, fidx, lb * lh, QB, cap, KB, tfnum, tfidx, tcap);
+  // rows x cols lists of [lb, lh] (broadcast dims stride 0), as block_sparse_plan.hpp's list_array.
+  auto array = [&](const std::vector<int64_t>& num, const std::vector<int64_t>& idx, int64_t rows, int64_t c) {
+    policy::BlockListArray a;
+    a.num = num.data();
+    a.idx = idx.data();
+    a.num_stride_b = lb > 1 ? lh * rows : 0;
+    a.num_stride_h = lh > 1 ? rows : 0;
+    a.idx_stride_b = lb > 1 ? lh * rows * c : 0;
+    a.idx_stride_h = lh > 1 ? rows * c : 0;
+    a.cap = c;
+    return a;
+  };
+  sm80::BlockSparseBwdParams p{};
+  auto& f = p.fwd;
+  f.heads = static_cast<int>(heads);
+  f.kv_heads = static_cast<int>(kv_heads);
+  f.pattern.q_block = qbs;
+  f.pattern.kv_block = kbs;
+  f.pattern.causal = pick(0, 1) == 1;
+  f.pattern.num_seqs = seqs;
+  f.pattern.q_seq = q_seq.data();
+  f.pattern.kv_seq = kv_seq.data();
+  f.pattern.q_tiles = q_tiles.data();
+  f.pattern.kv_tiles = kv_tiles.data();
+  f.kv_partial = array(pnum, pidx, QB, cap);
+  p.q_partial = array(tpnum, tpidx, KB, tcap);
+  if (with_full) {
+    f.kv_full = array(fnum, fidx, QB, cap);
+    p.q_full = array(tfnum, tfidx, KB, tcap);
+  }
+  f.packed = packed;
+  f.total_q_tiles = q_tiles.back();
+  p.total_kv_tiles = kv_tiles.back();
+  f.q_split = qbs > kBlock ? static_cast<int>(qbs / kBlock) : 1;
+  f.kv_split = kbs > kBlock ? static_cast<int>(kbs / kBlock) : 1;
+  std::vector<int64_t> qr(qbs), kr(kbs);
+  std::vector<unsigned char> mask(qbs * kbs);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int h_kv = 0; h_kv < kv_heads; ++h_kv) {
+      Triples want, got;
+      for (int h = h_kv * group; h < (h_kv + 1) * group; ++h) {
+        policy::BlockSparsePolicy pol = f.pattern;
+        pol.kv_partial = f.kv_partial.at(b, h, packed);
+        pol.kv_full = f.kv_full.at(b, h, packed);
+        for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
+          const int64_t nq = pol.q_tile_rows(t, qr.data());
+          pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+            const int64_t nk = pol.kv_tile_rows(u, kr.data());
+            pol.fill_mask(t, u, mask.data());
+            for (int64_t i = 0; i < nq; ++i)
+              for (int64_t j = 0; j < nk; ++j)
+                if (full || mask[i * nk + j]) want.emplace(h, qr[i], kr[j]);
+          });
+        }
+      }
+      std::vector<int> keys(kv_seq.back(), 0);
+      for (int64_t t = 0; t < sm80::BlockSparseKeySchedule::num_kv_tiles(p); ++t) {
+        const int bad = run_tile<sm80::BlockSparseKeySchedule>(p, t, h_kv, b, group, got, keys, checks);
+        if (bad) return bad;
+      }
+      for (int c : keys)
+        if (c != 1) return 8;
+      if (got != want) return 9;
+    }
+  return 0;
+}
+"""
+)
+
+
+def _cxx() -> str | None:
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+def build_checker(tmp_path: Path, family: str, source: str) -> Path:
+    """Compiles a checker; skips when the toolkit's cuda_runtime_api.h (for the params header) is missing."""
+    src = tmp_path / f"{family}_key_checker.cpp"
+    src.write_text(source)
+    exe = tmp_path / f"{family}_key_checker"
+    include = ROOT / "csrc" / "include"
+    cuda_include = Path("/usr/local/cuda/include")  # cuda_runtime_api.h, for the params header's launch types
+    cmd = [_cxx(), "-std=c++20", "-O1", f"-I{include}", f"-I{cuda_include}", str(src), "-o", str(exe)]
+    built = subprocess.run(cmd, capture_output=True, text=True)
+    if built.returncode != 0 and "cuda_runtime_api.h" in built.stderr:
+        pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h)")
+    assert built.returncode == 0, built.stderr
+    return exe
+
+
+@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the schedule checker")
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("family", ["strided_shard", "block_sparse"])
+def test_key_schedule_matches_policy(tmp_path: Path, family: str, seed: int) -> None:
+    source = {"strided_shard": S2_CHECKER, "block_sparse": BLOCK_SPARSE_CHECKER}[family]
+    exe = build_checker(tmp_path, family, source)
+    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith("ok ")

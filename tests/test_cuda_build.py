@@ -551,15 +551,20 @@ def _count(pattern: str, body: str) -> int:
     return len(re.findall(pattern, body))
 
 
-# The sm80 attention kernels (forward of every family, backward dK/dV and dQ): tensor cores fed by cp.async and
-# ldmatrix, no local memory. They are built for every arch named (sm_90a too, as Hopper's fallback).
-SM80_MMA_KERNELS = ("sm80_fmha_fwd_kernel", "sm80_gna_bwd_dkdv_kernel", "sm80_gna_bwd_dq_kernel")
+# The sm80 attention kernels (forward of every family, backward dK/dV and dQ, latent decode): tensor cores fed by
+# cp.async and ldmatrix, no local memory. They are built for every arch named (sm_90a too, as Hopper's fallback).
+SM80_MMA_KERNELS = (
+    "sm80_fmha_fwd_kernel",
+    "sm80_gna_bwd_dkdv_kernel",
+    "sm80_gna_bwd_dq_kernel",
+    "sm80_latent_fwd_kernel",
+)
 
 
 def test_sm80_kernels_use_tensor_cores_without_spills() -> None:
     sass, regs = _built_sass()
     found = {k: body for k, body in sass.items() if any(n in k[1] for n in SM80_MMA_KERNELS)}
-    for kind in ("sm80_fmha_fwd_kernel", "sm80_gna_bwd_dkdv_kernel", "sm80_gna_bwd_dq_kernel"):
+    for kind in SM80_MMA_KERNELS:
         assert any(kind in name for _, name in found), f"no {kind} in the built library"
     for (arch, name), body in sorted(found.items()):
         hmma, local = _count(r"\bHMMA\.", body), _count(r"\b(LDL|STL)\b", body)

@@ -1,8 +1,9 @@
 // CUDA implementation of block_sparse_backward: the sm80 fused backward (sm80_fmha_bwd_kernel.hpp): delta, then dK/dV
 // per kernel KV tile over the query blocks of the transposed lists of every query head of its GQA group
 // (BlockSparseKeySchedule, fmha_bwd_schedules.hpp), then dQ per kernel Q tile over its listed KV blocks (the forward's
-// BlockSparseSchedule). Deterministic, no atomics. The lists are validated, and transposed, on host copies by the same
-// plan as the CPU binding (block_sparse_plan.hpp, backward = true); the kernels get device copies of the checked arrays.
+// BlockSparseSchedule). Deterministic, no atomics. The lists are validated, and transposed, on host copies by the
+// same plan as the CPU binding (block_sparse_plan.hpp, backward = true); the kernels get device copies of the checked
+// arrays.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -95,7 +96,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
   f.packed = plan.packed;
   f.total_q_tiles = plan.q_tiles.back();
   p.total_kv_tiles = plan.kv_tiles.back();
-  f.q_split = split_of(q_block, generated::kSm80BlockSparseBwdBlockM, "natten_like::block_sparse_backward (cuda): q_block");
+  f.q_split =
+      split_of(q_block, generated::kSm80BlockSparseBwdBlockM, "natten_like::block_sparse_backward (cuda): q_block");
   f.kv_split =
       split_of(kv_block, generated::kSm80BlockSparseBwdBlockN, "natten_like::block_sparse_backward (cuda): kv_block");
 

@@ -11,9 +11,11 @@ step's query head, query rows and windows, the element mask of the rows' geometr
   block, and step heads stay in the KV head's GQA group;
 - no step flagged ``full`` (run without the element mask) holds a pair the policy does not attend.
 
-Strided-shard problems mix dense and sharded KV heads, GQA groups, causal and not, block sizes 16 / 64 / 128 (128 runs
-as two kernel blocks); block-sparse problems have random full and partial lists per query head (broadcast batch / head
-dims), plain and packed varlen batches, Q and KV block sizes 16 / 64 / 128 independently.
+GNA problems are rank 1-3 with dilation, stride and causal dims and GQA (the iterator itself is checked in
+tests/test_sm80_bwd_host.py; here the steps' head mapping). Strided-shard problems mix dense and sharded KV heads, GQA
+groups, causal and not, block sizes 8 to 192 (128 and 192 run as several kernel blocks); block-sparse problems have
+random full and partial lists per query head (broadcast batch / head dims), plain and packed varlen batches, Q and KV
+block sizes 16 / 64 / 128 independently.
 """
 
 from __future__ import annotations
@@ -277,6 +279,75 @@ int check(std::mt19937& rng, long& checks) {
 )
 
 
+GNA_CHECKER = (
+    COMMON
+    + r"""
+// GNA, rank 1-3 with dilation, stride and causal dims, padded to rank 3 as the CUDA binding pads it (as
+// tests/test_sm80_bwd_host.py); every query head of a group has the KV head's pattern.
+template <int R>
+int check_rank(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  policy::GnaPolicy<R> pol;
+  policy::GnaPolicy<3> pad;
+  const int off = 3 - R;
+  for (int i = 0; i < off; ++i) {
+    pad.dim[i] = policy::GnaDim{1, 1, 1, 1, false};
+    pad.tq[i] = pad.tk[i] = 1;
+  }
+  int64_t tokens = 1;
+  for (int i = 0; i < R; ++i) {
+    const int64_t L = pick(2, R == 1 ? 150 : (R == 2 ? 24 : 11));
+    const int64_t d = pick(1, std::max<int64_t>(1, L / 2));
+    const int64_t lg = L / d;
+    const int64_t k = pick(std::min<int64_t>(2, lg), lg);
+    pol.dim[i] = policy::GnaDim{L, k, pick(1, k), d, pick(0, 1) == 1};
+    pol.tq[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
+    pol.tk[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
+    pad.dim[off + i] = pol.dim[i];
+    pad.tq[off + i] = pol.tq[i];
+    pad.tk[off + i] = pol.tk[i];
+    tokens *= L;
+  }
+  sm80::GnaBwdParams p{};
+  p.fwd.kv_heads = static_cast<int>(pick(1, 2));
+  const int group = static_cast<int>(pick(1, 3));
+  p.fwd.heads = p.fwd.kv_heads * group;
+  p.fwd.policy = pad;
+  std::vector<int64_t> qr(pol.max_q_rows()), kr(pol.max_kv_rows());
+  std::vector<unsigned char> mask(pol.max_q_rows() * pol.max_kv_rows());
+  for (int h_kv = 0; h_kv < p.fwd.kv_heads; ++h_kv) {
+    Triples want, got;
+    for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
+      const int64_t nq = pol.q_tile_rows(t, qr.data());
+      pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+        const int64_t nk = pol.kv_tile_rows(u, kr.data());
+        pol.fill_mask(t, u, mask.data());
+        for (int h = h_kv * group; h < (h_kv + 1) * group; ++h)
+          for (int64_t i = 0; i < nq; ++i)
+            for (int64_t j = 0; j < nk; ++j)
+              if (full || mask[i * nk + j]) want.emplace(h, qr[i], kr[j]);
+      });
+    }
+    std::vector<int> keys(tokens, 0);
+    for (int64_t u = 0; u < sm80::GnaKeySchedule::num_kv_tiles(p); ++u) {
+      const int bad = run_tile<sm80::GnaKeySchedule>(p, u, h_kv, 0, group, got, keys, checks);
+      if (bad) return bad;
+    }
+    for (int c : keys)
+      if (c != 1) return 8;
+    if (got != want) return 9;
+  }
+  return 0;
+}
+
+int check(std::mt19937& rng, long& checks) {
+  const int rank = static_cast<int>(std::uniform_int_distribution<int>(1, 3)(rng));
+  return rank == 1 ? check_rank<1>(rng, checks) : rank == 2 ? check_rank<2>(rng, checks) : check_rank<3>(rng, checks);
+}
+"""
+)
+
+
 def _cxx() -> str | None:
     return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
 
@@ -298,9 +369,9 @@ def build_checker(tmp_path: Path, family: str, source: str) -> Path:
 
 @pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the schedule checker")
 @pytest.mark.parametrize("seed", [0, 1])
-@pytest.mark.parametrize("family", ["strided_shard", "block_sparse"])
+@pytest.mark.parametrize("family", ["gna", "strided_shard", "block_sparse"])
 def test_key_schedule_matches_policy(tmp_path: Path, family: str, seed: int) -> None:
-    source = {"strided_shard": S2_CHECKER, "block_sparse": BLOCK_SPARSE_CHECKER}[family]
+    source = {"gna": GNA_CHECKER, "strided_shard": S2_CHECKER, "block_sparse": BLOCK_SPARSE_CHECKER}[family]
     exe = build_checker(tmp_path, family, source)
     result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

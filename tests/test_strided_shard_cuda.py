@@ -75,12 +75,10 @@ def test_random_patterns_match_reference(monkeypatch: pytest.MonkeyPatch, seed: 
         assert lse_err <= 2e-3 * max(1.0, ref_lse[finite].abs().max().item()), f"lse error {lse_err:.2e} in {c}"
 
 
-def test_refuses_backward_and_odd_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refuses_odd_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     dtype, dim = sorted(cuda_backend.built_kernels("sm80_s2_fwd"), key=str)[0]
     q = torch.randn(1, 200, 2, dim, dtype=dtype, device="cuda")
     pattern = dict(local_blocks=1, vert_stride=2)
     with pytest.raises(natten_like.BackendNotSupportedError, match="multiple"):
         natten_like.strided_shard_attention(q, q, q, block_size=96, **pattern, backend="cuda")
-    with pytest.raises(natten_like.BackendNotSupportedError, match="forward-only"):
-        natten_like.strided_shard_attention(q.requires_grad_(), q, q, block_size=64, **pattern, backend="cuda")

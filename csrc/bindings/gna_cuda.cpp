@@ -202,8 +202,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
 }
 
 // Every CUDA kernel of this build, one entry per instantiation: (family, dtype name, head dim). Families:
-// "sm80_gna_fwd", "sm80_gna_bwd", "sm80_block_sparse_fwd", "sm80_s2_fwd", "sm80_latent_fwd", "sm90_gna_fwd",
-// "sm90_block_sparse_fwd", "sm90_s2_fwd".
+// "sm80_gna_fwd", "sm80_gna_bwd", "sm80_block_sparse_fwd", "sm80_block_sparse_bwd", "sm80_s2_fwd", "sm80_s2_bwd",
+// "sm80_latent_fwd", "sm90_gna_fwd", "sm90_block_sparse_fwd", "sm90_s2_fwd".
 std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<int64_t>> cuda_kernels() {
   std::vector<std::string> kinds, dtypes;
   std::vector<int64_t> head_dims;
@@ -218,6 +218,8 @@ std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<int64
   add("sm80_gna_bwd", generated::kSm80GnaBwd);
   add("sm80_block_sparse_fwd", generated::kSm80BlockSparseFwd);
   add("sm80_s2_fwd", generated::kSm80S2Fwd);
+  add("sm80_block_sparse_bwd", generated::kSm80BlockSparseBwd);
+  add("sm80_s2_bwd", generated::kSm80S2Bwd);
   add("sm80_latent_fwd", generated::kSm80LatentFwd);
 #if NATTEN_LIKE_WITH_SM90
   add("sm90_gna_fwd", generated::kSm90GnaFwd);

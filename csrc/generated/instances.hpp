@@ -48,6 +48,14 @@ cudaError_t sm80_gna_bwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams
 cudaError_t sm80_gna_bwd_fp16_hd128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_bf16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_bf16_hd128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_fp16_hd64_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_fp16_hd128_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_bf16_hd64_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_bf16_hd128_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_fp16_hd64_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_fp16_hd128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_bf16_hd128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_latent_fwd_fp16_hd576_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_latent_fwd_bf16_hd576_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
@@ -144,6 +152,40 @@ inline constexpr Instance<natten_like::sm80::GnaBwdParams> kSm80GnaBwd[] = {
     {"bfloat16", 64, &sm80_gna_bwd_bf16_hd64_m64_n64},
 #endif
     {"bfloat16", 128, &sm80_gna_bwd_bf16_hd128_m64_n64},
+    {nullptr, 0, nullptr},
+};
+
+// sm80_block_sparse_bwd: query rows 64, key rows 64 per CTA block.
+constexpr int kSm80BlockSparseBwdBlockM = 64;
+constexpr int kSm80BlockSparseBwdBlockN = 64;
+inline constexpr Instance<natten_like::sm80::BlockSparseBwdParams> kSm80BlockSparseBwd[] = {
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 64, &sm80_block_sparse_bwd_fp16_hd64_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 128, &sm80_block_sparse_bwd_fp16_hd128_m64_n64},
+#endif
+    {"bfloat16", 64, &sm80_block_sparse_bwd_bf16_hd64_m64_n64},
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 128, &sm80_block_sparse_bwd_bf16_hd128_m64_n64},
+#endif
+    {nullptr, 0, nullptr},
+};
+
+// sm80_s2_bwd: query rows 64, key rows 64 per CTA block.
+constexpr int kSm80S2BwdBlockM = 64;
+constexpr int kSm80S2BwdBlockN = 64;
+inline constexpr Instance<natten_like::sm80::StridedShardBwdParams> kSm80S2Bwd[] = {
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 64, &sm80_s2_bwd_fp16_hd64_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 128, &sm80_s2_bwd_fp16_hd128_m64_n64},
+#endif
+    {"bfloat16", 64, &sm80_s2_bwd_bf16_hd64_m64_n64},
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 128, &sm80_s2_bwd_bf16_hd128_m64_n64},
+#endif
     {nullptr, 0, nullptr},
 };
 

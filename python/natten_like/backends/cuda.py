@@ -5,8 +5,9 @@ backend refuses with "no CUDA kernels are built yet"):
 
 - ``sm80_gna_fwd``: GNA / dense forward on every GPU of compute capability 8.0 or newer (cp.async + mma.sync);
 - ``sm80_gna_bwd``: its backward (dQ, dK, dV; deterministic), used by autograd after any forward kernel;
-- ``sm80_block_sparse_fwd``, ``sm80_s2_fwd``: block-sparse and strided-shard forward (the same kernel, other
-  schedules);
+- ``sm80_block_sparse_fwd``, ``sm80_s2_fwd`` and ``_bwd``: block-sparse and strided-shard forward and backward (the
+  same kernels, other schedules);
+- ``sm80_latent_fwd``: MLA decode (D 576 / D_v 512, split-KV, paged);
 - ``sm90_gna_fwd``: the Hopper GNA / dense forward (TMA + wgmma, warp-specialised), built when the arch list names
   ``9.0a``; taken on compute capability 9.x when it has a kernel for the dtype and head dim and the problem fits its
   TMA boxes, otherwise the sm80 kernel runs.
@@ -183,8 +184,8 @@ def strided_shard_not_supported_reasons(problem: Problem) -> list[str]:
     """Reasons of the S2 forward kernel (sm80_s2_fwd); the family's problem comes from natten_like.strided_shard."""
     reasons = _common_reasons(problem) + _head_dim_reasons(problem, "sm80_s2_fwd")
     params = problem.params
-    if problem.requires_grad:
-        reasons.append("the strided-shard CUDA kernel is forward-only (inputs require grad)")
+    if problem.requires_grad and (problem.dtype, params.head_dim) not in built_kernels("sm80_s2_bwd"):
+        reasons.append(f"inputs require grad and head dim {params.head_dim} has no strided-shard backward kernel")
     for block in (SM80_BLOCK_M, SM80_BLOCK_N):
         if params.block_size > block and params.block_size % block:
             reasons.append(f"block_size {params.block_size} is neither <= {block} nor a multiple of it")
@@ -198,8 +199,8 @@ def block_sparse_not_supported_reasons(problem: Problem) -> list[str]:
     natten_like.block_sparse."""
     reasons = _common_reasons(problem) + _head_dim_reasons(problem, "sm80_block_sparse_fwd")
     params = problem.params
-    if problem.requires_grad:
-        reasons.append("the block-sparse CUDA kernel is forward-only (inputs require grad)")
+    if problem.requires_grad and (problem.dtype, params.head_dim) not in built_kernels("sm80_block_sparse_bwd"):
+        reasons.append(f"inputs require grad and head dim {params.head_dim} has no block-sparse backward kernel")
     for name, size, block in (("q_block", params.q_block, SM80_BLOCK_M), ("kv_block", params.kv_block, SM80_BLOCK_N)):
         if size > block and size % block:
             reasons.append(f"{name} {size} is neither <= {block} nor a multiple of it")

@@ -20,9 +20,15 @@ struct Sm80FmhaFwdTraits {
   static constexpr int kBlockN = kBlockN_;  // key rows per KV tile step
   static constexpr int kWarps = kBlockM / 16;
   static constexpr int kThreads = kWarps * 32;
-  // CTAs per SM the register allocation must allow: at head dim 64, 3 fit in 168 registers without spills (ptxas
-  // otherwise spends ~250 for no gain, leaving 2 per SM); at 128 the accumulators need the full 255, so 2.
+  // CTAs per SM the register allocation must allow: at head dim 64, 3 fit in 168 registers without spills on sm_80
+  // (ptxas otherwise spends ~250 for no gain, leaving 2 per SM); sm_90's ptxas spills at that cap, so 2 there (the
+  // device pass of each arch sees its own value; only __launch_bounds__ reads it). At 128 the accumulators need the
+  // full 255, so 2.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  static constexpr int kMinBlocksPerSm = 2;
+#else
   static constexpr int kMinBlocksPerSm = kHeadDim <= 64 ? 3 : 2;
+#endif
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "m16n8k16 needs 16-row blocks");
   static_assert(kHeadDim % 64 == 0 || kHeadDim == 32, "the smem swizzle atom spans 64 (or, for 32, 32) elements");
   static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);

@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from toolchain import ROOT, needs_cxx, needs_nvcc, run_host_checker, run_nvcc_checker
 
 # Checks GnaKvTileIterator (what the kernel runs) against GnaPolicy (the definition) for random problems of rank 1-3,
 # with the problem padded to rank 3 exactly as csrc/bindings/gna_cuda.cpp pads it.
@@ -406,68 +405,23 @@ int main(int argc, char** argv) {
 """
 
 
-def _cxx() -> str | None:
-    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-
-
-@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the iterator checker")
+@needs_cxx
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tile_iterator_matches_policy(tmp_path: Path, seed: int) -> None:
-    src = tmp_path / "checker.cpp"
-    src.write_text(CHECKER)
-    exe = tmp_path / "checker"
-    subprocess.run(
-        [_cxx(), "-std=c++20", "-O1", f"-I{ROOT / 'csrc' / 'include'}", str(src), "-o", str(exe)],
-        check=True,
-        capture_output=True,
-    )
-    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("ok ")
+    assert run_host_checker(tmp_path, "checker", CHECKER, [str(seed)]).startswith("ok ")
 
 
-@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the schedule checker")
+@needs_cxx
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("family", ["strided_shard", "block_sparse"])
 def test_schedule_matches_policy(tmp_path: Path, family: str, seed: int) -> None:
-    src = tmp_path / f"{family}_checker.cpp"
-    src.write_text({"strided_shard": S2_CHECKER, "block_sparse": BLOCK_SPARSE_CHECKER}[family])
-    exe = tmp_path / f"{family}_checker"
-    include = ROOT / "csrc" / "include"
-    cuda_include = Path("/usr/local/cuda/include")  # cuda_runtime_api.h, for the params header's launch types
-    cmd = [_cxx(), "-std=c++20", "-O1", f"-I{include}", f"-I{cuda_include}", str(src), "-o", str(exe)]
-    built = subprocess.run(cmd, capture_output=True, text=True)
-    if built.returncode != 0 and "cuda_runtime_api.h" in built.stderr:
-        pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h)")
-    assert built.returncode == 0, built.stderr
-    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("ok ")
+    source = {"strided_shard": S2_CHECKER, "block_sparse": BLOCK_SPARSE_CHECKER}[family]
+    assert run_host_checker(tmp_path, f"{family}_checker", source, [str(seed)], cuda_headers=True).startswith("ok ")
 
 
-def _nvcc() -> str | None:
-    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
-
-
-def _cutlass_include() -> str | None:
-    try:
-        import cutlass_library
-    except ImportError:
-        return None
-    path = Path(cutlass_library.__file__).parent / "source" / "include"
-    return str(path) if (path / "cute").is_dir() else None
-
-
-@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+@needs_nvcc
 def test_register_layouts_of_the_kernel(tmp_path: Path) -> None:
-    src = tmp_path / "layouts.cu"
-    src.write_text(LAYOUT_CHECKER)
-    exe = tmp_path / "layouts"
-    include = ROOT / "csrc" / "include"
-    cmd = [_nvcc(), "-std=c++20", "-arch=sm_80", "--expt-relaxed-constexpr", f"-I{include}", f"-I{_cutlass_include()}"]
-    subprocess.run([*cmd, str(src), "-o", str(exe)], check=True, capture_output=True)
-    result = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+    assert run_nvcc_checker(tmp_path, "layouts", LAYOUT_CHECKER).strip() == "ok"
 
 
 def test_generated_instantiations_are_current() -> None:

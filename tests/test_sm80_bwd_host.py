@@ -16,8 +16,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from toolchain import needs_cxx, needs_nvcc, run_host_checker, run_nvcc_checker
 
 CHECKER = r"""
 #include <cstdio>
@@ -701,65 +700,22 @@ int main(int argc, char** argv) {
 """
 
 
-def _cxx() -> str | None:
-    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-
-
-@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the iterator checker")
+@needs_cxx
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_q_tile_iterator_matches_policy(tmp_path: Path, seed: int) -> None:
-    src = tmp_path / "checker.cpp"
-    src.write_text(CHECKER)
-    exe = tmp_path / "checker"
-    subprocess.run(
-        [_cxx(), "-std=c++20", "-O1", f"-I{ROOT / 'csrc' / 'include'}", str(src), "-o", str(exe)],
-        check=True,
-        capture_output=True,
-    )
-    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("ok ")
+    assert run_host_checker(tmp_path, "checker", CHECKER, [str(seed)]).startswith("ok ")
 
 
-@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the emulator")
+@needs_cxx
 @pytest.mark.parametrize("seed", [0, 1])
 def test_backward_tile_algorithm_matches_dense_gradients(tmp_path: Path, seed: int) -> None:
-    src = tmp_path / "emulator.cpp"
-    src.write_text(EMULATOR)
-    exe = tmp_path / "emulator"
-    subprocess.run(
-        [_cxx(), "-std=c++20", "-O2", f"-I{ROOT / 'csrc' / 'include'}", str(src), "-o", str(exe)],
-        check=True,
-        capture_output=True,
-    )
-    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("ok ")
+    out = run_host_checker(tmp_path, "emulator", EMULATOR, [str(seed)], opt="-O2", timeout=600)
+    assert out.startswith("ok ")
 
 
-def _nvcc() -> str | None:
-    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
-
-
-def _cutlass_include() -> str | None:
-    try:
-        import cutlass_library
-    except ImportError:
-        return None
-    path = Path(cutlass_library.__file__).parent / "source" / "include"
-    return str(path) if (path / "cute").is_dir() else None
-
-
-@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+@needs_nvcc
 def test_register_and_smem_layouts_of_the_backward(tmp_path: Path) -> None:
-    src = tmp_path / "layouts.cu"
-    src.write_text(LAYOUT_CHECKER)
-    exe = tmp_path / "layouts"
-    include = ROOT / "csrc" / "include"
-    cmd = [_nvcc(), "-std=c++20", "-arch=sm_80", "--expt-relaxed-constexpr", f"-I{include}", f"-I{_cutlass_include()}"]
-    subprocess.run([*cmd, str(src), "-o", str(exe)], check=True, capture_output=True)
-    result = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+    assert run_nvcc_checker(tmp_path, "layouts", LAYOUT_CHECKER).strip() == "ok"
 
 
 def _has_gpu() -> bool:
@@ -770,16 +726,8 @@ def _has_gpu() -> bool:
     return result.returncode == 0 and "GPU" in result.stdout
 
 
-@pytest.mark.skipif(
-    _nvcc() is None or _cutlass_include() is None or not _has_gpu(), reason="needs nvcc, the CUTLASS headers and a GPU"
-)
+@needs_nvcc
+@pytest.mark.skipif(not _has_gpu(), reason="needs a GPU (nvidia-smi -L lists none)")
 def test_backward_kernels_on_gpu(tmp_path: Path) -> None:
-    src = tmp_path / "gpu_check.cu"
-    src.write_text(GPU_CHECKER)
-    exe = tmp_path / "gpu_check"
-    include = ROOT / "csrc" / "include"
-    cmd = [_nvcc(), "-std=c++20", "-O2", "--expt-relaxed-constexpr", "-gencode=arch=compute_80,code=sm_80"]
-    cmd += ["-gencode=arch=compute_80,code=compute_80", f"-I{include}", f"-I{_cutlass_include()}"]
-    subprocess.run([*cmd, str(src), "-o", str(exe)], check=True, capture_output=True)
-    result = subprocess.run([str(exe)], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0 and result.stdout.startswith("ok "), result.stdout + result.stderr
+    arch = ("-O2", "-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_80,code=compute_80")
+    assert run_nvcc_checker(tmp_path, "gpu_check", GPU_CHECKER, arch).startswith("ok ")

@@ -20,13 +20,10 @@ block sizes 16 / 64 / 128 independently.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from toolchain import needs_cxx, run_host_checker
 
 # Shared by both checkers: the dK/dV kernel's use of a key schedule for one kernel KV tile, collecting the attended
 # (query head, query token, key token) triples; `keys` counts how often each key token appears as a key row.
@@ -348,31 +345,10 @@ int check(std::mt19937& rng, long& checks) {
 )
 
 
-def _cxx() -> str | None:
-    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-
-
-def build_checker(tmp_path: Path, family: str, source: str) -> Path:
-    """Compiles a checker; skips when the toolkit's cuda_runtime_api.h (for the params header) is missing."""
-    src = tmp_path / f"{family}_key_checker.cpp"
-    src.write_text(source)
-    exe = tmp_path / f"{family}_key_checker"
-    include = ROOT / "csrc" / "include"
-    cuda_include = Path("/usr/local/cuda/include")  # cuda_runtime_api.h, for the params header's launch types
-    cmd = [_cxx(), "-std=c++20", "-O1", f"-I{include}", f"-I{cuda_include}", str(src), "-o", str(exe)]
-    built = subprocess.run(cmd, capture_output=True, text=True)
-    if built.returncode != 0 and "cuda_runtime_api.h" in built.stderr:
-        pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h)")
-    assert built.returncode == 0, built.stderr
-    return exe
-
-
-@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the schedule checker")
+@needs_cxx
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("family", ["gna", "strided_shard", "block_sparse"])
 def test_key_schedule_matches_policy(tmp_path: Path, family: str, seed: int) -> None:
     source = {"gna": GNA_CHECKER, "strided_shard": S2_CHECKER, "block_sparse": BLOCK_SPARSE_CHECKER}[family]
-    exe = build_checker(tmp_path, family, source)
-    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("ok ")
+    out = run_host_checker(tmp_path, f"{family}_key_checker", source, [str(seed)], cuda_headers=True)
+    assert out.startswith("ok ")

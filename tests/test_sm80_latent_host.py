@@ -12,13 +12,10 @@ the K tile's first 512 columns and the gather's constant atom stride.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from toolchain import needs_cxx, needs_nvcc, run_host_checker, run_nvcc_checker
 
 CHECKER = r"""
 #include <algorithm>
@@ -198,50 +195,14 @@ int main() {
 """
 
 
-def _cxx() -> str | None:
-    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-
-
-@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the schedule checker")
+@needs_cxx
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_latent_schedule_covers_semantics(tmp_path: Path, seed: int) -> None:
-    src = tmp_path / "latent_checker.cpp"
-    src.write_text(CHECKER)
-    exe = tmp_path / "latent_checker"
-    built = subprocess.run(
-        [_cxx(), "-std=c++20", "-O1", f"-I{ROOT / 'csrc' / 'include'}", str(src), "-o", str(exe)],
-        capture_output=True,
-        text=True,
-    )
-    assert built.returncode == 0, built.stderr
-    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("ok ")
+    assert run_host_checker(tmp_path, "latent_checker", CHECKER, [str(seed)]).startswith("ok ")
 
 
-def _nvcc() -> str | None:
-    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
-
-
-def _cutlass_include() -> str | None:
-    try:
-        import cutlass_library
-    except ImportError:
-        return None
-    path = Path(cutlass_library.__file__).parent / "source" / "include"
-    return str(path) if (path / "cute").is_dir() else None
-
-
-@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+@needs_nvcc
 def test_latent_kernel_layouts(tmp_path: Path) -> None:
     """The kernel's register and smem layouts, evaluated on the host: the warp pair sharing rows, the P store, the
     epilogue's column pairs, V^T as the K tile's first 512 columns and the gather's constant atom stride."""
-    src = tmp_path / "latent_layouts.cu"
-    src.write_text(LAYOUT_CHECKER)
-    exe = tmp_path / "latent_layouts"
-    include = ROOT / "csrc" / "include"
-    cmd = [_nvcc(), "-std=c++20", "-arch=sm_80", "--expt-relaxed-constexpr", f"-I{include}", f"-I{_cutlass_include()}"]
-    built = subprocess.run([*cmd, str(src), "-o", str(exe)], capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr[-4000:]
-    result = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+    assert run_nvcc_checker(tmp_path, "latent_layouts", LAYOUT_CHECKER).strip() == "ok"

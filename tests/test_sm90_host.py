@@ -19,13 +19,10 @@ A second check evaluates the kernel's CuTe layout algebra on the host (needs nvc
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from toolchain import needs_cxx, needs_nvcc, run_host_checker, run_nvcc_checker
 
 CHECKER = r"""
 #include <algorithm>
@@ -264,47 +261,13 @@ int main() {
 """
 
 
-def _cxx() -> str | None:
-    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-
-
-@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the box checker")
+@needs_cxx
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_tma_boxes_match_policy(tmp_path: Path, seed: int) -> None:
-    src = tmp_path / "checker.cpp"
-    src.write_text(CHECKER)
-    exe = tmp_path / "checker"
-    subprocess.run(
-        [_cxx(), "-std=c++20", "-O1", f"-I{ROOT / 'csrc' / 'include'}", str(src), "-o", str(exe)],
-        check=True,
-        capture_output=True,
-    )
-    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("ok ")
+    assert run_host_checker(tmp_path, "checker", CHECKER, [str(seed)]).startswith("ok ")
 
 
-def _nvcc() -> str | None:
-    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
-
-
-def _cutlass_include() -> str | None:
-    try:
-        import cutlass_library
-    except ImportError:
-        return None
-    path = Path(cutlass_library.__file__).parent / "source" / "include"
-    return str(path) if (path / "cute").is_dir() else None
-
-
-@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+@needs_nvcc
 def test_layouts_of_the_kernel(tmp_path: Path) -> None:
-    src = tmp_path / "layouts.cu"
-    src.write_text(LAYOUT_CHECKER)
-    exe = tmp_path / "layouts"
-    include = ROOT / "csrc" / "include"
-    cmd = [_nvcc(), "-std=c++20", "--expt-relaxed-constexpr", "-gencode=arch=compute_90a,code=sm_90a"]
-    cmd += [f"-I{include}", f"-I{_cutlass_include()}", str(src), "-o", str(exe)]
-    subprocess.run(cmd, check=True, capture_output=True)
-    result = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+    arch = ("-gencode=arch=compute_90a,code=sm_90a",)
+    assert run_nvcc_checker(tmp_path, "layouts", LAYOUT_CHECKER, arch).strip() == "ok"

@@ -22,13 +22,10 @@ any CUDA call, with the documented error codes.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
+from toolchain import needs_cxx, needs_nvcc, run_host_checker, run_nvcc_checker
 
 CHECKER = r"""
 #include <algorithm>
@@ -450,50 +447,13 @@ int main() {
 """
 
 
-def _cxx() -> str | None:
-    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-
-
-@pytest.mark.skipif(_cxx() is None, reason="no host C++ compiler to build the schedule checker")
+@needs_cxx
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sm90_runs_match_schedules_and_policies(tmp_path: Path, seed: int) -> None:
-    src = tmp_path / "checker.cpp"
-    src.write_text(CHECKER)
-    exe = tmp_path / "checker"
-    include = ROOT / "csrc" / "include"
-    cuda_include = Path("/usr/local/cuda/include")  # cuda_runtime_api.h, for the params header's launch types
-    cmd = [_cxx(), "-std=c++20", "-O1", f"-I{include}", f"-I{cuda_include}", str(src), "-o", str(exe)]
-    built = subprocess.run(cmd, capture_output=True, text=True)
-    if built.returncode != 0 and "cuda_runtime_api.h" in built.stderr:
-        pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h)")
-    assert built.returncode == 0, built.stderr
-    result = subprocess.run([str(exe), str(seed)], capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout.startswith("ok ")
+    assert run_host_checker(tmp_path, "checker", CHECKER, [str(seed)], cuda_headers=True).startswith("ok ")
 
 
-def _nvcc() -> str | None:
-    return shutil.which("nvcc") or next((str(p) for p in [Path("/usr/local/cuda/bin/nvcc")] if p.exists()), None)
-
-
-def _cutlass_include() -> str | None:
-    try:
-        import cutlass_library
-    except ImportError:
-        return None
-    path = Path(cutlass_library.__file__).parent / "source" / "include"
-    return str(path) if (path / "cute").is_dir() else None
-
-
-@pytest.mark.skipif(_nvcc() is None or _cutlass_include() is None, reason="needs nvcc and the nvidia-cutlass headers")
+@needs_nvcc
 def test_launchers_refuse_before_any_cuda_call(tmp_path: Path) -> None:
-    src = tmp_path / "codes.cu"
-    src.write_text(CODES_CHECKER)
-    exe = tmp_path / "codes"
-    include = ROOT / "csrc" / "include"
-    cmd = [_nvcc(), "-std=c++20", "--expt-relaxed-constexpr", "-gencode=arch=compute_80,code=sm_80"]
-    cmd += [f"-I{include}", f"-I{_cutlass_include()}", str(src), "-o", str(exe)]
-    built = subprocess.run(cmd, capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr
-    result = subprocess.run([str(exe)], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+    arch = ("-gencode=arch=compute_80,code=sm_80",)
+    assert run_nvcc_checker(tmp_path, "codes", CODES_CHECKER, arch).strip() == "ok"

@@ -64,35 +64,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
   // A packed batch [total, H, D] runs as batch 1 of [1, total, H, D].
   auto batched = [&](const at::Tensor& t) { return plan.packed ? t.unsqueeze(0) : t; };
 
-  const auto device = q.device();
-  auto to_device = [&](const std::vector<int64_t>& x) { return at::tensor(x, at::kLong).to(device); };
-  const at::Tensor q_seq = to_device(plan.q_seq), kv_seq = to_device(plan.kv_seq);
-  const at::Tensor q_tiles = to_device(plan.q_tiles), kv_tiles = to_device(plan.kv_tiles);
-  const at::Tensor part_num = plan.kv_partial.num.to(device), part_idx = plan.kv_partial.idx.to(device);
-  const at::Tensor tpart_num = plan.q_partial.num.to(device), tpart_idx = plan.q_partial.idx.to(device);
-  at::Tensor full_n, full_i, tfull_n, tfull_i;
-  if (plan.kv_full.defined()) {
-    full_n = plan.kv_full.num.to(device), full_i = plan.kv_full.idx.to(device);
-    tfull_n = plan.q_full.num.to(device), tfull_i = plan.q_full.idx.to(device);
-  }
-
+  const PlanOnDevice arrays(plan, q.device());
   sm80::BlockSparseBwdParams p{};
   sm80::BlockSparseFwdParams& f = p.fwd;
   fill_fwd_args(f, batched(q), batched(k), batched(v), batched(out), lse, scale);
-  f.pattern.q_block = q_block;
-  f.pattern.kv_block = kv_block;
-  f.pattern.causal = causal;
-  f.pattern.num_seqs = static_cast<int64_t>(plan.q_seq.size()) - 1;
-  f.pattern.q_seq = q_seq.data_ptr<int64_t>();
-  f.pattern.kv_seq = kv_seq.data_ptr<int64_t>();
-  f.pattern.q_tiles = q_tiles.data_ptr<int64_t>();
-  f.pattern.kv_tiles = kv_tiles.data_ptr<int64_t>();
-  f.kv_partial = list_array(plan.kv_partial, part_num.data_ptr<int64_t>(), part_idx.data_ptr<int64_t>());
-  p.q_partial = list_array(plan.q_partial, tpart_num.data_ptr<int64_t>(), tpart_idx.data_ptr<int64_t>());
-  if (plan.kv_full.defined()) {
-    f.kv_full = list_array(plan.kv_full, full_n.data_ptr<int64_t>(), full_i.data_ptr<int64_t>());
-    p.q_full = list_array(plan.q_full, tfull_n.data_ptr<int64_t>(), tfull_i.data_ptr<int64_t>());
-  }
+  f.pattern = arrays.pattern(plan, q_block, kv_block, causal);
+  f.kv_partial = arrays.list(plan, 0);
+  f.kv_full = arrays.list(plan, 1);
+  p.q_partial = arrays.list(plan, 2);
+  p.q_full = arrays.list(plan, 3);
   f.packed = plan.packed;
   f.total_q_tiles = plan.q_tiles.back();
   p.total_kv_tiles = plan.kv_tiles.back();
@@ -101,19 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
   f.kv_split =
       split_of(kv_block, generated::kSm80BlockSparseBwdBlockN, "natten_like::block_sparse_backward (cuda): kv_block");
 
-  const at::Tensor bgrad = batched(grad_out), bdq = batched(dq), bdk = batched(dk), bdv = batched(dv);
-  p.d_out = bgrad.data_ptr();
-  p.do_batch_stride = bgrad.stride(0), p.do_token_stride = bgrad.stride(1), p.do_head_stride = bgrad.stride(2);
-  p.grad_lse = grad_lse.defined() ? grad_lse.data_ptr<float>() : nullptr;
-  p.dq = bdq.data_ptr();
-  p.dk = bdk.data_ptr();
-  p.dv = bdv.data_ptr();
-  p.dq_batch_stride = bdq.stride(0), p.dq_token_stride = bdq.stride(1), p.dq_head_stride = bdq.stride(2);
-  p.dk_batch_stride = bdk.stride(0), p.dk_token_stride = bdk.stride(1), p.dk_head_stride = bdk.stride(2);
-  p.dv_batch_stride = bdv.stride(0), p.dv_token_stride = bdv.stride(1), p.dv_head_stride = bdv.stride(2);
-  p.delta = delta.data_ptr<float>();
-  // The arrays above are freed at return; the caching allocator reuses their blocks only in stream order, after the
-  // kernels have read them.
+  fill_bwd_args(p, batched(grad_out), grad_lse, batched(dq), batched(dk), batched(dv), delta);
   const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, kName, ": sm80 kernel: ", cudaGetErrorString(err));
   return {dq, dk, dv};

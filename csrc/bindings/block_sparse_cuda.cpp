@@ -59,28 +59,12 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
   // A packed batch [total, H, D] runs as batch 1 of [1, total, H, D].
   auto batched = [&](const at::Tensor& t) { return plan.packed ? t.unsqueeze(0) : t; };
 
-  const auto device = q.device();
-  auto to_device = [&](const std::vector<int64_t>& x) { return at::tensor(x, at::kLong).to(device); };
-  const at::Tensor q_seq = to_device(plan.q_seq), kv_seq = to_device(plan.kv_seq);
-  const at::Tensor q_tiles = to_device(plan.q_tiles), kv_tiles = to_device(plan.kv_tiles);
-  const at::Tensor part_num = plan.kv_partial.num.to(device), part_idx = plan.kv_partial.idx.to(device);
-  at::Tensor full_n, full_i;
-  if (plan.kv_full.defined()) full_n = plan.kv_full.num.to(device), full_i = plan.kv_full.idx.to(device);
-
+  const PlanOnDevice arrays(plan, q.device());
   sm80::BlockSparseFwdParams p{};
   fill_fwd_args(p, batched(q), batched(k), batched(v), batched(out), lse, scale);
-  p.pattern.q_block = q_block;
-  p.pattern.kv_block = kv_block;
-  p.pattern.causal = causal;
-  p.pattern.num_seqs = static_cast<int64_t>(plan.q_seq.size()) - 1;
-  p.pattern.q_seq = q_seq.data_ptr<int64_t>();
-  p.pattern.kv_seq = kv_seq.data_ptr<int64_t>();
-  p.pattern.q_tiles = q_tiles.data_ptr<int64_t>();
-  p.pattern.kv_tiles = kv_tiles.data_ptr<int64_t>();
-  p.kv_partial = list_array(plan.kv_partial, part_num.data_ptr<int64_t>(), part_idx.data_ptr<int64_t>());
-  if (plan.kv_full.defined()) {
-    p.kv_full = list_array(plan.kv_full, full_n.data_ptr<int64_t>(), full_i.data_ptr<int64_t>());
-  }
+  p.pattern = arrays.pattern(plan, q_block, kv_block, causal);
+  p.kv_partial = arrays.list(plan, 0);
+  p.kv_full = arrays.list(plan, 1);
   p.packed = plan.packed;
   p.total_q_tiles = plan.q_tiles.back();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
@@ -108,8 +92,6 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
 #endif
   p.q_split = split_of(q_block, generated::kSm80BlockSparseFwdBlockM, "natten_like::block_sparse (cuda): q_block");
   p.kv_split = split_of(kv_block, generated::kSm80BlockSparseFwdBlockN, "natten_like::block_sparse (cuda): kv_block");
-  // The arrays above are freed at return; the caching allocator reuses their blocks only in stream order, after the
-  // kernel has read them.
   const cudaError_t err = launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::block_sparse (cuda): sm80 kernel: ", cudaGetErrorString(err));
   return {out, lse};

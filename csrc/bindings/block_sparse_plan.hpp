@@ -200,4 +200,42 @@ inline Plan make_plan(const at::Tensor& q, const at::Tensor& k, const at::Tensor
   return plan;
 }
 
+// Device copies of a plan's offsets and lists (the CUDA bindings): they own the memory the kernels' pointers address,
+// and fill the pattern and list arrays of the kernels' params. Freed when the binding returns; the caching allocator
+// reuses their blocks only in stream order, after the kernels have read them.
+struct PlanOnDevice {
+  at::Tensor q_seq, kv_seq, q_tiles, kv_tiles;
+  at::Tensor lists[4][2];  // kv_partial, kv_full, q_partial, q_full: {num, idx}, undefined when the plan has none
+
+  PlanOnDevice(const Plan& plan, at::Device device) {
+    auto copy = [&](const std::vector<int64_t>& x) { return at::tensor(x, at::kLong).to(device); };
+    q_seq = copy(plan.q_seq), kv_seq = copy(plan.kv_seq), q_tiles = copy(plan.q_tiles), kv_tiles = copy(plan.kv_tiles);
+    const Lists* source[4] = {&plan.kv_partial, &plan.kv_full, &plan.q_partial, &plan.q_full};
+    for (int i = 0; i < 4; ++i) {
+      if (source[i]->defined()) lists[i][0] = source[i]->num.to(device), lists[i][1] = source[i]->idx.to(device);
+    }
+  }
+
+  // The pattern (block sizes, causality, device offsets) of a plan built with these block sizes.
+  BlockSparsePolicy pattern(const Plan& plan, int64_t q_block, int64_t kv_block, bool causal) const {
+    BlockSparsePolicy pol;
+    pol.q_block = q_block;
+    pol.kv_block = kv_block;
+    pol.causal = causal;
+    pol.num_seqs = static_cast<int64_t>(plan.q_seq.size()) - 1;
+    pol.q_seq = q_seq.data_ptr<int64_t>();
+    pol.kv_seq = kv_seq.data_ptr<int64_t>();
+    pol.q_tiles = q_tiles.data_ptr<int64_t>();
+    pol.kv_tiles = kv_tiles.data_ptr<int64_t>();
+    return pol;
+  }
+
+  // List i (0 kv_partial, 1 kv_full, 2 q_partial, 3 q_full) of `plan` over the device copies; empty when undefined.
+  BlockListArray list(const Plan& plan, int i) const {
+    const Lists* source[4] = {&plan.kv_partial, &plan.kv_full, &plan.q_partial, &plan.q_full};
+    if (!lists[i][0].defined()) return BlockListArray{};
+    return list_array(*source[i], lists[i][0].data_ptr<int64_t>(), lists[i][1].data_ptr<int64_t>());
+  }
+};
+
 }  // namespace natten_like::block_sparse_plan

@@ -78,6 +78,23 @@ inline void fill_fwd_args(sm80::FmhaFwdArgs& p, const at::Tensor& q, const at::T
   p.scale = static_cast<float>(scale);
 }
 
+// The arguments every backward shares: dO, the gradient through lse (undefined tensor: none), dq / dk / dv laid out
+// like the (batched, contiguous) q / k / v, and the delta workspace [B, *tokens, H] float32.
+inline void fill_bwd_args(sm80::FmhaBwdArgs& p, const at::Tensor& grad_out, const at::Tensor& grad_lse,
+                          const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv, const at::Tensor& delta) {
+  p.d_out = grad_out.data_ptr();
+  p.do_batch_stride = grad_out.stride(0), p.do_token_stride = grad_out.stride(-3);
+  p.do_head_stride = grad_out.stride(-2);
+  p.grad_lse = grad_lse.defined() ? grad_lse.data_ptr<float>() : nullptr;
+  p.dq = dq.data_ptr();
+  p.dk = dk.data_ptr();
+  p.dv = dv.data_ptr();
+  p.dq_batch_stride = dq.stride(0), p.dq_token_stride = dq.stride(-3), p.dq_head_stride = dq.stride(-2);
+  p.dk_batch_stride = dk.stride(0), p.dk_token_stride = dk.stride(-3), p.dk_head_stride = dk.stride(-2);
+  p.dv_batch_stride = dv.stride(0), p.dv_token_stride = dv.stride(-3), p.dv_head_stride = dv.stride(-2);
+  p.delta = delta.data_ptr<float>();
+}
+
 // Kernel blocks per pattern block (strided-shard, block-sparse): 1 when the pattern block fits the kernel's block, else
 // block / kernel block, which must divide it. `what` names the argument in the error.
 inline int split_of(int64_t block, int64_t kernel_block, const char* what) {

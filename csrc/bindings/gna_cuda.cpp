@@ -186,16 +186,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
               "natten_like::gna_backward (cuda): tiles of ", p.fwd.policy.max_q_rows(), " query / ",
               p.fwd.policy.max_kv_rows(), " key rows exceed the sm80 block of ", generated::kSm80GnaBwdBlockM, " / ",
               generated::kSm80GnaBwdBlockN);
-  p.d_out = grad_out.data_ptr();
-  p.do_batch_stride = grad_out.stride(0), p.do_token_stride = grad_out.stride(-3), p.do_head_stride = grad_out.stride(-2);
-  p.grad_lse = grad_lse.defined() ? grad_lse.data_ptr<float>() : nullptr;
-  p.dq = dq.data_ptr();
-  p.dk = dk.data_ptr();
-  p.dv = dv.data_ptr();
-  p.dq_batch_stride = dq.stride(0), p.dq_token_stride = dq.stride(-3), p.dq_head_stride = dq.stride(-2);
-  p.dk_batch_stride = dk.stride(0), p.dk_token_stride = dk.stride(-3), p.dk_head_stride = dk.stride(-2);
-  p.dv_batch_stride = dv.stride(0), p.dv_token_stride = dv.stride(-3), p.dv_head_stride = dv.stride(-2);
-  p.delta = delta.data_ptr<float>();
+  fill_bwd_args(p, grad_out, grad_lse, dq, dk, dv, delta);
   const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "natten_like::gna_backward (cuda): sm80 kernel: ", cudaGetErrorString(err));
   return {dq, dk, dv, none, none};

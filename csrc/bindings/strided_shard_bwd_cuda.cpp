@@ -79,16 +79,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
   f.q_split = split_of(block, generated::kSm80S2BwdBlockM, "natten_like::strided_shard_backward (cuda): block_size");
   f.kv_split = split_of(block, generated::kSm80S2BwdBlockN, "natten_like::strided_shard_backward (cuda): block_size");
 
-  p.d_out = grad_out.data_ptr();
-  p.do_batch_stride = grad_out.stride(0), p.do_token_stride = grad_out.stride(1), p.do_head_stride = grad_out.stride(2);
-  p.grad_lse = grad_lse.defined() ? grad_lse.data_ptr<float>() : nullptr;
-  p.dq = dq.data_ptr();
-  p.dk = dk.data_ptr();
-  p.dv = dv.data_ptr();
-  p.dq_batch_stride = dq.stride(0), p.dq_token_stride = dq.stride(1), p.dq_head_stride = dq.stride(2);
-  p.dk_batch_stride = dk.stride(0), p.dk_token_stride = dk.stride(1), p.dk_head_stride = dk.stride(2);
-  p.dv_batch_stride = dv.stride(0), p.dv_token_stride = dv.stride(1), p.dv_head_stride = dv.stride(2);
-  p.delta = delta.data_ptr<float>();
+  fill_bwd_args(p, grad_out, grad_lse, dq, dk, dv, delta);
   const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, kName, ": sm80 kernel: ", cudaGetErrorString(err));
   return {dq, dk, dv};

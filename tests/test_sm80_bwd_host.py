@@ -26,33 +26,16 @@ CHECKER = r"""
 #include <vector>
 
 #include "natten_like/sm80/gna_q_tile_iterator.hpp"
+#include "random_problems.hpp"
 #include "natten_like/sm80/gna_tile_iterator.hpp"
 
 using namespace natten_like;
 
 template <int R>
 int check(std::mt19937& rng, long& checks) {
-  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   policy::GnaPolicy<R> pol;
   policy::GnaPolicy<3> pad;
-  const int off = 3 - R;
-  for (int i = 0; i < off; ++i) {
-    pad.dim[i] = policy::GnaDim{1, 1, 1, 1, false};
-    pad.tq[i] = pad.tk[i] = 1;
-  }
-  for (int i = 0; i < R; ++i) {
-    const int64_t L = pick(2, R == 1 ? 150 : (R == 2 ? 24 : 11));
-    const int64_t d = pick(1, std::max<int64_t>(1, L / 2));
-    const int64_t lg = L / d;  // shortest group
-    const int64_t k = pick(std::min<int64_t>(2, lg), lg);
-    const int64_t s = pick(1, k);
-    pol.dim[i] = policy::GnaDim{L, k, s, d, pick(0, 1) == 1};
-    pol.tq[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
-    pol.tk[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
-    pad.dim[off + i] = pol.dim[i];
-    pad.tq[off + i] = pol.tq[i];
-    pad.tk[off + i] = pol.tk[i];
-  }
+  checkers::random_gna_problem<R>(rng, pol, pad);
   if (pad.num_q_tiles() != pol.num_q_tiles() || pad.num_kv_tiles() != pol.num_kv_tiles()) return 1;
   std::vector<int64_t> qrows(pol.max_q_rows()), kvrows(pol.max_kv_rows());
   std::vector<unsigned char> mask(pol.max_q_rows() * pol.max_kv_rows());

@@ -37,6 +37,7 @@ COMMON = r"""
 #include <tuple>
 #include <vector>
 
+#include "random_problems.hpp"
 #include "natten_like/sm80/fmha_bwd_schedules.hpp"
 
 using namespace natten_like;
@@ -286,25 +287,9 @@ int check_rank(std::mt19937& rng, long& checks) {
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   policy::GnaPolicy<R> pol;
   policy::GnaPolicy<3> pad;
-  const int off = 3 - R;
-  for (int i = 0; i < off; ++i) {
-    pad.dim[i] = policy::GnaDim{1, 1, 1, 1, false};
-    pad.tq[i] = pad.tk[i] = 1;
-  }
+  checkers::random_gna_problem<R>(rng, pol, pad);
   int64_t tokens = 1;
-  for (int i = 0; i < R; ++i) {
-    const int64_t L = pick(2, R == 1 ? 150 : (R == 2 ? 24 : 11));
-    const int64_t d = pick(1, std::max<int64_t>(1, L / 2));
-    const int64_t lg = L / d;
-    const int64_t k = pick(std::min<int64_t>(2, lg), lg);
-    pol.dim[i] = policy::GnaDim{L, k, pick(1, k), d, pick(0, 1) == 1};
-    pol.tq[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
-    pol.tk[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
-    pad.dim[off + i] = pol.dim[i];
-    pad.tq[off + i] = pol.tq[i];
-    pad.tk[off + i] = pol.tk[i];
-    tokens *= L;
-  }
+  for (int i = 0; i < R; ++i) tokens *= pol.dim[i].length;
   sm80::GnaBwdParams p{};
   p.fwd.kv_heads = static_cast<int>(pick(1, 2));
   const int group = static_cast<int>(pick(1, 3));

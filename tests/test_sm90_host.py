@@ -31,6 +31,7 @@ CHECKER = r"""
 #include <random>
 #include <vector>
 
+#include "random_problems.hpp"
 #include "natten_like/sm90/tma_gna_box.hpp"
 
 using namespace natten_like;
@@ -91,28 +92,10 @@ int check_box(const policy::GnaPolicy<3>& pad, const sm80::GnaTileBox<3>& box, c
 
 template <int R>
 int check(std::mt19937& rng, long& checks) {
-  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   // The random problem and its rank-3 padding, as tests/test_cuda_build.py (and csrc/bindings/gna_cuda.cpp) pad it.
   policy::GnaPolicy<R> pol;
   policy::GnaPolicy<3> pad;
-  const int off = 3 - R;
-  for (int i = 0; i < off; ++i) {
-    pad.dim[i] = policy::GnaDim{1, 1, 1, 1, false};
-    pad.tq[i] = pad.tk[i] = 1;
-  }
-  for (int i = 0; i < R; ++i) {
-    const int64_t L = pick(2, R == 1 ? 150 : (R == 2 ? 24 : 11));
-    const int64_t d = pick(1, std::max<int64_t>(1, L / 2));
-    const int64_t lg = L / d;  // shortest group
-    const int64_t k = pick(std::min<int64_t>(2, lg), lg);
-    const int64_t s = pick(1, k);
-    pol.dim[i] = policy::GnaDim{L, k, s, d, pick(0, 1) == 1};
-    pol.tq[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
-    pol.tk[i] = pick(1, R == 1 ? 64 : (R == 2 ? 8 : 4));
-    pad.dim[off + i] = pol.dim[i];
-    pad.tq[off + i] = pol.tq[i];
-    pad.tk[off + i] = pol.tk[i];
-  }
+  checkers::random_gna_problem<R>(rng, pol, pad);
   std::vector<int64_t> qrows(pol.max_q_rows()), kvrows(pol.max_kv_rows());
   std::vector<unsigned char> mask(pol.max_q_rows() * pol.max_kv_rows());
   std::vector<int32_t> q_x, kv_x;

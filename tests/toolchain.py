@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 INCLUDE = ROOT / "csrc" / "include"
+CHECKERS = ROOT / "tests" / "checkers"  # headers shared by the checkers
 CUDA_INCLUDE = Path("/usr/local/cuda/include")  # cuda_runtime_api.h, for the kernel params headers' launch types
 
 
@@ -62,7 +63,7 @@ def run_host_checker(
     ``cuda_headers``; skips when they are missing), runs it with ``args``, asserts it exits 0 and returns its stdout."""
     src, exe = tmp_path / f"{name}.cpp", tmp_path / name
     src.write_text(source)
-    cmd = [cxx(), "-std=c++20", opt, f"-I{INCLUDE}", *([f"-I{CUDA_INCLUDE}"] if cuda_headers else [])]
+    cmd = [cxx(), "-std=c++20", opt, f"-I{INCLUDE}", f"-I{CHECKERS}", *([f"-I{CUDA_INCLUDE}"] if cuda_headers else [])]
     built = subprocess.run([*cmd, str(src), "-o", str(exe)], capture_output=True, text=True)
     if built.returncode != 0 and cuda_headers and "cuda_runtime_api.h" in built.stderr:
         pytest.skip("no CUDA toolkit headers (cuda_runtime_api.h)")
@@ -77,7 +78,8 @@ def run_nvcc_checker(
     exits 0 and returns its stdout."""
     src, exe = tmp_path / f"{name}.cu", tmp_path / name
     src.write_text(source)
-    cmd = [nvcc(), "-std=c++20", "--expt-relaxed-constexpr", *arch, f"-I{INCLUDE}", f"-I{cutlass_include()}"]
+    cmd = [nvcc(), "-std=c++20", "--expt-relaxed-constexpr", *arch, f"-I{INCLUDE}", f"-I{CHECKERS}"]
+    cmd.append(f"-I{cutlass_include()}")
     built = subprocess.run([*cmd, str(src), "-o", str(exe)], capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-4000:]
     return _run(exe, args, None)

@@ -35,8 +35,14 @@ struct FmhaBwdArgs {
 // The forward's problem in `fwd`: q, k, v, out (O of the forward, read here), lse (the forward's logsumexp, read here;
 // natural log, [B, *tokens, H] contiguous, -inf for rows with no key), their strides, batch, tokens, heads, kv_heads,
 // head_dim, scale and the family's pattern, exactly as the forward was launched with.
+// With additional KV (fwd.num_additional > 0), their gradients go to d_add_k / d_add_v, laid out like add_k / add_v
+// ([B, N_add, H_kv, D]); every element is written.
 struct GnaBwdParams : FmhaBwdArgs {
   GnaFwdParams fwd;  // tile shapes included (tile row products <= the kernel's blocks)
+  void* d_add_k;
+  void* d_add_v;
+  int64_t d_add_k_batch_stride, d_add_k_token_stride, d_add_k_head_stride;
+  int64_t d_add_v_batch_stride, d_add_v_token_stride, d_add_v_head_stride;
 };
 
 // Strided-shard: `fwd` as for the forward (q_split / kv_split for pattern blocks larger than the kernel's blocks).

@@ -38,8 +38,22 @@ struct FmhaFwdArgs {
   float scale;
 };
 
+// Additional KV (fused): add_k / add_v [B, N_add, H_kv, D] are keys and values every query also attends to, in the
+// same softmax, after its neighbourhood (head dim contiguous, rows 16-byte aligned, like k / v); null pointers and
+// num_additional = 0 when there are none. The kernels visit them in tiles of `additional_block` rows, which each
+// launcher sets to its own KV block (the caller's value is ignored).
 struct GnaFwdParams : FmhaFwdArgs {
   policy::GnaPolicy<kRank> policy;  // token dims, windows and tile shapes (tile row products <= the kernel's block)
+  const void* add_k;
+  const void* add_v;
+  int64_t add_k_batch_stride, add_k_token_stride, add_k_head_stride;
+  int64_t add_v_batch_stride, add_v_token_stride, add_v_head_stride;
+  int64_t num_additional;
+  int additional_block;
+
+  NL_HOST_DEVICE int64_t num_additional_tiles() const {
+    return num_additional > 0 ? (num_additional + additional_block - 1) / additional_block : 0;
+  }
 };
 
 // Strided-shard (S2) attention (policy/strided_shard.hpp): the policy of KV head h_kv is `pattern` with

@@ -604,7 +604,7 @@ cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_
 // - cudaErrorInvalidValue: head_dim != kHeadDim, a tile's row product above the block, or kv_heads not dividing heads;
 // - cudaSuccess without a launch for an empty problem;
 // - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
-//   the sm80 kernel): a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0
+//   the sm80 kernel): additional KV, a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0
 //   (plus a box) reaching 2^31 (TMA coordinates are int32), inputs not contiguous over batch (batch stride != tokens *
 //   token stride: batch and X0 share one TMA dim), byte strides not multiples of 16 or beyond 2^40, base pointers not
 //   16-byte aligned, or the driver refusing a descriptor;
@@ -622,6 +622,7 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   if (q_tiles == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
   if (p.kv_heads <= 0 || p.heads % p.kv_heads != 0) return cudaErrorInvalidValue;
 
+  if (p.num_additional > 0) return cudaErrorNotSupported;  // additional KV runs on the sm80 kernel
   if (!tma_box_supported(pol, pol.tq) || !tma_box_supported(pol, pol.tk)) return cudaErrorNotSupported;
   const int64_t folded = p.batch * pol.dim[0].length;
   const int64_t max_extent = std::max(tma_box_extent(pol, pol.tq, 0), tma_box_extent(pol, pol.tk, 0));

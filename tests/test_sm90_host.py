@@ -14,7 +14,10 @@ pads them, and proves, for every Q tile and every KV tile it visits:
 - a tile the iterator calls full has no flagged row and every (query, key) pair attended, so running it unmasked is
   exact.
 
-A second check evaluates the kernel's CuTe layout algebra on the host (needs nvcc and the CUTLASS headers, no GPU).
+A second check evaluates the kernel's CuTe layout algebra on the host (needs nvcc and the CUTLASS headers, no GPU). A
+third calls the GNA launcher (nvcc, no GPU) with problems it must refuse before any CUDA call, with additional KV among
+them: it runs fused now, so only what its TMA view cannot express is refused (cudaErrorNotSupported, the caller's cue
+to fall back to sm80), and a problem whose additional KV is fine gets as far as the grid check.
 """
 
 from __future__ import annotations
@@ -254,3 +257,111 @@ def test_tma_boxes_match_policy(tmp_path: Path, seed: int) -> None:
 def test_layouts_of_the_kernel(tmp_path: Path) -> None:
     arch = ("-gencode=arch=compute_90a,code=sm_90a",)
     assert run_nvcc_checker(tmp_path, "layouts", LAYOUT_CHECKER, arch).strip() == "ok"
+
+
+# The GNA launcher's error-code contract (launch_sm90_gna_fwd), checked on the host: every case below is decided before
+# any CUDA call, so the program runs without a GPU. Built for sm_80 only (the kernel body is the empty stub there).
+GNA_CODES_CHECKER = r"""
+#include <cstdio>
+#include "natten_like/sm90/sm90_fmha_fwd_kernel.hpp"
+
+using namespace natten_like;
+using E = cutlass::bfloat16_t;
+constexpr int64_t D = 128;
+
+// A 1-D GNA problem of N tokens (rank 3, two leading dims of length 1), window 15, tiles of 128, with N_add additional
+// KV rows in separate [B, N_add, H_kv, D] tensors.
+sm80::GnaFwdParams gna(int64_t B, int64_t N, int64_t H, int64_t Hkv, int64_t n_add) {
+  static char buf[256] __attribute__((aligned(256)));
+  sm80::GnaFwdParams p{};
+  p.q = p.k = p.v = buf;
+  p.out = buf;
+  p.lse = nullptr;
+  p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = D;
+  p.q_token_stride = p.o_token_stride = H * D;
+  p.k_token_stride = p.v_token_stride = Hkv * D;
+  p.q_batch_stride = p.o_batch_stride = N * H * D;
+  p.k_batch_stride = p.v_batch_stride = N * Hkv * D;
+  p.batch = B;
+  p.tokens = N;
+  p.heads = static_cast<int>(H);
+  p.kv_heads = static_cast<int>(Hkv);
+  p.head_dim = static_cast<int>(D);
+  p.scale = 1.f;
+  p.policy.dim[2].length = N;
+  p.policy.dim[2].window = 15;
+  for (int i = 0; i < 3; ++i) p.policy.tq[i] = p.policy.tk[i] = i == 2 ? 128 : 1;
+  p.add_k = p.add_v = n_add > 0 ? buf : nullptr;
+  p.add_k_head_stride = p.add_v_head_stride = D;
+  p.add_k_token_stride = p.add_v_token_stride = Hkv * D;
+  p.add_k_batch_stride = p.add_v_batch_stride = n_add * Hkv * D;
+  p.num_additional = n_add;
+  p.additional_block = 7;  // ignored: the launcher uses its kBlockN
+  return p;
+}
+
+int main() {
+  int bad = 0;
+  auto expect = [&](const char* what, cudaError_t got, cudaError_t want) {
+    if (got != want) {
+      std::printf("%s: got %d want %d\n", what, int(got), int(want));
+      ++bad;
+    }
+  };
+  auto launch = [](const sm80::GnaFwdParams& p) { return sm90::launch_sm90_gna_fwd<E, 128, 128, 128>(p, nullptr); };
+  // A grid with 70000 batch entries is refused last (cudaErrorInvalidConfiguration): reaching it proves that every TMA
+  // check before it passed.
+  auto p = gna(70000, 1000, 4, 2, 300);
+  expect("additional KV runs fused", launch(p), cudaErrorInvalidConfiguration);
+  p = gna(70000, 1000, 4, 2, 300);
+  p.add_k_batch_stride = 301 * p.add_k_token_stride;  // batch is its own TMA dim: any 16-byte multiple works
+  p.add_v_batch_stride = 5000 * p.add_v_token_stride;
+  expect("additional KV batch strides", launch(p), cudaErrorInvalidConfiguration);
+  p = gna(70000, 1000, 4, 2, 1);
+  p.add_k_token_stride = p.add_v_token_stride = 2 * 2 * D;  // a packed [B, N_add, 2, H_kv, D] K|V tensor
+  expect("additional KV packed", launch(p), cudaErrorInvalidConfiguration);
+  p = gna(70000, 1000, 4, 2, 0);
+  expect("no additional KV", launch(p), cudaErrorInvalidConfiguration);
+  // What the additional KV's TMA view cannot express: the caller falls back to sm80.
+  p = gna(2, 1000, 4, 2, 300);
+  p.add_k = static_cast<const char*>(p.add_k) + 8;
+  expect("misaligned add_k", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 2, 300);
+  p.add_v = static_cast<const char*>(p.add_v) + 2;
+  expect("misaligned add_v", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 2, 300);
+  p.add_v = nullptr;
+  expect("null add_v", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 2, 300);
+  p.add_k_token_stride += 4;  // 8 bytes more: not a multiple of 16
+  expect("add_k token stride", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 2, 300);
+  p.add_v_head_stride = 0;
+  expect("add_v head stride", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 2, 300);
+  p.add_k_batch_stride += 1;
+  expect("add_k batch stride", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 2, int64_t{0x7fffffff} - 100);  // N_add + a box of 128 rows beyond int32
+  expect("N_add coordinates", launch(p), cudaErrorNotSupported);
+  // Unchanged refusals of the neighbourhood part, and the empty problem.
+  p = gna(2, 1000, 4, 2, 300);
+  p.policy.dim[2].dilation = 9;
+  p.policy.tq[2] = p.policy.tk[2] = 16;
+  expect("dilation 9", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 2, 300);
+  p.k_batch_stride += 8;
+  expect("k batch stride", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 3, 300);
+  expect("kv heads", launch(p), cudaErrorInvalidValue);
+  p = gna(0, 1000, 4, 2, 300);
+  expect("empty", launch(p), cudaSuccess);
+  std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
+  return bad != 0;
+}
+"""
+
+
+@needs_nvcc
+def test_gna_launcher_codes_with_additional_kv(tmp_path: Path) -> None:
+    arch = ("-gencode=arch=compute_80,code=sm_80",)
+    assert run_nvcc_checker(tmp_path, "gna_codes", GNA_CODES_CHECKER, arch).strip() == "ok"

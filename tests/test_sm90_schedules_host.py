@@ -18,6 +18,12 @@ causal or not, GQA, dense heads, plain batches and packed varlen sequences), sim
 A second check proves the 4-D view's byte addressing (seq_tma_view) equals the sm80 kernel's element addressing, and
 its TMA limits; a third (nvcc, no GPU) calls the launchers with bad arguments and checks that they refuse them before
 any CUDA call, with the documented error codes.
+
+The GNA forward's additional KV uses the same view and runs (additional_run): a fourth check proves that its tiles of
+128 rows cover the additional rows [0, N_add) once each, in order, that the per-stage mask word (kv_mask_of_additional,
+decoded as the consumers do by kv_mask_attends) attends exactly the real rows of a box and never its TMA zero-filled
+padding, that full tiles need no mask, that the tile count is GnaFwdParams::num_additional_tiles(), and that the view
+addresses add_k [B, N_add, H_kv, D] as the sm80 kernel does for any batch stride (batch is a TMA dim of its own).
 """
 
 from __future__ import annotations
@@ -308,6 +314,65 @@ int check_view(std::mt19937& rng, long& checks) {
   return 0;
 }
 
+// Additional KV of the GNA forward: kBlock-row tiles over N_add rows, masked by row index.
+int check_additional(std::mt19937& rng, long& checks) {
+  auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  // Small counts, exact multiples of the block (no padding tile) and counts near the int32 limit of TMA coordinates.
+  const int64_t n = std::vector<int64_t>{pick(1, 3), pick(1, 1000), kBlock * pick(1, 5),
+                                         int64_t{0x7fffffff} - kBlock - pick(0, 300)}[pick(0, 3)];
+  sm80::GnaFwdParams p{};
+  p.num_additional = n;
+  p.additional_block = kBlock;
+  const int64_t tiles = sm90::additional_tiles(n, kBlock);
+  if (tiles != p.num_additional_tiles() || tiles != (n + kBlock - 1) / kBlock) return 40;
+  // Only the last tiles are visited for the huge counts (the cover check needs all of them).
+  const bool whole = n <= 100000;
+  int64_t next = whole ? 0 : (tiles - 3) * kBlock;
+  for (int64_t a = whole ? 0 : tiles - 3; a < tiles; ++a) {
+    const sm90::SeqRun run = sm90::additional_run(n, kBlock, a);
+    if (run.token != next || run.rows < 1 || run.rows > kBlock || run.token + run.rows > n) return 41;
+    if (run.full != (run.rows == kBlock) || (a + 1 < tiles && !run.full)) return 42;
+    // The box's TMA coordinates: the first row stays within int32 with a whole box after it (the launcher's bound).
+    if (run.token + kBlock > int64_t{0x7fffffff}) return 43;
+    const int32_t mask = sm90::kv_mask_of_additional(run, kBlock);
+    if (run.full != (mask == sm90::kKvMaskNone) || mask == sm90::kKvMaskWindow || mask > 0) return 44;
+    for (int c = 0; c < kBlock; ++c) {
+      // Box row c is additional row token + c, zero-filled by TMA past N_add; the window test plays no part.
+      const bool real = run.token + c < n;
+      const bool inside = pick(0, 1) == 1;
+      if (sm90::kv_mask_attends(mask, inside, c) != real) return 45;
+      ++checks;
+    }
+    next = run.token + run.rows;
+  }
+  if (next != n) return 46;
+  if (sm90::additional_tiles(0, kBlock) != 0 || sm90::additional_tiles(-3, kBlock) != 0) return 47;
+  // Neighbourhood tiles and 1-D runs: the old need-mask flag (!full || rows < block), with the window test.
+  for (int rows = 0; rows <= kBlock; rows += 16) {
+    for (bool full : {false, true}) {
+      const int32_t mask = sm90::kv_mask_of_tile(full, rows, kBlock);
+      if ((mask == sm90::kKvMaskWindow) != (!full || rows < kBlock) || mask < 0) return 48;
+      for (bool inside : {false, true}) {
+        if (sm90::kv_mask_attends(mask, inside, 0) != (mask == sm90::kKvMaskNone || inside)) return 49;
+      }
+    }
+  }
+  // The view of add_k [B, N_add, H_kv, D]: any batch stride (here a gap, or a packed K|V tensor's token stride).
+  const int64_t bytes = 2, D = pick(0, 1) ? 64 : 128, H = pick(1, 4), N = pick(1, 3000), B = pick(1, 3);
+  const int64_t packs = pick(1, 2), hs = D, ts = packs * H * D, bs = N * ts + 8 * pick(0, 5);
+  const sm90::SeqTmaView v = sm90::seq_tma_view(bytes, D, H, N, B, hs, ts, bs, kBlock);
+  if (!v.ok || v.dims[2] != uint64_t(N) || v.dims[3] != uint64_t(B) || v.box[2] != uint32_t(kBlock)) return 50;
+  for (int i = 0; i < 64; ++i) {
+    const int64_t d = pick(0, D - 1), h = pick(0, H - 1), t = pick(0, N - 1), b = pick(0, B - 1);
+    const uint64_t view = d * bytes + h * v.strides[0] + t * v.strides[1] + b * v.strides[2];
+    if (view != uint64_t((b * bs + h * hs + t * ts + d) * bytes)) return 51;
+    ++checks;
+  }
+  // N_add + a box reaching int32 is refused (the launcher then falls back to sm80).
+  if (sm90::seq_tma_view(bytes, D, H, int64_t{0x7fffffff} - kBlock + 1, B, hs, ts, bs, kBlock).ok) return 52;
+  return 0;
+}
+
 int main(int argc, char** argv) {
   std::mt19937 rng(argc > 1 ? std::atoi(argv[1]) : 0);
   long checks = 0;
@@ -325,6 +390,11 @@ int main(int argc, char** argv) {
     bad = check_view(rng, checks);
     if (bad) {
       std::printf("view mismatch %d in problem %d\n", bad, i);
+      return 1;
+    }
+    bad = check_additional(rng, checks);
+    if (bad) {
+      std::printf("additional KV mismatch %d in problem %d\n", bad, i);
       return 1;
     }
   }

@@ -9,6 +9,11 @@
 //   MN-major from the same smem); the two warpgroups take turns on S = Q K^T (FlashAttention-3's ping-pong), so one's
 //   softmax runs under the other's GEMMs;
 // - out and logsumexp (natural log, float32) written once per row; a row with no key gets 0 and -inf.
+// Additional KV (GnaFwdParams::add_k / add_v, keys every query attends in the same softmax): after its neighbourhood
+// tiles a CTA visits ceil(N_add / kBlockN) additional tiles through the same ring, each one box of kBlockN rows of the
+// 4-D view (D, H_kv, N_add, B) (sm90_schedules.hpp: additional_run); TMA zero-fills the rows past N_add, which the
+// consumers mask by row index alone (no window: every query attends every real additional row). Additional tiles come
+// last, so the smem rows past a neighbourhood box that the kernel zeroes once stay zero for every neighbourhood tile.
 // The strided-shard and block-sparse families (sm90_seq_fwd_kernel) run the same body with the sm80 schedules wrapped
 // in sm90_schedules.hpp: Q tiles and KV visits are runs of consecutive tokens, one box each of the 4-D view
 // (D, H, tokens, B); the consumers are unchanged (the 1-D row geometry uses the same windows / coordinates).
@@ -51,7 +56,12 @@ struct Sm90FwdArgs {
   cute::TmaDescriptor tma_k;
   cute::TmaDescriptor tma_v;
 };
-using Sm90GnaFwdArgs = Sm90FwdArgs<GnaFwdParams>;
+// GNA adds the descriptors of the additional KV (4-D views (D, H_kv, N_add, B) with boxes of kBlockN rows), zero and
+// never read when the problem has none.
+struct Sm90GnaFwdArgs : Sm90FwdArgs<GnaFwdParams> {
+  cute::TmaDescriptor tma_add_k;
+  cute::TmaDescriptor tma_add_v;
+};
 
 // The kernel body serves two schedule kinds: GNA (this tag; multi-dimensional boxes of the 5-D view, tma_gna_box.hpp,
 // the tile iterator as the CTA's state) and the 1-D families (Sm90SeqSchedule of sm90_schedules.hpp, its own state: one
@@ -59,6 +69,16 @@ using Sm90GnaFwdArgs = Sm90FwdArgs<GnaFwdParams>;
 // geometry (tokens, windows, key coordinates, need-mask flag) from smem.
 struct Sm90GnaSchedule {
   using Params = GnaFwdParams;
+};
+
+// The kernel arguments of a schedule kind.
+template <class Schedule>
+struct Sm90ArgsOf {
+  using type = Sm90FwdArgs<typename Schedule::Params>;
+};
+template <>
+struct Sm90ArgsOf<Sm90GnaSchedule> {
+  using type = Sm90GnaFwdArgs;
 };
 
 namespace detail {
@@ -148,7 +168,7 @@ struct ScheduleState<Sm90GnaSchedule> {
 
 // The kernel body (inlined into the __global__ entries below, which take `args` as __grid_constant__).
 template <class Traits, class Schedule>
-CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>& args) {
+CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& args) {
 #if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
   // Built for an arch without wgmma/TMA/setmaxnreg (the same TU is compiled for sm_80 too): the host launches this
   // kernel only on sm_90a devices, so the body is empty here.
@@ -198,6 +218,12 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>
     prefetch_tma_descriptor(&args.tma_q);
     prefetch_tma_descriptor(&args.tma_k);
     prefetch_tma_descriptor(&args.tma_v);
+    if constexpr (kGna) {
+      if (p.num_additional > 0) {
+        prefetch_tma_descriptor(&args.tma_add_k);
+        prefetch_tma_descriptor(&args.tma_add_v);
+      }
+    }
   }
   __syncthreads();
   const State& sched = smem.state;
@@ -234,21 +260,26 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>
       smem.q_end[i][tid] = we[i];
     }
   }
-  // Rows past the box's row product are never written by TMA. Zero them once for the CTA: P is exactly 0 on those keys
-  // (they are masked), but stale smem could hold NaN bit patterns and 0 * NaN = NaN in P V. Rows inside the box that
-  // are not tile rows are zero-filled by TMA (past the dim's end) or hold another sample's finite tokens (GNA dim 0;
-  // 1-D: tokens past the run, of another block or, packed, of the next sequence).
+  // Rows past the box's row product are never written by a neighbourhood / 1-D box. Zero them once for the CTA: P is
+  // exactly 0 on those keys (they are masked), but stale smem could hold NaN bit patterns and 0 * NaN = NaN in P V.
+  // Rows inside the box that are not tile rows are zero-filled by TMA (past the dim's end) or hold another sample's
+  // finite tokens (GNA dim 0; 1-D: tokens past the run, of another block or, packed, of the next sequence). Additional
+  // KV boxes fill all kBlockN rows (real rows, or TMA's zeros past N_add) and come after every neighbourhood tile.
   detail::zero_smem_rows<Traits::kThreads>(smem.q, kBoxesPerRow, kBlockM, q_box_rows, tid);
   detail::zero_smem_rows<Traits::kThreads>(smem.k, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
   detail::zero_smem_rows<Traits::kThreads>(smem.v, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
   cutlass::arch::fence_view_async_shared();  // generic-proxy zeros visible to wgmma's async-proxy reads
   __syncthreads();
 
-  int64_t kv_tiles;
+  // KV tiles of the CTA: kv_tiles of its neighbourhood / schedule, then (GNA) the additional tiles; the launcher sets
+  // num_additional to 0 when there are none.
+  int64_t kv_tiles, tiles;
   if constexpr (kGna) {
     kv_tiles = sched.count;
+    tiles = kv_tiles + additional_tiles(p.num_additional, kBlockN);
   } else {
     kv_tiles = sched.count();
+    tiles = kv_tiles;
   }
   const int lane = tid % 32;
 
@@ -273,12 +304,37 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>
         }
       }
       const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
-      for (int64_t e = 0; e < kv_tiles; ++e) {
+      for (int64_t e = 0; e < tiles; ++e) {
         const int st = static_cast<int>(e % kStages);
         const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
         // Wait until every consumer warp is done with the stage's previous tile (data and geometry); a fresh barrier
         // counts its preceding phase as complete, so the first kStages waits pass at once.
         Barrier::wait(&smem.kv_empty[st], phase ^ 1);
+        Element* k_dst = smem.k + st * kBlockN * kHeadDim;
+        Element* v_dst = smem.v + st * kBlockN * kHeadDim;
+        if (e >= kv_tiles) {
+          // Additional tile: a box of kBlockN rows (all of them counted by TMA, zero-filled past N_add) at row
+          // a * kBlockN of the CTA's batch entry. The consumers mask by row index, so no row geometry is written.
+          if (lane == 0) {
+            const SeqRun run = additional_run(p.num_additional, kBlockN, e - kv_tiles);
+            smem.kv_mask[st] = kv_mask_of_additional(run, kBlockN);
+            const int32_t start = static_cast<int32_t>(run.token), batch = static_cast<int32_t>(b);
+            constexpr uint32_t kAddBytes = kBlockN * kHeadDim * sizeof(Element);
+            TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kAddBytes);
+            CUTE_UNROLL
+            for (int j = 0; j < kBoxesPerRow; ++j) {
+              SM90_TMA_LOAD_4D::copy(&args.tma_add_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
+                                     j * kBoxCols, h_kv, start, batch);
+            }
+            TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kAddBytes);
+            CUTE_UNROLL
+            for (int j = 0; j < kBoxesPerRow; ++j) {
+              SM90_TMA_LOAD_4D::copy(&args.tma_add_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
+                                     j * kBoxCols, h_kv, start, batch);
+            }
+          }
+          continue;
+        }
         int64_t u[kRank];
         bool full;
         const GnaTileBox<kRank> kv = sched.visit(pol, e, u, full);
@@ -287,15 +343,12 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>
           tma_box_row(kv, pol.tk, r, x);
           for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
         }
-        // A full tile whose shape holds fewer rows than the block still has padding keys.
-        if (lane == 0) smem.kv_need_mask[st] = !full || kv_box_rows < kBlockN;
+        if (lane == 0) smem.kv_mask[st] = kv_mask_of_tile(full, kv_box_rows, kBlockN);
         // The geometry is published by lane 0's arrive below (release), ordered after the other lanes' stores here.
         __syncwarp();
         if (lane == 0) {
           int32_t start[kRank];
           tma_box_start(pol, kv, start);
-          Element* k_dst = smem.k + st * kBlockN * kHeadDim;
-          Element* v_dst = smem.v + st * kBlockN * kHeadDim;
           TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
           CUTE_UNROLL
           for (int j = 0; j < kBoxesPerRow; ++j) {
@@ -335,7 +388,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>
           for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
         }
         // A run shorter than the block (a small pattern block, a block cut by the end, an empty visit) has padding.
-        if (lane == 0) smem.kv_need_mask[st] = !run.full || run.rows < kBlockN;
+        if (lane == 0) smem.kv_mask[st] = kv_mask_of_tile(run.full, run.rows, kBlockN);
         __syncwarp();
         if (lane == 0) {
           const int32_t start = static_cast<int32_t>(run.token);
@@ -395,7 +448,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>
   // Ping-pong turns: barrier 3 is warpgroup 1's turn, 4 is warpgroup 2's; each is a bar.sync of the warpgroup whose
   // turn it is (128 threads) plus a bar.arrive of the other (128). Warpgroup 1 grants itself the first turn; a
   // warpgroup hands the turn over after each S GEMM, except warpgroup 2 after the last tile (warpgroup 1 takes no
-  // further turn), so no barrier is left half-arrived at exit. Both warpgroups visit the same kv_tiles.
+  // further turn), so no barrier is left half-arrived at exit. Both warpgroups visit the same tiles.
   auto take_turn = [&] {
     if constexpr (Traits::kPingPong) {
       if (warpgroup == 1) {
@@ -409,17 +462,17 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>
     if constexpr (Traits::kPingPong) {
       if (warpgroup == 1) {
         detail::named_barrier_arrive<4, 256>();
-      } else if (e + 1 < kv_tiles) {
+      } else if (e + 1 < tiles) {
         detail::named_barrier_arrive<3, 256>();
       }
     }
   };
   if constexpr (Traits::kPingPong) {
-    if (warpgroup == 1 && kv_tiles > 0) detail::named_barrier_arrive<3, 256>();
+    if (warpgroup == 1 && tiles > 0) detail::named_barrier_arrive<3, 256>();
   }
 
   Barrier::wait(&smem.q_full, 0);
-  for (int64_t e = 0; e < kv_tiles; ++e) {
+  for (int64_t e = 0; e < tiles; ++e) {
     const int st = static_cast<int>(e % kStages);
     const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
 
@@ -432,7 +485,8 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>
     Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
     CUTE_UNROLL
     for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
-    if (smem.kv_need_mask[st]) {
+    const int32_t kv_mask = smem.kv_mask[st];
+    if (kv_mask == kKvMaskWindow) {
       // Query windows and key coordinates are read from smem per masked tile rather than held across the loop.
       int32_t wb[kRowsPerThread][kRank], we[kRowsPerThread][kRank];
       CUTE_UNROLL
@@ -456,6 +510,18 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const Sm90FwdArgs<typename Schedule::Params>
           CUTE_UNROLL
           for (int i = 0; i < kRank; ++i) inside = inside && wb[mi][i] <= x[i] && x[i] < we[mi][i];
           if (!inside) s(mi, ni) = -INFINITY;
+        }
+      }
+    } else if constexpr (kGna) {
+      if (kv_mask < 0) {
+        // The last additional tile, short of a block: its key rows from -kv_mask on are padding (zero-filled by TMA)
+        // for every query; the window test plays no part. (The 1-D families have no additional KV: no code there.)
+        CUTE_UNROLL
+        for (int ni = 0; ni < kColsPerThread; ++ni) {
+          if (!kv_mask_attends(kv_mask, true, get<1>(tScS_rc(0, ni)))) {
+            CUTE_UNROLL
+            for (int mi = 0; mi < kRowsPerThread; ++mi) s(mi, ni) = -INFINITY;
+          }
         }
       }
     }
@@ -598,71 +664,6 @@ cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_
   return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
 }
 
-}  // namespace detail
-
-// Launches one instantiation: grid (Q tiles, heads, batch), 384 threads, dynamic smem. Returns
-// - cudaErrorInvalidValue: head_dim != kHeadDim, a tile's row product above the block, or kv_heads not dividing heads;
-// - cudaSuccess without a launch for an empty problem;
-// - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
-//   the sm80 kernel): additional KV, a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0
-//   (plus a box) reaching 2^31 (TMA coordinates are int32), inputs not contiguous over batch (batch stride != tokens *
-//   token stride: batch and X0 share one TMA dim), byte strides not multiples of 16 or beyond 2^40, base pointers not
-//   16-byte aligned, or the driver refusing a descriptor;
-// - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (as sm80);
-// - otherwise the launch's error.
-// Tile shapes are the policy's tq/tk (the table's, clamped to the dims by the caller, as for sm80).
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
-cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
-  using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
-  const GnaPolicy<kRank>& pol = p.policy;
-  if (p.head_dim != kHeadDim || pol.max_q_rows() > kBlockM || pol.max_kv_rows() > kBlockN) {
-    return cudaErrorInvalidValue;
-  }
-  const int64_t q_tiles = pol.num_q_tiles();
-  if (q_tiles == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
-  if (p.kv_heads <= 0 || p.heads % p.kv_heads != 0) return cudaErrorInvalidValue;
-
-  if (p.num_additional > 0) return cudaErrorNotSupported;  // additional KV runs on the sm80 kernel
-  if (!tma_box_supported(pol, pol.tq) || !tma_box_supported(pol, pol.tk)) return cudaErrorNotSupported;
-  const int64_t folded = p.batch * pol.dim[0].length;
-  const int64_t max_extent = std::max(tma_box_extent(pol, pol.tq, 0), tma_box_extent(pol, pol.tk, 0));
-  if (folded + max_extent > int64_t{0x7fffffff}) return cudaErrorNotSupported;
-  if (p.batch > 1 && (p.q_batch_stride != p.tokens * p.q_token_stride ||
-                      p.k_batch_stride != p.tokens * p.k_token_stride ||
-                      p.v_batch_stride != p.tokens * p.v_token_stride)) {
-    return cudaErrorNotSupported;
-  }
-  for (const void* ptr : {p.q, p.k, p.v}) {
-    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return cudaErrorNotSupported;
-  }
-  if (q_tiles > 0x7fffffff || p.heads > 65535 || p.batch > 65535) return cudaErrorInvalidConfiguration;
-
-  Sm90GnaFwdArgs args;
-  args.p = p;
-  cudaError_t err = detail::make_gna_tma_desc<Element>(&args.tma_q, p.q, kHeadDim, p.heads, p.q_head_stride,
-                                                       p.q_token_stride, p.batch, pol, pol.tq);
-  if (err == cudaSuccess) {
-    err = detail::make_gna_tma_desc<Element>(&args.tma_k, p.k, kHeadDim, p.kv_heads, p.k_head_stride, p.k_token_stride,
-                                             p.batch, pol, pol.tk);
-  }
-  if (err == cudaSuccess) {
-    err = detail::make_gna_tma_desc<Element>(&args.tma_v, p.v, kHeadDim, p.kv_heads, p.v_head_stride, p.v_token_stride,
-                                             p.batch, pol, pol.tk);
-  }
-  if (err != cudaSuccess) return err;
-
-  constexpr int kSmem = sizeof(typename Traits::SharedStorage);
-  static_assert(kSmem <= 227 * 1024, "Hopper's per-block shared memory limit");
-  auto kernel = sm90_gna_fwd_kernel<Traits>;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err != cudaSuccess) return err;
-  dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
-  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
-  return cudaGetLastError();
-}
-
-namespace detail {
-
 // One TMA descriptor of the 4-D view (D, H, tokens, B) of a heads-last tensor (sm90_schedules.hpp: seq_tma_view).
 template <class Element>
 cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const SeqTmaView& view) {
@@ -682,6 +683,92 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
       CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
 }
+
+}  // namespace detail
+
+// Launches one instantiation: grid (Q tiles, heads, batch), 384 threads, dynamic smem. Returns
+// - cudaErrorInvalidValue: head_dim != kHeadDim, a tile's row product above the block, or kv_heads not dividing heads;
+// - cudaSuccess without a launch for an empty problem;
+// - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
+//   the sm80 kernel): a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0
+//   (plus a box) reaching 2^31 (TMA coordinates are int32), q / k / v not contiguous over batch (batch stride !=
+//   tokens * token stride: batch and X0 share one TMA dim), byte strides (additional KV's included) not positive
+//   multiples of 16 or beyond 2^40, base pointers not 16-byte aligned (or add_k / add_v null), N_add + kBlockN
+//   reaching 2^31 (TMA coordinates), or the driver refusing a descriptor; the additional KV's batch strides are free
+//   (batch is a TMA dim of its own in their view);
+// - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (as sm80);
+// - otherwise the launch's error.
+// Tile shapes are the policy's tq/tk (the table's, clamped to the dims by the caller, as for sm80). Additional KV
+// (num_additional > 0) runs fused, in tiles of kBlockN rows: the kernel's params get additional_block = kBlockN,
+// whatever the caller set.
+template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
+  using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  const GnaPolicy<kRank>& pol = p.policy;
+  if (p.head_dim != kHeadDim || pol.max_q_rows() > kBlockM || pol.max_kv_rows() > kBlockN) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t q_tiles = pol.num_q_tiles();
+  if (q_tiles == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
+  if (p.kv_heads <= 0 || p.heads % p.kv_heads != 0) return cudaErrorInvalidValue;
+
+  if (!tma_box_supported(pol, pol.tq) || !tma_box_supported(pol, pol.tk)) return cudaErrorNotSupported;
+  const int64_t folded = p.batch * pol.dim[0].length;
+  const int64_t max_extent = std::max(tma_box_extent(pol, pol.tq, 0), tma_box_extent(pol, pol.tk, 0));
+  if (folded + max_extent > int64_t{0x7fffffff}) return cudaErrorNotSupported;
+  if (p.batch > 1 && (p.q_batch_stride != p.tokens * p.q_token_stride ||
+                      p.k_batch_stride != p.tokens * p.k_token_stride ||
+                      p.v_batch_stride != p.tokens * p.v_token_stride)) {
+    return cudaErrorNotSupported;
+  }
+  for (const void* ptr : {p.q, p.k, p.v}) {
+    if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return cudaErrorNotSupported;
+  }
+  // Additional KV: the 4-D views (D, H_kv, N_add, B), boxes of kBlockN rows (the kernel's additional tiles).
+  const bool additional = p.num_additional > 0;
+  SeqTmaView view_add_k{}, view_add_v{};
+  if (additional) {
+    constexpr int64_t kBytes = sizeof(Element);
+    view_add_k = seq_tma_view(kBytes, kHeadDim, p.kv_heads, p.num_additional, p.batch, p.add_k_head_stride,
+                              p.add_k_token_stride, p.add_k_batch_stride, kBlockN);
+    view_add_v = seq_tma_view(kBytes, kHeadDim, p.kv_heads, p.num_additional, p.batch, p.add_v_head_stride,
+                              p.add_v_token_stride, p.add_v_batch_stride, kBlockN);
+    for (const void* ptr : {p.add_k, p.add_v}) {
+      if (ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return cudaErrorNotSupported;
+    }
+    if (!view_add_k.ok || !view_add_v.ok) return cudaErrorNotSupported;
+  }
+  if (q_tiles > 0x7fffffff || p.heads > 65535 || p.batch > 65535) return cudaErrorInvalidConfiguration;
+
+  Sm90GnaFwdArgs args{};
+  args.p = p;
+  args.p.additional_block = kBlockN;
+  if (!additional) args.p.num_additional = 0;  // the kernel counts tiles from it
+  cudaError_t err = detail::make_gna_tma_desc<Element>(&args.tma_q, p.q, kHeadDim, p.heads, p.q_head_stride,
+                                                       p.q_token_stride, p.batch, pol, pol.tq);
+  if (err == cudaSuccess) {
+    err = detail::make_gna_tma_desc<Element>(&args.tma_k, p.k, kHeadDim, p.kv_heads, p.k_head_stride, p.k_token_stride,
+                                             p.batch, pol, pol.tk);
+  }
+  if (err == cudaSuccess) {
+    err = detail::make_gna_tma_desc<Element>(&args.tma_v, p.v, kHeadDim, p.kv_heads, p.v_head_stride, p.v_token_stride,
+                                             p.batch, pol, pol.tk);
+  }
+  if (err == cudaSuccess && additional) err = detail::make_seq_tma_desc<Element>(&args.tma_add_k, p.add_k, view_add_k);
+  if (err == cudaSuccess && additional) err = detail::make_seq_tma_desc<Element>(&args.tma_add_v, p.add_v, view_add_v);
+  if (err != cudaSuccess) return err;
+
+  constexpr int kSmem = sizeof(typename Traits::SharedStorage);
+  static_assert(kSmem <= 227 * 1024, "Hopper's per-block shared memory limit");
+  auto kernel = sm90_gna_fwd_kernel<Traits>;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
+  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+namespace detail {
 
 // The launcher shared by the 1-D families: q_block / kv_block are the pattern's block sizes, kv_tokens_k / _v the
 // token extents of the K / V views per batch entry (-1: unknown, not supported).

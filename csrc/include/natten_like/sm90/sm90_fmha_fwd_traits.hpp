@@ -2,6 +2,7 @@
 // storage of the warp-specialised kernel (FlashAttention-3's Hopper design): warpgroup 0 loads Q once and K, V per
 // visited KV tile with TMA into a 2-stage ring; warpgroups 1 and 2 each own 64 of the 128 query rows and run
 // S = Q K^T (wgmma, both operands in smem), the online softmax in registers and O += P V (wgmma, P from registers).
+// The KV ring also carries the GNA forward's additional KV tiles (same stage layout, the box of kBlockN rows).
 #pragma once
 
 #include <type_traits>
@@ -98,7 +99,7 @@ struct Sm90FmhaFwdTraits {
     int32_t q_begin[kRank][kBlockM];  // group-local window of each Q smem row, per dim
     int32_t q_end[kRank][kBlockM];
     int32_t kv_x[kStages][kRank][kBlockN];  // group-local coordinate of each KV smem row (-1 in dim 0: not a tile row)
-    int32_t kv_need_mask[kStages];
+    int32_t kv_mask[kStages];  // how the stage's keys are masked (sm90_schedules.hpp: kKvMaskNone, ...)
     State state;  // the Q tile and the KV tiles it visits
     alignas(8) uint64_t q_full;
     uint64_t k_full[kStages];

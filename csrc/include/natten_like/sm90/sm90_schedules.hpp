@@ -13,8 +13,13 @@
 // Smem rows past box_rows (pattern blocks below the kernel block) are never written by TMA; the kernel zeroes them once
 // per CTA.
 //
+// The GNA forward's additional KV (every query also attends add_k / add_v [B, N_add, H_kv, D]) reuses the same 4-D
+// view and runs: additional tile a is the run of additional rows [a * block, min((a + 1) * block, N_add)), one box of
+// `block` rows of the view (D, H_kv, N_add, B) (additional_run below).
+//
 // Plain C++ with NL_HOST_DEVICE: tests/test_sm90_schedules_host.py checks, against the sm80 schedules and the policies,
-// that every box addresses exactly the schedule's tokens in order, with the padding flagged and masked.
+// that every box addresses exactly the schedule's tokens in order, with the padding flagged and masked, and that the
+// additional runs cover the additional rows once each.
 #pragma once
 
 #include <cstdint>
@@ -99,6 +104,48 @@ struct Sm90SeqSchedule {
     return false;
   }
 };
+
+// How the consumers mask the keys of a KV stage (the word the producer writes next to the stage's data,
+// SharedStorage::kv_mask): kKvMaskNone, every (query, key) pair is attended (a full tile); kKvMaskWindow, the element
+// mask (each query's window per dim against the key rows' coordinates); -n for n in [1, block), an additional KV tile
+// with n real rows: key rows c < n are attended by every query, rows c >= n are padding. One word keeps the consumers'
+// test of a tile without a mask a single comparison with zero.
+constexpr int32_t kKvMaskNone = 0;
+constexpr int32_t kKvMaskWindow = 1;
+
+// The mask word of a neighbourhood tile / 1-D run: a tile with fewer rows than the block has padding keys even when
+// the policy calls it full.
+NL_HOST_DEVICE int32_t kv_mask_of_tile(bool full, int rows, int block) {
+  return full && rows >= block ? kKvMaskNone : kKvMaskWindow;
+}
+
+// Whether key row c of a stage with mask word `mask` is attended by a query whose window test on the row gives `inside`
+// (what the consumers compute; the host tests simulate it with this).
+NL_HOST_DEVICE bool kv_mask_attends(int32_t mask, bool inside, int c) {
+  if (mask == kKvMaskNone) return true;
+  if (mask == kKvMaskWindow) return inside;
+  return c < -mask;
+}
+
+// Additional KV tiles of `block` rows over num_additional rows (0 when there are none): GnaFwdParams's
+// num_additional_tiles() with additional_block = block.
+NL_HOST_DEVICE int64_t additional_tiles(int64_t num_additional, int block) {
+  return num_additional > 0 ? (num_additional + block - 1) / block : 0;
+}
+
+// Additional tile a (a < additional_tiles): TMA token coordinate of its box (its first row), its real rows and whether
+// all `block` rows are real. Box row c holds additional row token + c; past N_add TMA zero-fills it (padding).
+NL_HOST_DEVICE SeqRun additional_run(int64_t num_additional, int block, int64_t a) {
+  const int64_t token = a * block;
+  const int64_t left = num_additional - token;
+  const int32_t rows = static_cast<int32_t>(left < block ? left : block);
+  return SeqRun{token, rows, rows == block};
+}
+
+// The mask word of an additional tile: none when every row is real, else its row count, negated.
+NL_HOST_DEVICE int32_t kv_mask_of_additional(const SeqRun& run, int block) {
+  return run.rows >= block ? kKvMaskNone : -run.rows;
+}
 
 using Sm90StridedShardSchedule = Sm90SeqSchedule<sm80::StridedShardSchedule>;
 using Sm90BlockSparseSchedule = Sm90SeqSchedule<sm80::BlockSparseSchedule>;

@@ -493,14 +493,15 @@ def _count(pattern: str, body: str) -> int:
 SM80_MMA_KERNELS = (
     "sm80_fmha_fwd_kernel",
     *(f"sm80_{family}_bwd_{part}_kernel" for family in ("gna", "s2", "block_sparse") for part in ("dkdv", "dq")),
+    "sm80_gna_bwd_additional_dkdv_kernel",
     "sm80_latent_fwd_kernel",
 )
 
 
 # The same kernels compiled for a newer arch (sm_90a: Hopper's fallback for what the sm90 kernels do not cover) are a
 # different register allocation: at the 255-register cap, sm_90's ptxas spills a few registers in the head-dim-128 GNA
-# dK/dV kernel (12 LDL/STL) and the MLA decode kernel (8). Known performance debt, bounded here so that it cannot grow
-# unnoticed; on their own arch (sm_80 cubins) no spill is allowed.
+# dK/dV kernels (12 LDL/STL; 8 in the additional-KV one) and the MLA decode kernel (8). Known performance debt,
+# bounded here so that it cannot grow unnoticed; on their own arch (sm_80 cubins) no spill is allowed.
 FALLBACK_MAX_LOCAL = 16
 
 

@@ -1,8 +1,9 @@
 """The CUDA GNA / dense kernels against the float64 reference (needs a CUDA build and a GPU of capability >= 8.0).
 
 Every forward family the build and the GPU have (sm80 everywhere, sm90 on a Hopper GPU of a build with 9.0a), and the
-backward: random 1-3 D problems with causal / stride / dilation, GQA, every built dtype and head dim; outputs and
-gradients NaN-poisoned so that every element must be written; logsumexp and the gradient through it checked too.
+backward: random 1-3 D problems with causal / stride / dilation, GQA, additional KV, every built dtype and head dim;
+outputs and gradients NaN-poisoned so that every element must be written; logsumexp and the gradient through it
+checked too.
 ``bench/gpu_check.sh`` builds the extension and runs these.
 """
 
@@ -13,7 +14,7 @@ import random
 import natten_like
 import pytest
 import torch
-from helpers import GnaCase, make_inputs, max_error
+from helpers import GRAD_INPUTS, GnaCase, make_inputs, max_error
 from natten_like.backends import cuda as cuda_backend
 
 from simulator.tile_configs import clamp_tile, gna_tiles
@@ -86,15 +87,24 @@ def _random_case(rng: random.Random, rank: int, dim: int) -> GnaCase:
         stride.append(rng.randint(1, k))
         causal.append(rng.random() < 0.3)
     heads, kv_heads = rng.choice([(2, 2), (4, 2), (4, 1)])
+    # Additional KV: none, under one kernel tile, exactly one, and a full tile plus a partial one.
+    num_additional = rng.choice([0, 0, 5, 64, 70])
     return GnaCase(
         shape=tuple(shape), window=tuple(window), stride=tuple(stride), dilation=tuple(dilation),
         causal=tuple(causal), batch=rng.randint(1, 2), heads=heads, kv_heads=kv_heads, dim=dim, dim_v=dim,
+        num_additional=num_additional,
     )  # fmt: skip
 
 
-def _poisoned_forward(case: GnaCase, target: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+def _device_inputs(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor | None]:
+    """q, k, v, additional keys, additional values (None when the case has none) on the GPU."""
+    return [inputs[n].to(DEVICE) if n in inputs else None for n in GRAD_INPUTS]
+
+
+def _poisoned_forward(case: GnaCase, target: str, tensors: list[torch.Tensor | None]):
+    q = tensors[0]
     ptrs = _poison((tuple(q.shape), q.dtype), (tuple(q.shape[:-1]), torch.float32))
-    out, lse = torch.ops.natten_like.gna_forward(q, k, v, None, None, *_op_config(case, target, q))
+    out, lse = torch.ops.natten_like.gna_forward(*tensors, *_op_config(case, target, q))
     torch.cuda.synchronize()
     poisoned = {out.data_ptr(), lse.data_ptr()} == ptrs
     return out, lse, poisoned
@@ -102,16 +112,18 @@ def _poisoned_forward(case: GnaCase, target: str, q: torch.Tensor, k: torch.Tens
 
 def _check(case: GnaCase, dtype: torch.dtype, seed: int, target: str = "sm80") -> None:
     inputs = make_inputs(case, dtype, seed)
-    q, k, v = (inputs[n].to(DEVICE) for n in ("q", "k", "v"))
-    out, lse, poisoned = _poisoned_forward(case, target, q, k, v)
+    tensors = _device_inputs(inputs)
+    out, lse, poisoned = _poisoned_forward(case, target, tensors)
     assert poisoned, "the allocator did not reuse the NaN-filled blocks; the written-everywhere check did not run"
     assert not out.isnan().any(), f"unwritten or NaN output elements in {case}"
     assert not lse.isnan().any(), f"unwritten or NaN lse elements in {case}"
+    extra = {n: inputs[n] for n in GRAD_INPUTS[3:] if n in inputs}
     ref_out, ref_lse = natten_like.gna(
-        *(inputs[n].double() for n in ("q", "k", "v")), **case.kwargs(), return_lse=True, backend="reference"
-    )
+        *(inputs[n].double() for n in ("q", "k", "v")), **case.kwargs(),
+        **{n: t.double() for n, t in extra.items()}, return_lse=True, backend="reference",
+    )  # fmt: skip
     # The same computation in the low precision by plain PyTorch sets the bar.
-    low_out = natten_like.gna(q, k, v, **case.kwargs(), backend="reference")
+    low_out = natten_like.gna(*(inputs[n] for n in ("q", "k", "v")), **case.kwargs(), **extra, backend="reference")
     bar = max_error(low_out.cpu(), ref_out)
     err = max_error(out.cpu(), ref_out)
     assert err <= 2 * bar + 2e-3, f"out error {err:.2e} (PyTorch in {dtype}: {bar:.2e}) in {case}"
@@ -140,8 +152,10 @@ def test_random_gna_matches_reference(rank: int, seed: int) -> None:
         GnaCase(shape=(12, 10), window=(3, 5), dilation=(4, 2)),  # dilation groups of unequal length
         GnaCase(shape=(8, 8, 8), window=(4, 4, 4), stride=(4, 4, 4), causal=(True, False, True)),
         GnaCase(shape=(2,), window=(2,), causal=(True,)),  # the smallest problem
+        GnaCase(shape=(8, 8, 8), window=(4, 4, 4), causal=(True, False, True), num_additional=3),  # additional KV
+        GnaCase(shape=(130,), window=(7,), stride=(7,), num_additional=128),  # two full additional tiles
     ],
-    ids=lambda c: "x".join(map(str, c.shape)) + "-w" + "x".join(map(str, c.window)),
+    ids=lambda c: "x".join(map(str, c.shape)) + "-w" + "x".join(map(str, c.window)) + f"-add{c.num_additional}",
 )
 def test_edge_cases(case: GnaCase) -> None:
     for target in _targets():
@@ -151,31 +165,34 @@ def test_edge_cases(case: GnaCase) -> None:
 
 
 def _check_backward(case: GnaCase, dtype: torch.dtype, seed: int) -> None:
-    """dQ, dK, dV of the sm80 backward (gradient through out and through lse) against float64 autograd."""
+    """dQ, dK, dV (and the additional KV's gradients) of the sm80 backward (gradient through out and through lse)
+    against float64 autograd."""
     inputs = make_inputs(case, dtype, seed)
-    q, k, v = (inputs[n].to(DEVICE) for n in ("q", "k", "v"))
+    tensors = _device_inputs(inputs)
+    names = [n for n, t in zip(GRAD_INPUTS, tensors, strict=True) if t is not None]
+    q = tensors[0]
     config = _op_config(case, "sm80", q)
-    out, lse = torch.ops.natten_like.gna_forward(q, k, v, None, None, *config)
+    out, lse = torch.ops.natten_like.gna_forward(*tensors, *config)
     g = torch.Generator().manual_seed(seed + 1)
     grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64)
     grad_lse = torch.randn(lse.shape, generator=g, dtype=torch.float64)
     go, gl = grad_out.to(dtype).to(DEVICE), grad_lse.float().to(DEVICE)  # before poisoning: not in the NaN blocks
-    ptrs = _poison(*((tuple(t.shape), dtype) for t in (q, k, v)))
-    dq, dk, dv, _, _ = torch.ops.natten_like.gna_backward(go, q, k, v, None, None, out, lse, gl, *config)
+    ptrs = _poison(*((tuple(t.shape), dtype) for t in tensors if t is not None))
+    computed = torch.ops.natten_like.gna_backward(go, *tensors, out, lse, gl, *config)[: len(names)]
     torch.cuda.synchronize()
-    assert {dq.data_ptr(), dk.data_ptr(), dv.data_ptr()} == ptrs, "the NaN-filled blocks were not reused"
-    for name, grad in (("dq", dq), ("dk", dk), ("dv", dv)):
-        assert not grad.isnan().any(), f"unwritten or NaN {name} elements in {case}"
+    assert {t.data_ptr() for t in computed} == ptrs, "the NaN-filled blocks were not reused"
+    for name, grad in zip(names, computed, strict=True):
+        assert not grad.isnan().any(), f"unwritten or NaN gradient of {name} in {case}"
 
     def grads(tensors: list[torch.Tensor], backend: str) -> list[torch.Tensor]:
-        leaves = [t.detach().requires_grad_() for t in tensors]
-        o, l_ = natten_like.gna(*leaves, **case.kwargs(), return_lse=True, backend=backend)
+        leaves = dict(zip(names, (t.detach().requires_grad_() for t in tensors), strict=True))
+        o, l_ = natten_like.gna(**leaves, **case.kwargs(), return_lse=True, backend=backend)
         loss = (o.double() * grad_out.to(o.device)).sum() + (l_.double() * grad_lse.to(l_.device)).sum()
-        return list(torch.autograd.grad(loss, leaves))
+        return list(torch.autograd.grad(loss, list(leaves.values())))
 
-    ref = grads([inputs[n].double() for n in ("q", "k", "v")], "reference")
-    low = grads([inputs[n] for n in ("q", "k", "v")], "reference")  # plain PyTorch in the low precision sets the bar
-    for name, got, r, lo in zip(("dq", "dk", "dv"), (dq, dk, dv), ref, low, strict=True):
+    ref = grads([inputs[n].double() for n in names], "reference")
+    low = grads([inputs[n] for n in names], "reference")  # plain PyTorch in the low precision sets the bar
+    for name, got, r, lo in zip(names, computed, ref, low, strict=True):
         bar = max_error(lo, r)
         err = max_error(got.cpu(), r)
         assert err <= 2 * bar + 2e-3, f"{name} error {err:.2e} (PyTorch in {dtype}: {bar:.2e}) in {case}"
@@ -202,8 +219,9 @@ def test_random_gna_backward_matches_reference(rank: int, seed: int) -> None:
         GnaCase(shape=(16, 16), window=(8, 8), stride=(8, 8)),  # fully block-sparse
         GnaCase(shape=(12, 10), window=(3, 5), dilation=(4, 2)),  # unequal dilation groups
         GnaCase(shape=(2,), window=(2,), causal=(True,)),
+        GnaCase(shape=(9, 7), window=(3, 3), causal=(True, False), num_additional=77),  # additional KV: 64 + 13 rows
     ],
-    ids=lambda c: "x".join(map(str, c.shape)) + "-w" + "x".join(map(str, c.window)),
+    ids=lambda c: "x".join(map(str, c.shape)) + "-w" + "x".join(map(str, c.window)) + f"-add{c.num_additional}",
 )
 def test_backward_edge_cases(case: GnaCase) -> None:
     _skip_without_backward()
@@ -228,19 +246,23 @@ def test_dense_attention_through_the_backend(monkeypatch: pytest.MonkeyPatch, ca
 
 
 def test_autograd_through_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A 2-D layer's forward on the preferred kernel, its backward on sm80's tiles (ops._gna_backward re-tiles)."""
+    """A 2-D problem's forward on the preferred kernel, its backward on sm80's tiles (ops._gna_backward re-tiles); with
+    and without additional KV."""
     _skip_without_backward()
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     dtype, dim = _built("sm80_gna_bwd")[-1]
-    case = GnaCase(shape=(20, 24), window=(7, 9), stride=(2, 3), heads=4, kv_heads=2, dim=dim, dim_v=dim)
-    inputs = make_inputs(case, dtype, 11)
-    leaves = [inputs[n].to(DEVICE).requires_grad_() for n in ("q", "k", "v")]
-    out = natten_like.gna(*leaves, **case.kwargs(), backend="cuda")
-    out.float().square().sum().backward()
-    ref = [inputs[n].double().requires_grad_() for n in ("q", "k", "v")]
-    natten_like.gna(*ref, **case.kwargs(), backend="reference").square().sum().backward()
-    for got, r in zip(leaves, ref, strict=True):
-        assert max_error(got.grad.cpu(), r.grad) <= 3e-2 * max(1.0, r.grad.abs().max().item())
+    for num_additional in (0, 20):
+        case = GnaCase(shape=(20, 24), window=(7, 9), stride=(2, 3), heads=4, kv_heads=2, dim=dim, dim_v=dim,
+                       num_additional=num_additional)  # fmt: skip
+        inputs = make_inputs(case, dtype, 11)
+        names = [n for n in GRAD_INPUTS if n in inputs]
+        leaves = {n: inputs[n].to(DEVICE).requires_grad_() for n in names}
+        out = natten_like.gna(**leaves, **case.kwargs(), backend="cuda")
+        out.float().square().sum().backward()
+        ref = {n: inputs[n].double().requires_grad_() for n in names}
+        natten_like.gna(**ref, **case.kwargs(), backend="reference").square().sum().backward()
+        for got, r in zip(leaves.values(), ref.values(), strict=True):
+            assert max_error(got.grad.cpu(), r.grad) <= 3e-2 * max(1.0, r.grad.abs().max().item())
 
 
 def test_sm90_declines_what_its_tma_boxes_cannot_express() -> None:

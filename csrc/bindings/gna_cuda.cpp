@@ -74,6 +74,34 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
               "natten_like::gna (cuda): q, k, v must be on one CUDA device");
 }
 
+// Additional KV (both or neither): add_k / add_v [B, N_add, H_kv, D], on q's device in q's dtype, made contiguous and
+// aligned; undefined tensors when there is none.
+std::pair<at::Tensor, at::Tensor> additional_kv(const c10::optional<at::Tensor>& add_k,
+                                                const c10::optional<at::Tensor>& add_v, const at::Tensor& q,
+                                                const at::Tensor& k, const char* op) {
+  TORCH_CHECK(add_k.has_value() == add_v.has_value(), op, ": additional_k and additional_v go together");
+  if (!add_k.has_value()) return {};
+  const at::Tensor& ak = *add_k;
+  const at::Tensor& av = *add_v;
+  TORCH_CHECK(ak.dim() == 4 && av.sizes() == ak.sizes() && ak.size(0) == q.size(0) && ak.size(2) == k.size(-2) &&
+                  ak.size(3) == q.size(-1),
+              op, ": additional_k / additional_v must both be [B, N_add, H_kv, D] = [", q.size(0), ", N_add, ",
+              k.size(-2), ", ", q.size(-1), "], got ", ak.sizes(), " / ", av.sizes());
+  TORCH_CHECK(ak.scalar_type() == q.scalar_type() && av.scalar_type() == q.scalar_type(), op,
+              ": additional KV dtype differs from q");
+  TORCH_CHECK(ak.device() == q.device() && av.device() == q.device(), op, ": additional KV is not on q's device");
+  return {aligned_contiguous(ak), aligned_contiguous(av)};
+}
+
+void fill_additional(sm80::GnaFwdParams& p, const at::Tensor& ak, const at::Tensor& av) {
+  if (!ak.defined()) return;
+  p.add_k = ak.data_ptr();
+  p.add_v = av.data_ptr();
+  p.add_k_batch_stride = ak.stride(0), p.add_k_token_stride = ak.stride(1), p.add_k_head_stride = ak.stride(2);
+  p.add_v_batch_stride = av.stride(0), p.add_v_token_stride = av.stride(1), p.add_v_head_stride = av.stride(2);
+  p.num_additional = ak.size(1);
+}
+
 std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const at::Tensor& k_, const at::Tensor& v_,
                                                     const c10::optional<at::Tensor>& add_k,
                                                     const c10::optional<at::Tensor>& add_v, at::IntArrayRef window,
@@ -82,9 +110,9 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
                                                     at::IntArrayRef kv_tile, c10::string_view kernel) {
   TORCH_CHECK(kernel == "auto" || kernel == "sm80" || kernel == "sm90", "natten_like::gna (cuda): kernel '", kernel,
               "' is not a CUDA kernel family (auto, sm80, sm90)");
-  TORCH_CHECK(!add_k.has_value() && !add_v.has_value(), "natten_like::gna (cuda): additional KV is not supported yet");
   check_qkv(q_, k_, v_);
   TORCH_CHECK(k_.size(-1) == q_.size(-1) && v_.size(-1) == q_.size(-1), "natten_like::gna (cuda): q, k, v head dims differ");
+  const auto [ak, av] = additional_kv(add_k, add_v, q_, k_, "natten_like::gna (cuda)");
 
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);  // also checks >= 8.0
@@ -97,6 +125,7 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
 
   sm80::GnaFwdParams p{};
   fill_fwd_args(p, q, k, v, out, lse, scale);
+  fill_additional(p, ak, av);
   p.policy = make_policy(q.sizes().slice(1, rank), window, stride, dilation, causal, q_tile, kv_tile);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 
@@ -149,11 +178,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
     at::IntArrayRef kv_tile, c10::string_view kernel) {
   TORCH_CHECK(kernel == "auto" || kernel == "sm80", "natten_like::gna_backward (cuda): the backward kernels are sm80's "
               "(kernel 'auto' or 'sm80'), got '", kernel, "'");
-  TORCH_CHECK(!add_k.has_value() && !add_v.has_value(),
-              "natten_like::gna_backward (cuda): additional KV is not supported yet");
   check_qkv(q_, k_, v_);
   TORCH_CHECK(k_.size(-1) == q_.size(-1) && v_.size(-1) == q_.size(-1),
               "natten_like::gna_backward (cuda): q, k, v head dims differ");
+  const auto [ak, av] = additional_kv(add_k, add_v, q_, k_, "natten_like::gna_backward (cuda)");
   TORCH_CHECK(out_.sizes() == q_.sizes() && grad_out_.sizes() == q_.sizes() &&
                   lse_.sizes() == q_.sizes().slice(0, q_.dim() - 1),
               "natten_like::gna_backward (cuda): out / grad_out must be shaped like q and lse like q without its head dim");
@@ -174,13 +202,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
     grad_lse = grad_lse_->to(at::kFloat).contiguous();
   }
   auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  auto none = at::empty({0}, q.options());
-  if (q.numel() == 0) return {dq, dk.zero_(), dv.zero_(), none, none};
+  // [0] tensors stand for "no additional KV" in the op's schema.
+  auto d_ak = ak.defined() ? at::empty_like(ak) : at::empty({0}, q.options());
+  auto d_av = av.defined() ? at::empty_like(av) : at::empty({0}, q.options());
+  if (q.numel() == 0) return {dq, dk.zero_(), dv.zero_(), d_ak.zero_(), d_av.zero_()};
   auto delta = at::empty(lse.sizes(), lse.options());
 
   const int rank = static_cast<int>(q.dim()) - 3;
   sm80::GnaBwdParams p{};
   fill_fwd_args(p.fwd, q, k, v, out, lse, scale);
+  fill_additional(p.fwd, ak, av);
+  if (ak.defined()) {
+    p.d_add_k = d_ak.data_ptr();
+    p.d_add_v = d_av.data_ptr();
+    p.d_add_k_batch_stride = d_ak.stride(0), p.d_add_k_token_stride = d_ak.stride(1);
+    p.d_add_k_head_stride = d_ak.stride(2);
+    p.d_add_v_batch_stride = d_av.stride(0), p.d_add_v_token_stride = d_av.stride(1);
+    p.d_add_v_head_stride = d_av.stride(2);
+  }
   p.fwd.policy = make_policy(q.sizes().slice(1, rank), window, stride, dilation, causal, q_tile, kv_tile);
   TORCH_CHECK(fits(p.fwd.policy, generated::kSm80GnaBwdBlockM, generated::kSm80GnaBwdBlockN),
               "natten_like::gna_backward (cuda): tiles of ", p.fwd.policy.max_q_rows(), " query / ",
@@ -189,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
   fill_bwd_args(p, grad_out, grad_lse, dq, dk, dv, delta);
   const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "natten_like::gna_backward (cuda): sm80 kernel: ", cudaGetErrorString(err));
-  return {dq, dk, dv, none, none};
+  return {dq, dk, dv, d_ak, d_av};
 }
 
 // Every CUDA kernel of this build, one entry per instantiation: (family, dtype name, head dim). Families:

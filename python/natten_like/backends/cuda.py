@@ -14,7 +14,8 @@ backend refuses with "no CUDA kernels are built yet"):
 
 None of them has been verified on a GPU yet (issues 5 and 7), so the backend accepts a problem only when
 ``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is set; otherwise it refuses, saying so, and the flex / reference backends take CUDA
-tensors. What the kernels run: float16 / bfloat16, the built head dims with ``D_v == D``, GQA, no additional KV. The
+tensors. What the kernels run: float16 / bfloat16, the built head dims with ``D_v == D``, GQA, and for GNA additional
+KV, fused into the same softmax (sm80 and sm90 forward, sm80 backward). The
 compute capability of the tensors' own GPU is checked when a kernel is about to run (the problem names only the device
 type); an opted-in call it rules out raises ``BackendNotSupportedError``.
 
@@ -139,11 +140,7 @@ def _target(problem: Problem, q: torch.Tensor) -> str:
 
 
 def gna_not_supported_reasons(problem: Problem) -> list[str]:
-    reasons = _common_reasons(problem) + _head_dim_reasons(problem)
-    params: GnaParams = problem.params
-    if params.num_additional:
-        reasons.append("additional KV is not supported by the CUDA kernels yet")
-    return reasons
+    return _common_reasons(problem) + _head_dim_reasons(problem)
 
 
 def run_gna(
@@ -156,7 +153,7 @@ def run_gna(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shapes as in :func:`natten_like.gna`. Returns (out [B, *tokens, H, D], lse [B, *tokens, H] float32)."""
     check_device(problem, q.device)
-    return ops.gna_forward(_target(problem, q), q, k, v, None, None, problem.params)
+    return ops.gna_forward(_target(problem, q), q, k, v, additional_keys, additional_values, problem.params)
 
 
 def attention_not_supported_reasons(problem: Problem) -> list[str]:

@@ -66,6 +66,57 @@ struct GnaKeySchedule {
   }
 };
 
+// GNA's additional KV (fused forward: every query attends every additional key, fmha_schedules.hpp): kernel KV tile u
+// holds additional rows [u * additional_block, ...) cut to N_add; it is visited by every query of every head of the
+// group, in tiles of kBlockM consecutive flat tokens (the queries need no neighbourhood order here). Query windows are
+// [0, 1) in every dim and real key rows sit at coordinate 0, so the element mask leaves out only padding rows. The
+// dK/dV kernel runs it on a problem whose keys and values are the additional ones: launch_sm80_gna_bwd passes params
+// with fwd.k / fwd.v and dk / dv (and their strides) pointing at add_k / add_v and d_add_k / d_add_v, so the tokens
+// here index those tensors.
+template <int kBlockM>
+struct GnaAdditionalKeySchedule {
+  using Params = GnaBwdParams;
+  using QSchedule = GnaSchedule;
+  struct QTile {
+    int64_t begin;  // flat token of query row 0
+  };
+  int64_t k_begin;   // additional row of key row 0
+  int32_t n_k;       // key rows
+  int32_t n_q_tiles; // query tiles per head
+  int h_first;
+
+  static NL_HOST_DEVICE int64_t num_kv_tiles(const Params& p) { return p.fwd.num_additional_tiles(); }
+  NL_HOST_DEVICE GnaAdditionalKeySchedule(const Params& p, int64_t u, int h_kv, int64_t) {
+    k_begin = u * p.fwd.additional_block;
+    n_k = static_cast<int32_t>(policy::min64(p.fwd.additional_block, p.fwd.num_additional - k_begin));
+    n_q_tiles = static_cast<int32_t>((p.fwd.tokens + kBlockM - 1) / kBlockM);
+    h_first = h_kv * (p.fwd.heads / p.fwd.kv_heads);
+  }
+  NL_HOST_DEVICE int64_t count(const Params& p) const {
+    return static_cast<int64_t>(n_q_tiles) * (p.fwd.heads / p.fwd.kv_heads);
+  }
+  NL_HOST_DEVICE int kv_rows() const { return n_k; }
+  NL_HOST_DEVICE int64_t kv_row(const Params&, int c, int32_t* x) const {
+    for (int i = 0; i < kRank; ++i) x[i] = 0;
+    return k_begin + c;
+  }
+  NL_HOST_DEVICE QTile q_tile(const Params& p, int64_t e, int& h, int& rows, bool& full) const {
+    const int32_t step = static_cast<int32_t>(e);
+    h = h_first + step / n_q_tiles;
+    const int64_t begin = static_cast<int64_t>(step % n_q_tiles) * kBlockM;
+    rows = static_cast<int>(policy::min64(kBlockM, p.fwd.tokens - begin));
+    full = true;
+    return QTile{begin};
+  }
+  NL_HOST_DEVICE int64_t q_row(const Params&, const QTile& q, int r, int32_t* begin, int32_t* end) const {
+    for (int i = 0; i < kRank; ++i) {
+      begin[i] = 0;
+      end[i] = 1;
+    }
+    return q.begin + r;
+  }
+};
+
 // Strided-shard (S2): kernel KV tile t is part t % kv_split of pattern KV block u = t / kv_split. The pattern depends
 // on the KV head only, so every query head of the group visits the same query blocks: for_each_q_tile(u)'s range
 // [bq_first, bq_first + n_bq), each as q_split parts; step e is part e % q_split of the (e / q_split)-th block of head

@@ -18,6 +18,8 @@
 //   KvTile kv_tile(p, e, rows, full) const                  the e-th visited KV tile, its rows (<= kBlockN) and whether
 //                                                           it needs no element mask
 //   int64_t kv_row(p, tile, c, x) const                     token of key row c and its coordinate per dim
+// and, in a schedule with kAdditionalKv = true (GNA), static bool additional(tile): the tile's rows are rows of add_k /
+// add_v (their tokens index those tensors), attended by every query (padding rows excepted).
 #pragma once
 
 #include <cstdint>
@@ -29,15 +31,36 @@
 
 namespace natten_like::sm80 {
 
-// GNA: the kernel's Q tiles are the policy's; the KV tiles come from GnaKvTileIterator.
+// How the mainloops mask a visited KV tile (the storages' kv_need_mask): not at all (a full tile with a row per block
+// row); by each query's window per dim; or, for additional KV, which every query attends, only its padding rows (-1 in
+// dim 0). The last is a branch of its own in the kernels: routing it through the window test (a per-row window
+// select) costs the hd64 forward a spill.
+enum : int32_t { kMaskNone = 0, kMaskWindow = 1, kMaskAll = 2 };
+
+NL_HOST_DEVICE int32_t kv_mask_mode(bool additional, bool full, int rows, int block) {
+  // A full tile with fewer rows than the block (a tile shape smaller than the kernel's) still has padding keys.
+  if (full && rows >= block) return kMaskNone;
+  return additional ? kMaskAll : kMaskWindow;
+}
+
+// GNA: the kernel's Q tiles are the policy's; the KV tiles come from GnaKvTileIterator, then, with additional KV, the
+// p.num_additional_tiles() tiles of p.additional_block additional rows each. Every query attends every additional key:
+// the mainloops mask only their padding rows (x[0] = -1; real rows have coordinate 0 in every dim), whatever the
+// query's own window.
 struct GnaSchedule {
   using Params = GnaFwdParams;
-  using KvTile = GnaTileBox<kRank>;
+  static constexpr bool kAdditionalKv = true;
+  struct KvTile {
+    GnaTileBox<kRank> box;
+    int64_t add_begin;  // additional tiles: the first additional row; -1 for a neighbourhood tile
+  };
   GnaKvTileIterator<kRank> it;
+  int64_t add_tiles;
 
   static NL_HOST_DEVICE int64_t num_q_tiles(const Params& p) { return p.policy.num_q_tiles(); }
-  NL_HOST_DEVICE GnaSchedule(const Params& p, int64_t t, int, int64_t) : it(p.policy, t) {}
-  NL_HOST_DEVICE int64_t count() const { return it.count; }
+  NL_HOST_DEVICE GnaSchedule(const Params& p, int64_t t, int, int64_t)
+      : it(p.policy, t), add_tiles(p.num_additional_tiles()) {}
+  NL_HOST_DEVICE int64_t count() const { return it.count + add_tiles; }
   NL_HOST_DEVICE int q_rows() const { return static_cast<int>(it.q.num_rows()); }
   NL_HOST_DEVICE int64_t q_row(const Params& p, int r, int32_t* begin, int32_t* end) const {
     int32_t x[kRank];
@@ -46,15 +69,38 @@ struct GnaSchedule {
     return token;
   }
   NL_HOST_DEVICE KvTile kv_tile(const Params& p, int64_t e, int& rows, bool& full) const {
+    KvTile kv{};
+    if (e >= it.count) {
+      kv.add_begin = (e - it.count) * p.additional_block;
+      rows = static_cast<int>(policy::min64(p.additional_block, p.num_additional - kv.add_begin));
+      full = true;
+      return kv;
+    }
     int64_t u[kRank];
-    const KvTile kv = it.visit(p.policy, e, u, full);
-    rows = static_cast<int>(kv.num_rows());
+    kv.box = it.visit(p.policy, e, u, full);
+    kv.add_begin = -1;
+    rows = static_cast<int>(kv.box.num_rows());
     return kv;
   }
   NL_HOST_DEVICE int64_t kv_row(const Params& p, const KvTile& kv, int c, int32_t* x) const {
-    return kv.row(p.policy, c, x);
+    if (additional(kv)) {
+      for (int i = 0; i < kRank; ++i) x[i] = 0;
+      return kv.add_begin + c;  // row of add_k / add_v
+    }
+    return kv.box.row(p.policy, c, x);
   }
+  static NL_HOST_DEVICE bool additional(const KvTile& kv) { return kv.add_begin >= 0; }
 };
+
+// Whether visited tile `kv` of a schedule is additional KV (only GNA's schedule has any).
+template <class Schedule>
+NL_HOST_DEVICE bool is_additional(const typename Schedule::KvTile& kv) {
+  if constexpr (requires { Schedule::additional(kv); }) {
+    return Schedule::additional(kv);
+  } else {
+    return false;
+  }
+}
 
 // Row geometry of the 1-D families: query at key position `pos` sees keys [INT32_MIN, pos + 1) when causal, every key
 // otherwise; dims 0 and 1 are trivial.

@@ -47,6 +47,7 @@ template <class Traits, class Schedule>
 struct DqSmem {
   typename Traits::DqStorage s;
   Schedule sched;
+  KvSource<typename Traits::Element> src[2];  // of each geometry stage's KV tile
 };
 
 // Geometry of step `step` of the dK/dV mainloop (a query head of the group and one of its Q tiles visiting the CTA's
@@ -88,13 +89,14 @@ CUTE_DEVICE void load_q_geometry(typename Traits::DkDvStorage& smem, int st, con
 }
 
 // Geometry of KV tile e of the dQ mainloop (from the forward's schedule) into geometry stage st: token and coordinates
-// per key row (threads below kBlockN, one row each; padding rows get -1 in dim 0, outside every window), the row count
-// and whether the pair needs the element mask (thread 0). The forward's per-row scheme, kept here so that the backward
-// does not depend on the forward's internal helper signatures.
+// per key row (threads below kBlockN, one row each; padding rows get -1 in dim 0, outside every window), the row count,
+// the mask mode and the tile's source (thread 0). The forward's per-row scheme, kept here so that the backward does not
+// depend on the forward's internal helper signatures.
 template <class Traits, class Schedule>
-CUTE_DEVICE void load_dq_kv_geometry(typename Traits::DqStorage& smem, int st, const typename Schedule::Params& f,
-                                     const Schedule& sched, int64_t e, int tid) {
+CUTE_DEVICE void load_dq_kv_geometry(DqSmem<Traits, Schedule>& smem_all, int st, const typename Schedule::Params& f,
+                                     const Schedule& sched, int64_t e, int64_t b, int h_kv, int tid) {
   if (tid >= Traits::kBlockN) return;
+  auto& smem = smem_all.s;
   int rows;
   bool full;
   const typename Schedule::KvTile kv = sched.kv_tile(f, e, rows, full);
@@ -112,7 +114,8 @@ CUTE_DEVICE void load_dq_kv_geometry(typename Traits::DqStorage& smem, int st, c
     smem.kv_rows[st] = static_cast<int32_t>(rows);
     // Padding keys must be masked here: their zero K rows give P = exp(-lse), which can overflow for a row whose scores
     // are all very negative, and inf * 0 (their zero K in dS K) would be NaN.
-    smem.kv_need_mask[st] = !full || rows < Traits::kBlockN;
+    smem.kv_need_mask[st] = kv_mask_mode(is_additional<Schedule>(kv), full, rows, Traits::kBlockN);
+    smem_all.src[st] = kv_source<typename Traits::Element, Schedule>(f, kv, b, h_kv);
   }
 }
 
@@ -432,21 +435,20 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
       smem.q_end[i][tid] = we[i];
     }
   }
-  if (kv_tiles > 0) load_dq_kv_geometry<Traits>(smem, 0, f, sched, 0, tid);
+  if (kv_tiles > 0) load_dq_kv_geometry<Traits>(smem_all, 0, f, sched, 0, b, h_kv, tid);
   __syncthreads();
 
   const auto* q_base = static_cast<const Element*>(f.q) + b * f.q_batch_stride + h * f.q_head_stride;
   const auto* do_base = static_cast<const Element*>(p.d_out) + b * p.do_batch_stride + h * p.do_head_stride;
-  const auto* k_base = static_cast<const Element*>(f.k) + b * f.k_batch_stride + h_kv * f.k_head_stride;
-  const auto* v_base = static_cast<const Element*>(f.v) + b * f.v_batch_stride + h_kv * f.v_head_stride;
   Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
   Tensor sdO = make_tensor(make_smem_ptr(smem.d_out), typename Traits::SmemLayoutQ{});
   // Gathers K and V of the KV tile whose geometry is in stage st into tile buffer ts.
   auto gather_kv = [&](int ts, int st) {
     Tensor sK = make_tensor(make_smem_ptr(smem.k[ts]), typename Traits::SmemLayoutKV{});
     Tensor sV = make_tensor(make_smem_ptr(smem.v[ts]), typename Traits::SmemLayoutKV{});
-    detail::gather_rows_async<Traits, kBlockN>(sK, k_base, f.k_token_stride, smem.kv_token[st], smem.kv_rows[st], tid);
-    detail::gather_rows_async<Traits, kBlockN>(sV, v_base, f.v_token_stride, smem.kv_token[st], smem.kv_rows[st], tid);
+    const KvSource<Element>& src = smem_all.src[st];
+    detail::gather_rows_async<Traits, kBlockN>(sK, src.k, src.k_stride, smem.kv_token[st], smem.kv_rows[st], tid);
+    detail::gather_rows_async<Traits, kBlockN>(sV, src.v, src.v_stride, smem.kv_token[st], smem.kv_rows[st], tid);
   };
   if (kv_tiles > 0) {
     detail::gather_rows_async<Traits, kBlockM>(sQ, q_base, f.q_token_stride, smem.q_token, q_rows, tid);
@@ -494,7 +496,7 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
     const int ts = kStages == 2 ? st : 0;
     cp_async_wait<0>();
     __syncthreads();  // K/V of tile e in smem; every warp is done with tile e - 1
-    if (e + 1 < kv_tiles) load_dq_kv_geometry<Traits>(smem, st ^ 1, f, sched, e + 1, tid);
+    if (e + 1 < kv_tiles) load_dq_kv_geometry<Traits>(smem_all, st ^ 1, f, sched, e + 1, b, h_kv, tid);
     if constexpr (kStages == 2) {
       if (e + 1 < kv_tiles) {
         __syncthreads();  // geometry of e + 1 visible
@@ -519,7 +521,8 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
 
     Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
     Tensor dp = make_tensor(acc_dp.data(), detail::acc_rowcol(acc_dp.layout()));
-    const bool need_mask = smem.kv_need_mask[st] != 0;
+    const int32_t mask = smem.kv_need_mask[st];
+    const bool need_mask = mask == kMaskWindow;
     CUTE_UNROLL
     for (int mi = 0; mi < kRowsPerThread; ++mi) {
       int32_t wb[kRank], we[kRank];
@@ -533,6 +536,7 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
       CUTE_UNROLL
       for (int ni = 0; ni < kColsPerThread; ++ni) {
         float x = s(mi, ni) * scale_log2;
+        if (mask == kMaskAll && smem.kv_x[st][0][get<1>(tScS_rc(0, ni))] < 0) x = -INFINITY;
         if (need_mask) {
           const int c = get<1>(tScS_rc(0, ni));
           bool inside = true;
@@ -584,6 +588,12 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
     detail::bwd_dq<Traits, typename KeySchedule::Params, typename KeySchedule::QSchedule>(p);                       \
   }
 NL_SM80_BWD_KERNELS(gna, GnaKeySchedule)
+// dK / dV of GNA's additional KV (the dQ kernel covers them through the forward's schedule).
+template <class Traits>
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
+    sm80_gna_bwd_additional_dkdv_kernel(__grid_constant__ const GnaBwdParams p) {
+  detail::bwd_dkdv<Traits, GnaAdditionalKeySchedule<Traits::kBlockM>>(p);
+}
 NL_SM80_BWD_KERNELS(s2, StridedShardKeySchedule)
 NL_SM80_BWD_KERNELS(block_sparse, BlockSparseKeySchedule)
 #undef NL_SM80_BWD_KERNELS
@@ -631,12 +641,53 @@ cudaError_t launch_sm80_fmha_bwd(const Params& p, void (*dkdv)(Params), void (*d
   return cudaGetLastError();
 }
 
+// dK / dV of GNA's additional KV: the dK/dV kernel over GnaAdditionalKeySchedule, on params whose keys, values and
+// their gradients are the additional ones. Runs after the delta kernel.
+template <class Traits>
+cudaError_t launch_sm80_gna_additional_dkdv(const GnaBwdParams& p, cudaStream_t stream) {
+  using KeySchedule = GnaAdditionalKeySchedule<Traits::kBlockM>;
+  GnaBwdParams a = p;
+  a.fwd.k = p.fwd.add_k;
+  a.fwd.v = p.fwd.add_v;
+  a.fwd.k_batch_stride = p.fwd.add_k_batch_stride, a.fwd.k_token_stride = p.fwd.add_k_token_stride;
+  a.fwd.k_head_stride = p.fwd.add_k_head_stride;
+  a.fwd.v_batch_stride = p.fwd.add_v_batch_stride, a.fwd.v_token_stride = p.fwd.add_v_token_stride;
+  a.fwd.v_head_stride = p.fwd.add_v_head_stride;
+  a.dk = p.d_add_k;
+  a.dv = p.d_add_v;
+  a.dk_batch_stride = p.d_add_k_batch_stride, a.dk_token_stride = p.d_add_k_token_stride;
+  a.dk_head_stride = p.d_add_k_head_stride;
+  a.dv_batch_stride = p.d_add_v_batch_stride, a.dv_token_stride = p.d_add_v_token_stride;
+  a.dv_head_stride = p.d_add_v_head_stride;
+  const int64_t tiles = KeySchedule::num_kv_tiles(a);
+  const int64_t steps = (a.fwd.tokens + Traits::kBlockM - 1) / Traits::kBlockM * (a.fwd.heads / a.fwd.kv_heads);
+  if (tiles > 0x7fffffff || steps > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  constexpr int kSmem = sizeof(detail::DkDvSmem<Traits, KeySchedule>);
+  auto kernel = sm80_gna_bwd_additional_dkdv_kernel<Traits>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.fwd.kv_heads), static_cast<unsigned>(a.fwd.batch));
+  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(a);
+  return cudaGetLastError();
+}
+
+// Additional KV is visited in tiles of the kernel's KV block, by the dQ kernel (the forward's schedule) and by its own
+// dK/dV kernel.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>
 cudaError_t launch_sm80_gna_bwd(const GnaBwdParams& p, cudaStream_t stream) {
   using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
   if (p.fwd.policy.max_q_rows() > kBlockM || p.fwd.policy.max_kv_rows() > kBlockN) return cudaErrorInvalidValue;
-  return launch_sm80_fmha_bwd<Traits, GnaKeySchedule>(p, sm80_gna_bwd_dkdv_kernel<Traits>,
-                                                      sm80_gna_bwd_dq_kernel<Traits>, stream);
+  const bool additional = p.fwd.num_additional > 0;
+  if (p.fwd.num_additional < 0 || (additional && (p.fwd.add_k == nullptr || p.fwd.add_v == nullptr ||
+                                                  p.d_add_k == nullptr || p.d_add_v == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  GnaBwdParams q = p;
+  q.fwd.additional_block = kBlockN;
+  const cudaError_t err = launch_sm80_fmha_bwd<Traits, GnaKeySchedule>(q, sm80_gna_bwd_dkdv_kernel<Traits>,
+                                                                       sm80_gna_bwd_dq_kernel<Traits>, stream);
+  if (err != cudaSuccess || !additional || q.fwd.batch == 0 || q.fwd.heads == 0 || q.fwd.tokens == 0) return err;
+  return launch_sm80_gna_additional_dkdv<Traits>(q, stream);
 }
 
 // Pattern blocks larger than the kernel's blocks run as q_split x kv_split kernel blocks, as in the forward.

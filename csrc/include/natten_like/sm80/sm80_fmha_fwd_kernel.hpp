@@ -7,6 +7,8 @@
 // - mma.sync m16n8k16 (fp16/bf16 in, fp32 accumulate), fed by ldmatrix from swizzled smem;
 // - fp32 online softmax in registers; full tiles run unmasked, partial ones test each (query, key) pair against the
 //   query's window per dim (the schedule's row geometry), which is the policy's element mask without a mask buffer;
+// - GNA's additional KV in the same softmax: tiles after the neighbourhood, read from add_k / add_v (each geometry
+//   stage carries its tile's K/V source), masked only in their padding rows;
 // - out and logsumexp (natural log, float32) written once per row; a row with no key gets 0 and -inf.
 #pragma once
 
@@ -101,19 +103,46 @@ CUTE_DEVICE void gemm_rs(Acc& acc, RA const& rA, RB& rB, SB const& sB, TiledMma&
   }
 }
 
-// Shared memory of the forward: the traits' tiles and row geometry, and the CTA's schedule.
+// Where a KV tile's rows are read from: the K and V rows of one (batch, KV head) and their token strides (elements).
+template <class Element>
+struct KvSource {
+  const Element* k;
+  const Element* v;
+  int64_t k_stride, v_stride;
+};
+
+// The source of tile `kv`: k / v, or add_k / add_v for the additional tiles of a schedule that has them (GNA).
+template <class Element, class Schedule>
+CUTE_DEVICE KvSource<Element> kv_source(const typename Schedule::Params& p, const typename Schedule::KvTile& kv,
+                                        int64_t b, int h_kv) {
+  if constexpr (requires { p.add_k; }) {
+    if (is_additional<Schedule>(kv)) {
+      return {static_cast<const Element*>(p.add_k) + b * p.add_k_batch_stride + h_kv * p.add_k_head_stride,
+              static_cast<const Element*>(p.add_v) + b * p.add_v_batch_stride + h_kv * p.add_v_head_stride,
+              p.add_k_token_stride, p.add_v_token_stride};
+    }
+  }
+  return {static_cast<const Element*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride,
+          static_cast<const Element*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride, p.k_token_stride,
+          p.v_token_stride};
+}
+
+// Shared memory of the forward: the traits' tiles and row geometry, the CTA's schedule and the source of each
+// geometry stage's KV tile.
 template <class Traits, class Schedule>
 struct FwdSmem {
   typename Traits::SharedStorage s;
   Schedule sched;
+  KvSource<typename Traits::Element> src[2];
 };
 
 // Row geometry of KV tile e of the schedule into smem stage `st`: token and coordinates per row (threads below kBlockN,
-// one row each), row count and whether the tile needs the element mask (thread 0).
+// one row each), row count, mask mode and source (thread 0).
 template <class Traits, class Schedule>
-CUTE_DEVICE void load_kv_geometry(typename Traits::SharedStorage& smem, int st, const typename Schedule::Params& p,
-                                  const Schedule& sched, int64_t e, int tid) {
+CUTE_DEVICE void load_kv_geometry(FwdSmem<Traits, Schedule>& smem_all, int st, const typename Schedule::Params& p,
+                                  const Schedule& sched, int64_t e, int64_t b, int h_kv, int tid) {
   if (tid >= Traits::kBlockN) return;
+  auto& smem = smem_all.s;
   int rows;
   bool full;
   const typename Schedule::KvTile kv = sched.kv_tile(p, e, rows, full);
@@ -129,8 +158,8 @@ CUTE_DEVICE void load_kv_geometry(typename Traits::SharedStorage& smem, int st, 
   for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][tid] = x[i];
   if (tid == 0) {
     smem.kv_rows[st] = static_cast<int32_t>(rows);
-    // A full tile with fewer rows than the block (a tile shape smaller than the kernel's) still has padding keys.
-    smem.kv_need_mask[st] = !full || rows < Traits::kBlockN;
+    smem_all.src[st] = kv_source<typename Traits::Element, Schedule>(p, kv, b, h_kv);
+    smem.kv_need_mask[st] = kv_mask_mode(is_additional<Schedule>(kv), full, rows, Traits::kBlockN);
   }
 }
 
@@ -161,8 +190,6 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   const int q_rows = sched.q_rows();
 
   const auto* q_base = static_cast<const Element*>(p.q) + b * p.q_batch_stride + h * p.q_head_stride;
-  const auto* k_base = static_cast<const Element*>(p.k) + b * p.k_batch_stride + h_kv * p.k_head_stride;
-  const auto* v_base = static_cast<const Element*>(p.v) + b * p.v_batch_stride + h_kv * p.v_head_stride;
 
   Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});
@@ -184,11 +211,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       smem.q_end[i][tid] = we[i];
     }
   }
-  if (kv_tiles > 0) detail::load_kv_geometry<Traits>(smem, 0, p, sched, 0, tid);
+  if (kv_tiles > 0) detail::load_kv_geometry<Traits>(smem_all, 0, p, sched, 0, b, h_kv, tid);
   __syncthreads();
   detail::gather_rows_async<Traits, kBlockM>(sQ, q_base, p.q_token_stride, smem.q_token, q_rows, tid);
   if (kv_tiles > 0) {
-    detail::gather_rows_async<Traits, kBlockN>(sK, k_base, p.k_token_stride, smem.kv_token[0], smem.kv_rows[0], tid);
+    detail::gather_rows_async<Traits, kBlockN>(sK, smem_all.src[0].k, smem_all.src[0].k_stride, smem.kv_token[0],
+                                               smem.kv_rows[0], tid);
   }
   cp_async_fence();
 
@@ -226,11 +254,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     const int st = static_cast<int>(e & 1);
     cp_async_wait<0>();
     __syncthreads();  // K(e) in smem; every warp is done with V(e - 1)
-    detail::gather_rows_async<Traits, kBlockN>(sV, v_base, p.v_token_stride, smem.kv_token[st], smem.kv_rows[st], tid);
+    detail::gather_rows_async<Traits, kBlockN>(sV, smem_all.src[st].v, smem_all.src[st].v_stride, smem.kv_token[st],
+                                               smem.kv_rows[st], tid);
     cp_async_fence();
     // The next tile's geometry goes to the other stage (last read before the barrier above), here where only the output
     // accumulator is live: the policy's int64 arithmetic then costs no spills.
-    if (e + 1 < kv_tiles) detail::load_kv_geometry<Traits>(smem, st ^ 1, p, sched, e + 1, tid);
+    if (e + 1 < kv_tiles) detail::load_kv_geometry<Traits>(smem_all, st ^ 1, p, sched, e + 1, b, h_kv, tid);
 
     Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
     clear(acc_s);
@@ -239,7 +268,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
     CUTE_UNROLL
     for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
-    if (smem.kv_need_mask[st]) {
+    const int32_t mask = smem.kv_need_mask[st];
+    if (mask == kMaskWindow) {
       // Query windows are re-read from smem per masked tile rather than held in registers across the loop.
       CUTE_UNROLL
       for (int mi = 0; mi < kRowsPerThread; ++mi) {
@@ -258,6 +288,14 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
             inside = inside && wb[i] <= x && x < we[i];
           }
           if (!inside) s(mi, ni) = -INFINITY;
+        }
+      }
+    } else if (mask == kMaskAll) {
+      CUTE_UNROLL
+      for (int ni = 0; ni < kColsPerThread; ++ni) {
+        if (smem.kv_x[st][0][get<1>(tScS_rc(0, ni))] < 0) {
+          CUTE_UNROLL
+          for (int mi = 0; mi < kRowsPerThread; ++mi) s(mi, ni) = -INFINITY;
         }
       }
     }
@@ -289,8 +327,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     cp_async_wait<0>();
     __syncthreads();  // V(e) in smem; every warp is done with K(e); geometry of e + 1 visible
     if (e + 1 < kv_tiles) {
-      detail::gather_rows_async<Traits, kBlockN>(sK, k_base, p.k_token_stride, smem.kv_token[st ^ 1],
-                                                 smem.kv_rows[st ^ 1], tid);
+      detail::gather_rows_async<Traits, kBlockN>(sK, smem_all.src[st ^ 1].k, smem_all.src[st ^ 1].k_stride,
+                                                 smem.kv_token[st ^ 1], smem.kv_rows[st ^ 1], tid);
       cp_async_fence();
     }
 
@@ -359,10 +397,16 @@ cudaError_t launch_sm80_fmha_fwd(const typename Schedule::Params& p, cudaStream_
   return cudaGetLastError();
 }
 
+// Additional KV is visited in tiles of the kernel's KV block.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>
 cudaError_t launch_sm80_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   if (p.policy.max_q_rows() > kBlockM || p.policy.max_kv_rows() > kBlockN) return cudaErrorInvalidValue;
-  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, GnaSchedule>(p, stream);
+  if (p.num_additional < 0 || (p.num_additional > 0 && (p.add_k == nullptr || p.add_v == nullptr))) {
+    return cudaErrorInvalidValue;
+  }
+  GnaFwdParams q = p;
+  q.additional_block = kBlockN;
+  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, GnaSchedule>(q, stream);
 }
 
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>

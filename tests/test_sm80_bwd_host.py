@@ -166,8 +166,8 @@ int check() {
 }
 
 int main() {
-  const int bad = check<cutlass::half_t, 64>() + check<cutlass::bfloat16_t, 64>() + check<cutlass::half_t, 128>() +
-                  check<cutlass::bfloat16_t, 128>();
+  const int bad = check<cutlass::half_t, 32>() + check<cutlass::bfloat16_t, 32>() + check<cutlass::half_t, 64>() +
+                  check<cutlass::bfloat16_t, 64>() + check<cutlass::half_t, 128>() + check<cutlass::bfloat16_t, 128>();
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }

@@ -91,7 +91,7 @@ KINDS = (
         "launch_sm80_gna_bwd",
         "natten_like::sm80::GnaBwdParams",
         "kSm80GnaBwd",
-        (64, 128),
+        (32, 64, 128),
     ),
     Kind(
         "sm80_block_sparse_bwd",
@@ -102,7 +102,7 @@ KINDS = (
         "launch_sm80_block_sparse_bwd",
         "natten_like::sm80::BlockSparseBwdParams",
         "kSm80BlockSparseBwd",
-        (64, 128),
+        (32, 64, 128),
     ),
     Kind(
         "sm80_s2_bwd",
@@ -113,7 +113,7 @@ KINDS = (
         "launch_sm80_s2_bwd",
         "natten_like::sm80::StridedShardBwdParams",
         "kSm80S2Bwd",
-        (64, 128),
+        (32, 64, 128),
     ),
     Kind(
         "sm80_latent_fwd",
@@ -171,6 +171,7 @@ MINIMAL = {
     ("sm80_gna_bwd", "bf16", 128),
     ("sm80_block_sparse_bwd", "bf16", 64),
     ("sm80_s2_bwd", "bf16", 64),
+    ("sm80_gna_bwd", "fp16", 32),
     ("sm80_latent_fwd", "bf16", 576),
     ("sm90_gna_fwd", "bf16", 128),
     ("sm90_block_sparse_fwd", "bf16", 128),

@@ -44,16 +44,22 @@ cudaError_t sm80_s2_fwd_fp16_hd128_m64_n64(const natten_like::sm80::StridedShard
 cudaError_t sm80_s2_fwd_bf16_hd32_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_bwd_fp16_hd32_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_bwd_bf16_hd32_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_bf16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_bf16_hd128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_fp16_hd32_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_fp16_hd64_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_fp16_hd128_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_bf16_hd32_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_bf16_hd64_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_bf16_hd128_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_fp16_hd32_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_fp16_hd64_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_fp16_hd128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_bf16_hd32_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_bf16_hd128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_latent_fwd_fp16_hd576_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
@@ -142,11 +148,15 @@ inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm80S2Fwd[]
 constexpr int kSm80GnaBwdBlockM = 64;
 constexpr int kSm80GnaBwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::GnaBwdParams> kSm80GnaBwd[] = {
+    {"float16", 32, &sm80_gna_bwd_fp16_hd32_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 64, &sm80_gna_bwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, &sm80_gna_bwd_fp16_hd128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 32, &sm80_gna_bwd_bf16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 64, &sm80_gna_bwd_bf16_hd64_m64_n64},
@@ -160,10 +170,16 @@ constexpr int kSm80BlockSparseBwdBlockM = 64;
 constexpr int kSm80BlockSparseBwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::BlockSparseBwdParams> kSm80BlockSparseBwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 32, &sm80_block_sparse_bwd_fp16_hd32_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 64, &sm80_block_sparse_bwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, &sm80_block_sparse_bwd_fp16_hd128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 32, &sm80_block_sparse_bwd_bf16_hd32_m64_n64},
 #endif
     {"bfloat16", 64, &sm80_block_sparse_bwd_bf16_hd64_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
@@ -177,10 +193,16 @@ constexpr int kSm80S2BwdBlockM = 64;
 constexpr int kSm80S2BwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::StridedShardBwdParams> kSm80S2Bwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 32, &sm80_s2_bwd_fp16_hd32_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 64, &sm80_s2_bwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, &sm80_s2_bwd_fp16_hd128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 32, &sm80_s2_bwd_bf16_hd32_m64_n64},
 #endif
     {"bfloat16", 64, &sm80_s2_bwd_bf16_hd64_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES

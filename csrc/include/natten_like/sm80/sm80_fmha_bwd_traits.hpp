@@ -40,7 +40,7 @@ struct Sm80FmhaBwdTraits {
   // leave ptxas ~240; at 128 the accumulators need the full 255.
   static constexpr int kMinBlocksPerSm = kHeadDim <= 64 ? 2 : 1;
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0 && kBlockM % kQChunk == 0, "m16n8k16 needs 16-row blocks");
-  static_assert(kHeadDim % 64 == 0, "the smem swizzle atom spans 64 head-dim elements");
+  static_assert(kHeadDim % 64 == 0 || kHeadDim == 32, "the smem swizzle atom spans 64 (or, for 32, 32) elements");
   static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
 
   using MmaOp = std::conditional_t<std::is_same_v<Element, cutlass::half_t>, cute::SM80_16x8x16_F32F16F16F32_TN,
@@ -49,11 +49,14 @@ struct Sm80FmhaBwdTraits {
       cute::TiledMMA<cute::MMA_Atom<MmaOp>, cute::Layout<cute::Shape<cute::Int<kWarps>, cute::_1, cute::_1>>,
                      cute::Tile<cute::Int<kBlockM>, cute::_16, cute::_16>>;
 
-  // The forward's swizzled 8 x 64 atom, with tiles ordered row-major: rows [r0, r0 + 8n) of a tile are one contiguous
-  // range of 8n * kHeadDim elements, so a chunk of kQChunk query rows is itself a (kQChunk, kHeadDim) tile at an offset
-  // that is a multiple of the 512-element swizzle period (the gather writes the whole tile, the math reads chunks).
+  // The forward's swizzled 8 x 64 atom (8 x 32 at head dim 32, as there), with tiles ordered row-major: rows
+  // [r0, r0 + 8n) of a tile are one contiguous range of 8n * kHeadDim elements, so a chunk of kQChunk query rows is
+  // itself a (kQChunk, kHeadDim) tile at an offset that is a multiple of the swizzle period (the gather writes the whole
+  // tile, the math reads chunks).
+  static constexpr int kAtomCols = kHeadDim % 64 == 0 ? 64 : 32;
   using SmemLayoutAtom = decltype(cute::composition(
-      cute::Swizzle<3, 3, 3>{}, cute::Layout<cute::Shape<cute::_8, cute::_64>, cute::Stride<cute::_64, cute::_1>>{}));
+      cute::Swizzle<kAtomCols == 64 ? 3 : 2, 3, 3>{},
+      cute::Layout<cute::Shape<cute::_8, cute::Int<kAtomCols>>, cute::Stride<cute::Int<kAtomCols>, cute::_1>>{}));
   template <int kRows>
   using SmemLayoutRows = decltype(cute::tile_to_shape(
       SmemLayoutAtom{}, cute::Shape<cute::Int<kRows>, cute::Int<kHeadDim>>{}, cute::Step<cute::_2, cute::_1>{}));

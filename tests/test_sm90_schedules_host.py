@@ -24,6 +24,10 @@ The GNA forward's additional KV uses the same view and runs (additional_run): a 
 decoded as the consumers do by kv_mask_attends) attends exactly the real rows of a box and never its TMA zero-filled
 padding, that full tiles need no mask, that the tile count is GnaFwdParams::num_additional_tiles(), and that the view
 addresses add_k [B, N_add, H_kv, D] as the sm80 kernel does for any batch stride (batch is a TMA dim of its own).
+
+A fifth check covers the persistent tile scheduler (sm90_tile_scheduler.hpp): the round robin runs every work tile
+once, in the intended order, with int64 arithmetic past 2^31, the grid never exceeds the work, and the persistence
+policy and the kernel's phase formulas hold.
 """
 
 from __future__ import annotations
@@ -527,3 +531,137 @@ def test_sm90_runs_match_schedules_and_policies(tmp_path: Path, seed: int) -> No
 def test_launchers_refuse_before_any_cuda_call(tmp_path: Path) -> None:
     arch = ("-gencode=arch=compute_80,code=sm_80",)
     assert run_nvcc_checker(tmp_path, "codes", CODES_CHECKER, arch).strip() == "ok"
+
+
+# The persistent tile scheduler (sm90/sm90_tile_scheduler.hpp), plain C++: for random work spaces (small ones walked in
+# full, large ones past 2^31 and up to the launchers' limits sampled), every work tile is run by exactly one CTA of the
+# round robin, each CTA's sequence is the one the kernel computes (blockIdx.x + i * gridDim.x with its uint32 local
+# index i), the linearisation puts the Q tile fastest within a (batch, head) (reference: nested loops), the grid never
+# exceeds the work or the capacity, the kAuto policy and the forced modes decide as documented, and the phase formulas
+# of the kernel's state buffers and KV ring (uint32 counters) match a count of completions.
+SCHEDULER_CHECKER = r"""
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "natten_like/sm90/sm90_tile_scheduler.hpp"
+
+using namespace natten_like::sm90;
+
+int main(int argc, char** argv) {
+  std::mt19937_64 rng(std::strtoull(argv[1], nullptr, 10));
+  auto uni = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
+  long checks = 0;
+  int bad = 0;
+  auto fail = [&](const char* what, long long a, long long b) {
+    if (bad++ < 10) std::printf("%s: %lld %lld\n", what, a, b);
+  };
+  // Small spaces: walk every CTA's sequence in full.
+  for (int trial = 0; trial < 300; ++trial) {
+    const Sm90TileScheduler s{uni(1, 40), uni(1, 9), uni(1, 7)};
+    const int64_t sms = uni(1, 140), per_sm = uni(0, 3);
+    const int64_t grid = sm90_persistent_grid(s.total(), sms, per_sm);
+    const int64_t capacity = sms * (per_sm > 0 ? per_sm : 1);
+    if (grid < 1 || grid > s.total() || grid != std::min(s.total(), capacity)) fail("grid", grid, s.total());
+    // Reference order: Q tile fastest, then head, then batch entry.
+    std::vector<Sm90WorkTile> ref;
+    for (int64_t b = 0; b < s.batch; ++b)
+      for (int64_t h = 0; h < s.heads; ++h)
+        for (int64_t q = 0; q < s.q_tiles; ++q) ref.push_back(Sm90WorkTile{q, static_cast<int>(h), b});
+    if (static_cast<int64_t>(ref.size()) != s.total()) fail("total", s.total(), ref.size());
+    std::vector<int> seen(s.total(), 0);
+    for (int64_t cta = 0; cta < grid; ++cta) {
+      int64_t expect = cta;
+      // The kernel: the first work tile is blockIdx.x, the next of local tile i is blockIdx.x + (i + 1) * gridDim.x.
+      for (uint32_t i = 0;; ++i) {
+        const int64_t w = static_cast<int64_t>(cta) + static_cast<int64_t>(i) * grid;
+        if (w >= s.total()) break;
+        if (w != expect) fail("sequence", w, expect);
+        expect += grid;
+        const Sm90WorkTile t = s.tile(w);
+        const Sm90WorkTile& r = ref[w];
+        if (t.q_tile != r.q_tile || t.h != r.h || t.b != r.b) fail("order", w, t.q_tile);
+        if (s.linear(t) != w) fail("linear", w, s.linear(t));
+        ++seen[w];
+        ++checks;
+      }
+    }
+    for (int64_t w = 0; w < s.total(); ++w) {
+      if (seen[w] != 1) fail("visited", w, seen[w]);
+    }
+  }
+  // Large spaces (products past 2^31, up to q_tiles < 2^31, heads and batch < 2^16): sampled work tiles, boundaries.
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int64_t q = trial % 3 == 0 ? 0x7fffffff : uni(1, 0x7fffffff);
+    const Sm90TileScheduler s{q, trial % 5 == 0 ? 65535 : uni(1, 65535), trial % 7 == 0 ? 65535 : uni(1, 65535)};
+    const __int128 product = static_cast<__int128>(s.q_tiles) * s.heads * s.batch;
+    if (static_cast<__int128>(s.total()) != product || s.total() <= 0) fail("large total", s.total(), 0);
+    const int64_t grid = sm90_persistent_grid(s.total(), uni(1, 200), uni(1, 2));
+    if (grid < 1 || grid > s.total()) fail("large grid", grid, s.total());
+    for (int k = 0; k < 20; ++k) {
+      const int64_t w = k == 0 ? 0 : k == 1 ? s.total() - 1 : uni(0, s.total() - 1);
+      const Sm90WorkTile t = s.tile(w);
+      if (t.q_tile < 0 || t.q_tile >= s.q_tiles || t.h < 0 || t.h >= s.heads || t.b < 0 || t.b >= s.batch) {
+        fail("large range", w, t.q_tile);
+      }
+      // The same decode in 128-bit arithmetic.
+      const __int128 hb = w / s.q_tiles;
+      if (t.q_tile != w % s.q_tiles || t.h != static_cast<int64_t>(hb % s.heads) || t.b != hb / s.heads) {
+        fail("large decode", w, t.q_tile);
+      }
+      if (s.linear(t) != w) fail("large linear", w, s.linear(t));
+      // The next work tile of the CTA holding w: one grid further, the same CTA (w mod grid).
+      if (w + grid < s.total() && s.linear(s.tile(w + grid)) - w != grid) fail("large step", w, grid);
+      ++checks;
+    }
+  }
+  // The policy: kOff never, kOn always (within the uint32 per-CTA count), kAuto from kSm90PersistentMinWaves waves.
+  for (int trial = 0; trial < 10000; ++trial) {
+    const int64_t capacity = uni(1, 1000), work = trial % 2 ? uni(1, 20 * capacity) : uni(1, int64_t{1} << 62);
+    const bool fits = (work + capacity - 1) / capacity < (int64_t{1} << 31);
+    if (sm90_use_persistent(Sm90Persistence::kOff, work, capacity)) fail("off", work, capacity);
+    if (sm90_use_persistent(Sm90Persistence::kOn, work, capacity) != fits) fail("on", work, capacity);
+    const bool autov = fits && work >= kSm90PersistentMinWaves * capacity;
+    if (sm90_use_persistent(Sm90Persistence::kAuto, work, capacity) != autov) fail("auto", work, capacity);
+    ++checks;
+  }
+  if (sm90_use_persistent(Sm90Persistence::kAuto, 4 * 132 - 1, 132)) fail("auto below", 0, 0);
+  if (!sm90_use_persistent(Sm90Persistence::kAuto, 4 * 132, 132)) fail("auto at", 0, 0);
+  if (sm90_use_persistent(Sm90Persistence::kOn, 0, 132)) fail("on empty", 0, 0);
+  // Phases. State buffer k = i % 2 of producer work tile i >= 1 is published when the consumers start work tile i - 1:
+  // the kernel waits for completion parity ((i - 1) >> 1) & 1. KV ring: stage / phase from a uint32 count, also across
+  // its wrap at 2^32, equal to those of the true count.
+  {
+    // Consumer work tile j publishes buffer (j + 1) % 2 for producer work tile i = j + 1; an mbarrier's completed phase
+    // parity is its completion count - 1, mod 2.
+    int completions[2] = {0, 0};
+    for (uint32_t j = 0; j < 1000; ++j) {
+      const uint32_t i = j + 1, k = i & 1;
+      completions[(j + 1) & 1] += 1;
+      if (static_cast<uint32_t>(completions[k] - 1) % 2 != (((i - 1) >> 1) & 1)) fail("state phase", i, completions[k]);
+      ++checks;
+    }
+    for (int trial = 0; trial < 10000; ++trial) {
+      const uint64_t total = trial % 2 ? uni(0, 1000) : (uint64_t{1} << 32) - uni(0, 100) + uni(0, 100);
+      const uint32_t ring = static_cast<uint32_t>(total);
+      for (int e = 0; e < 4; ++e) {
+        const uint64_t g = total + e;
+        const uint32_t count = ring + static_cast<uint32_t>(e);  // the kernel's stage_of / phase_of
+        const uint32_t stage = count % 2, phase = (count / 2) & 1;
+        if (stage != g % 2 || phase != (g / 2) % 2) fail("ring phase", static_cast<long long>(total), e);
+        ++checks;
+      }
+    }
+  }
+  std::printf(bad ? "mismatch %d\n" : "ok %ld\n", bad, checks);
+  return bad != 0;
+}
+"""
+
+
+@needs_cxx
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_persistent_tile_scheduler_visits_every_work_tile_once(tmp_path: Path, seed: int) -> None:
+    assert run_host_checker(tmp_path, "scheduler", SCHEDULER_CHECKER, [str(seed)]).startswith("ok ")

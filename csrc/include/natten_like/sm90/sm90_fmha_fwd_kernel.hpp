@@ -1,5 +1,7 @@
 // The sm90 fused GNA forward (and dense attention, a GNA whose window is the whole dim): one CTA per (Q tile, head,
-// batch) walks the KV tiles its Q tile visits (policy/gna.hpp, through GnaKvTileIterator), warp-specialised:
+// batch) walks the KV tiles its Q tile visits (policy/gna.hpp, through GnaKvTileIterator), or, persistent
+// (sm90_tile_scheduler.hpp; the launcher's choice), one CTA per resident slot walks a round robin of those work tiles
+// with its pipeline running on from one to the next (sm90_fmha_fwd_body), warp-specialised:
 // - warpgroup 0, one warp: TMA loads of Q once and of K, V per visited KV tile into a 2-stage smem ring, straight from
 //   the heads-last [B, X0, X1, X2, H, D] tensors viewed as 5-D (D, H, X2, X1, B * X0): a tile of any rank, dilated or
 //   not, is one box per 64 head-dim columns (sm90/tma_gna_box.hpp); it also writes each stage's key geometry
@@ -40,6 +42,7 @@
 #include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
 #include "natten_like/sm90/sm90_fmha_fwd_traits.hpp"
 #include "natten_like/sm90/sm90_schedules.hpp"
+#include "natten_like/sm90/sm90_tile_scheduler.hpp"
 #include "natten_like/sm90/tma_gna_box.hpp"
 
 namespace natten_like::sm90 {
@@ -167,7 +170,27 @@ struct ScheduleState<Sm90GnaSchedule> {
 };
 
 // The kernel body (inlined into the __global__ entries below, which take `args` as __grid_constant__).
-template <class Traits, class Schedule>
+// kPersistent (sm90_tile_scheduler.hpp): the CTA walks the work tiles blockIdx.x, + gridDim.x, ... of the linearised
+// (Q tile, head, batch) space instead of running the one tile of its 3-D grid position. Then
+// - the producer and the consumers walk the same sequence; the KV ring's position (stage, phase) and the phases of
+//   q_full / q_empty continue across work tiles, nothing is re-initialised;
+// - the schedule states are double-buffered (`state` for the CTA's even local work tiles i, odd_state for odd ones,
+//   with the work tile itself in tile[i % 2]; q_tile -1 means no more work). Thread 0 builds work tile 0's before the
+//   role split; when the consumers start work tile i, one consumer thread builds work tile i + 1's (or the end mark)
+//   in the other buffer and publishes it to the producer on state_full[(i + 1) % 2] (an mbarrier: the producer runs
+//   ahead, so a CTA-wide barrier would serialise the roles) and to the other consumers through consumer-only named
+//   barrier 5, which also orders the previous epilogue's reads of the Q row geometry before its rewrite. That buffer
+//   was last read for work tile i - 1, by the producer before any load the consumers waited for, by the consumers
+//   before barrier 5. The producer (56 registers) thus never builds a state, and re-reads the head and batch entry
+//   from smem where it issues a load rather than holding them across its loop;
+// - the consumer warps release the Q buffer on q_empty after the epilogue has read the staged output (and the Q row
+//   geometry) back; the producer waits on it before the next Q box, which it issues after the next work tile's first
+//   KV tiles, so those loads overlap the epilogue;
+// - with additional KV, smem key rows past the neighbourhood box may hold the previous work tile's additional rows
+//   (its last boxes fill all kBlockN rows): masked keys of the next neighbourhood tiles, as the other sample's rows
+//   inside a box are (below), finite data that P (exactly 0 there) cancels.
+// Without it the code below is the one-tile kernel: every persistent-only step is under `if constexpr (kPersistent)`.
+template <class Traits, class Schedule, bool kPersistent>
 CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& args) {
 #if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
   // Built for an arch without wgmma/TMA/setmaxnreg (the same TU is compiled for sm_80 too): the host launches this
@@ -176,7 +199,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   using namespace cute;
   constexpr bool kGna = std::is_same_v<Schedule, Sm90GnaSchedule>;
   using State = typename ScheduleState<Schedule>::type;
-  using SharedStorage = typename Traits::template SharedStorageFor<State>;
+  using SharedStorage = typename Traits::template SharedStorageFor<State, kPersistent>;
   using Element = typename Traits::Element;
   using Barrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
@@ -193,25 +216,62 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   auto& smem = *reinterpret_cast<SharedStorage*>(smem_raw);
   const int tid = threadIdx.x;
   const int warpgroup = tid / 128;
-  const int64_t q_tile = blockIdx.x;
-  const int h = blockIdx.y;
-  const int64_t b = blockIdx.z;
+
+  // The CTA's work tile in the one-tile kernel: its grid position.
+  const int64_t grid_q_tile = blockIdx.x;
+  const int grid_h = blockIdx.y;
+  const int64_t grid_b = blockIdx.z;
+  auto grid_tile = [&] { return Sm90WorkTile{grid_q_tile, grid_h, grid_b}; };
+  // The schedule state of a work tile, constructed in place in smem.
+  auto init_state = [&](State& state, const Sm90WorkTile& t) {
+    if constexpr (kGna) {
+      state = GnaKvTileIterator<kRank>(p.policy, t.q_tile);
+    } else {
+      new (&state) State(p, t.q_tile, t.h, t.b);
+    }
+  };
+  // Persistent: local work tile i's state and work tile (buffer i % 2).
+  auto state_buf = [&](uint32_t k) -> State& {
+    if constexpr (kPersistent) {
+      return k ? smem.persistent.odd_state : smem.state;
+    } else {
+      return smem.state;
+    }
+  };
 
   // The iterator (some 30 int64) or schedule lives in smem, read field by field where needed, as in sm80: held in
   // registers it would compete with the accumulators.
   if (tid == 0) {
     // TMA and GMMA agree on the swizzle only in 1024-byte aligned buffers: fail loudly rather than compute garbage.
     if (cast_smem_ptr_to_uint(smem_raw) % 1024 != 0) __trap();
-    if constexpr (kGna) {
-      smem.state = GnaKvTileIterator<kRank>(p.policy, q_tile);
+    if constexpr (kPersistent) {
+      Sm90TileScheduler work;
+      if constexpr (kGna) {
+        work = Sm90TileScheduler{p.policy.num_q_tiles(), p.heads, p.batch};
+      } else {
+        work = Sm90TileScheduler{Schedule::num_q_tiles(p), p.heads, p.batch};
+      }
+      smem.persistent.work = work;
+      // The launcher's grid never exceeds the work; were it to, the CTA would see "no more work" and exit.
+      Sm90WorkTile t{-1, 0, 0};
+      if (static_cast<int64_t>(blockIdx.x) < work.total()) {
+        t = work.tile(blockIdx.x);
+        init_state(smem.state, t);
+      }
+      smem.persistent.tile[0] = t;
     } else {
-      new (&smem.state) State(p, q_tile, h, b);
+      init_state(smem.state, grid_tile());
     }
     Barrier::init(&smem.q_full, 1);
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&smem.k_full[s], 1);  // the producer's arrive_and_expect_tx; TMA completes the bytes
       Barrier::init(&smem.v_full[s], 1);
       Barrier::init(&smem.kv_empty[s], kConsumerWarps);  // one arrival per consumer warp, after its P V wgmma
+    }
+    if constexpr (kPersistent) {
+      Barrier::init(&smem.persistent.q_empty, kConsumerWarps);  // one arrival per consumer warp, after its epilogue
+      Barrier::init(&smem.persistent.state_full[0], 1);  // the consumer thread that builds the state
+      Barrier::init(&smem.persistent.state_full[1], 1);
     }
     cutlass::arch::fence_barrier_init();
   } else if (tid == 32) {
@@ -225,8 +285,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
       }
     }
   }
-  __syncthreads();
-  const State& sched = smem.state;
+  if constexpr (!kPersistent) __syncthreads();
   // Every box of this launch fills the same rows of its smem tile: GNA, the tile shape's row product; 1-D, the kernel
   // rows of one pattern block (both <= the block).
   int q_box_rows, kv_box_rows;
@@ -238,48 +297,71 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     kv_box_rows = seq_kv_box_rows(p);
   }
 
-  // Q row geometry, fixed for the CTA: token (for the epilogue) and window per dim (for the mask) of each smem row.
-  if (tid < kBlockM) {
+  // Q row geometry of smem row `row` of the work tile of `sched`: token (for the epilogue) and window per dim (for the
+  // mask).
+  auto write_q_row = [&](const State& sched, int row) {
     int32_t wb[kRank], we[kRank];
     int64_t token = -1;
     if constexpr (kGna) {
       const GnaPolicy<kRank>& pol = p.policy;
       int32_t x[kRank];
-      if (tma_box_row(sched.q, pol.tq, tid, x)) {
+      if (tma_box_row(sched.q, pol.tq, row, x)) {
         token = tma_box_row_token(pol, sched.q, x);
         sched.q_row_window(pol, x, wb, we);
       } else {
         for (int i = 0; i < kRank; ++i) wb[i] = we[i] = 0;  // empty window; the row is never stored
       }
     } else {
-      token = sched.q_row(p, tid, wb, we);  // -1 and an empty window past the tile's rows
+      token = sched.q_row(p, row, wb, we);  // -1 and an empty window past the tile's rows
     }
-    smem.q_token[tid] = token;
+    smem.q_token[row] = token;
     for (int i = 0; i < kRank; ++i) {
-      smem.q_begin[i][tid] = wb[i];
-      smem.q_end[i][tid] = we[i];
+      smem.q_begin[i][row] = wb[i];
+      smem.q_end[i][row] = we[i];
     }
+  };
+  // KV tiles of a work tile: kv_tiles of its neighbourhood / schedule, then (GNA) the additional tiles; the launcher
+  // sets num_additional to 0 when there are none.
+  auto kv_tiles_of = [&](const State& sched) -> int64_t {
+    if constexpr (kGna) {
+      return sched.count;
+    } else {
+      return sched.count();
+    }
+  };
+  // Additional tiles per work tile (GNA), recomputed where needed rather than held across the role split.
+  auto tiles_add = [&]() -> int64_t {
+    if constexpr (kGna) {
+      return additional_tiles(p.num_additional, kBlockN);
+    } else {
+      return 0;
+    }
+  };
+
+  // Non-persistent: the Q row geometry, fixed for the CTA (persistent: per work tile, by the consumers).
+  if constexpr (!kPersistent) {
+    if (tid < kBlockM) write_q_row(smem.state, tid);
   }
   // Rows past the box's row product are never written by a neighbourhood / 1-D box. Zero them once for the CTA: P is
   // exactly 0 on those keys (they are masked), but stale smem could hold NaN bit patterns and 0 * NaN = NaN in P V.
   // Rows inside the box that are not tile rows are zero-filled by TMA (past the dim's end) or hold another sample's
   // finite tokens (GNA dim 0; 1-D: tokens past the run, of another block or, packed, of the next sequence). Additional
-  // KV boxes fill all kBlockN rows (real rows, or TMA's zeros past N_add) and come after every neighbourhood tile.
+  // KV boxes fill all kBlockN rows (real rows, or TMA's zeros past N_add) and come after every neighbourhood tile of
+  // the work tile (persistent: the next work tile's neighbourhood tiles then see the finite additional rows there,
+  // masked, like the other sample's rows inside a box). Persistent: the Q rows past the box keep the previous work
+  // tile's staged output, which reaches only the outputs of those rows (S, the softmax and P V are row-wise), never
+  // stored.
   detail::zero_smem_rows<Traits::kThreads>(smem.q, kBoxesPerRow, kBlockM, q_box_rows, tid);
   detail::zero_smem_rows<Traits::kThreads>(smem.k, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
   detail::zero_smem_rows<Traits::kThreads>(smem.v, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
   cutlass::arch::fence_view_async_shared();  // generic-proxy zeros visible to wgmma's async-proxy reads
   __syncthreads();
 
-  // KV tiles of the CTA: kv_tiles of its neighbourhood / schedule, then (GNA) the additional tiles; the launcher sets
-  // num_additional to 0 when there are none.
-  int64_t kv_tiles, tiles;
-  if constexpr (kGna) {
-    kv_tiles = sched.count;
-    tiles = kv_tiles + additional_tiles(p.num_additional, kBlockN);
-  } else {
-    kv_tiles = sched.count();
-    tiles = kv_tiles;
+  // One-tile kernel: the KV tile counts of the CTA, read once for both roles (persistent: per work tile and role).
+  int64_t grid_kv_tiles = 0, grid_tiles = 0;
+  if constexpr (!kPersistent) {
+    grid_kv_tiles = kv_tiles_of(smem.state);
+    grid_tiles = grid_kv_tiles + tiles_add();
   }
   const int lane = tid % 32;
 
@@ -288,126 +370,203 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (tid >= 32) return;
     constexpr uint64_t kCacheHint = static_cast<uint64_t>(TMA::CacheHintSm90::EVICT_NORMAL);
-    const int h_kv = h / (p.heads / p.kv_heads);
-    if constexpr (kGna) {
-      const GnaPolicy<kRank>& pol = p.policy;
-      // Batch and x0 share TMA dim 4 (the binding's tensors are contiguous over batch); the host keeps it below 2^31.
-      const int32_t batch_x0 = static_cast<int32_t>(b * pol.dim[0].length);
-      if (lane == 0) {
-        int32_t start[kRank];
-        tma_box_start(pol, sched.q, start);
-        TxBarrier::arrive_and_expect_tx(&smem.q_full, q_box_rows * kHeadDim * sizeof(Element));
-        CUTE_UNROLL
-        for (int j = 0; j < kBoxesPerRow; ++j) {
-          SM90_TMA_LOAD_5D::copy(&args.tma_q, &smem.q_full, kCacheHint, smem.q + j * kBlockM * kBoxCols, j * kBoxCols,
-                                 h, start[2], start[1], batch_x0 + start[0]);
-        }
+    // Persistent: KV tiles loaded by the CTA before this work tile, mod 2^32 (the ring's position: kStages divides
+    // 2^32), and the local work tile i (q_full / q_empty phase i % 2, state buffer i % 2).
+    uint32_t ring = 0;
+    for (uint32_t i = 0;; ++i) {
+      Sm90WorkTile t;
+      if constexpr (kPersistent) {
+        // Work tile i's state, built by a consumer thread when the consumers started work tile i - 1 (the first by
+        // thread 0 before the role split); buffer i % 2 is published for the (i + 1) / 2-th time.
+        if (i > 0) Barrier::wait(&smem.persistent.state_full[i & 1], ((i - 1) >> 1) & 1);
+        t = smem.persistent.tile[i & 1];
+        if (t.q_tile < 0) break;
+      } else {
+        t = grid_tile();
       }
-      const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
-      for (int64_t e = 0; e < tiles; ++e) {
-        const int st = static_cast<int>(e % kStages);
-        const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
-        // Wait until every consumer warp is done with the stage's previous tile (data and geometry); a fresh barrier
-        // counts its preceding phase as complete, so the first kStages waits pass at once.
-        Barrier::wait(&smem.kv_empty[st], phase ^ 1);
-        Element* k_dst = smem.k + st * kBlockN * kHeadDim;
-        Element* v_dst = smem.v + st * kBlockN * kHeadDim;
-        if (e >= kv_tiles) {
-          // Additional tile: a box of kBlockN rows (all of them counted by TMA, zero-filled past N_add) at row
-          // a * kBlockN of the CTA's batch entry. The consumers mask by row index, so no row geometry is written.
+      const State& sched = state_buf(i & 1);
+      // The work tile's head, KV head and batch entry: the grid's, or (persistent) re-read from smem by lane 0 where it
+      // issues a load, as the producer's register budget has no room to hold them across the KV loop.
+      const int h_grid = kPersistent ? 0 : t.h;
+      const int h_kv_grid = kPersistent ? 0 : t.h / (p.heads / p.kv_heads);
+      const int64_t b_grid = kPersistent ? 0 : t.b;
+      auto head = [&]() -> int {
+        if constexpr (kPersistent) {
+          return smem.persistent.tile[i & 1].h;
+        } else {
+          return h_grid;
+        }
+      };
+      auto kv_head = [&]() -> int {
+        if constexpr (kPersistent) {
+          return head() / (p.heads / p.kv_heads);
+        } else {
+          return h_kv_grid;
+        }
+      };
+      auto batch_entry = [&]() -> int64_t {
+        if constexpr (kPersistent) {
+          return smem.persistent.tile[i & 1].b;
+        } else {
+          return b_grid;
+        }
+      };
+      const int64_t kv_tiles = kPersistent ? kv_tiles_of(sched) : grid_kv_tiles;
+      const int64_t tiles = kPersistent ? kv_tiles + tiles_add() : grid_tiles;
+      // Persistent, after the first work tile: the Q box goes after the first KV tiles (which only wait for the ring),
+      // so they load while the consumers still run the previous epilogue out of the Q buffer.
+      // (q_at = min(kStages, tiles) as a register would spill under the producer's budget: the tests below spell it.)
+      const bool q_first = !kPersistent || i == 0;
+      auto stage_of = [&](int64_t e) {
+        if constexpr (kPersistent) return static_cast<int>((ring + static_cast<uint32_t>(e)) % kStages);
+        return static_cast<int>(e % kStages);
+      };
+      auto phase_of = [&](int64_t e) {
+        if constexpr (kPersistent) return ((ring + static_cast<uint32_t>(e)) / kStages) & 1;
+        return static_cast<uint32_t>((e / kStages) & 1);
+      };
+      if constexpr (kGna) {
+        const GnaPolicy<kRank>& pol = p.policy;
+        // Batch and x0 share TMA dim 4 (the binding's tensors are contiguous over batch); the host keeps it below 2^31.
+        auto batch_x0 = [&] { return static_cast<int32_t>(batch_entry() * pol.dim[0].length); };
+        auto load_q = [&] {
           if (lane == 0) {
-            const SeqRun run = additional_run(p.num_additional, kBlockN, e - kv_tiles);
-            smem.kv_mask[st] = kv_mask_of_additional(run, kBlockN);
-            const int32_t start = static_cast<int32_t>(run.token), batch = static_cast<int32_t>(b);
-            constexpr uint32_t kAddBytes = kBlockN * kHeadDim * sizeof(Element);
-            TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kAddBytes);
+            const int h = head();
+            const int32_t bx0 = batch_x0();
+            if constexpr (kPersistent) Barrier::wait(&smem.persistent.q_empty, (i & 1) ^ 1);
+            int32_t start[kRank];
+            tma_box_start(pol, sched.q, start);
+            TxBarrier::arrive_and_expect_tx(&smem.q_full, q_box_rows * kHeadDim * sizeof(Element));
             CUTE_UNROLL
             for (int j = 0; j < kBoxesPerRow; ++j) {
-              SM90_TMA_LOAD_4D::copy(&args.tma_add_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
-                                     j * kBoxCols, h_kv, start, batch);
-            }
-            TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kAddBytes);
-            CUTE_UNROLL
-            for (int j = 0; j < kBoxesPerRow; ++j) {
-              SM90_TMA_LOAD_4D::copy(&args.tma_add_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
-                                     j * kBoxCols, h_kv, start, batch);
+              SM90_TMA_LOAD_5D::copy(&args.tma_q, &smem.q_full, kCacheHint, smem.q + j * kBlockM * kBoxCols,
+                                     j * kBoxCols, h, start[2], start[1], bx0 + start[0]);
             }
           }
-          continue;
-        }
-        int64_t u[kRank];
-        bool full;
-        const GnaTileBox<kRank> kv = sched.visit(pol, e, u, full);
-        for (int r = lane; r < kBlockN; r += 32) {
-          int32_t x[kRank];
-          tma_box_row(kv, pol.tk, r, x);
-          for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
-        }
-        if (lane == 0) smem.kv_mask[st] = kv_mask_of_tile(full, kv_box_rows, kBlockN);
-        // The geometry is published by lane 0's arrive below (release), ordered after the other lanes' stores here.
-        __syncwarp();
-        if (lane == 0) {
-          int32_t start[kRank];
-          tma_box_start(pol, kv, start);
-          TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
-          CUTE_UNROLL
-          for (int j = 0; j < kBoxesPerRow; ++j) {
-            SM90_TMA_LOAD_5D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
-                                   j * kBoxCols, h_kv, start[2], start[1], batch_x0 + start[0]);
-          }
-          TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
-          CUTE_UNROLL
-          for (int j = 0; j < kBoxesPerRow; ++j) {
-            SM90_TMA_LOAD_5D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
-                                   j * kBoxCols, h_kv, start[2], start[1], batch_x0 + start[0]);
-          }
-        }
-      }
-    } else {
-      // 1-D families: one box per run, (head-dim columns, head, first token of the run, batch entry) of the 4-D view.
-      const int32_t batch = static_cast<int32_t>(b);
-      if (lane == 0) {
-        const int32_t q_start = static_cast<int32_t>(sched.q_start(p));
-        TxBarrier::arrive_and_expect_tx(&smem.q_full, q_box_rows * kHeadDim * sizeof(Element));
-        CUTE_UNROLL
-        for (int j = 0; j < kBoxesPerRow; ++j) {
-          SM90_TMA_LOAD_4D::copy(&args.tma_q, &smem.q_full, kCacheHint, smem.q + j * kBlockM * kBoxCols, j * kBoxCols,
-                                 h, q_start, batch);
-        }
-      }
-      const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
-      for (int64_t e = 0; e < kv_tiles; ++e) {
-        const int st = static_cast<int>(e % kStages);
-        const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
-        Barrier::wait(&smem.kv_empty[st], phase ^ 1);  // as above
-        typename Schedule::KvTile kv;
-        const SeqRun run = sched.kv_run(p, e, kv);
-        for (int r = lane; r < kBlockN; r += 32) {
-          int32_t x[kRank];
-          sched.kv_row(p, kv, run, r, x);
-          for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
-        }
-        // A run shorter than the block (a small pattern block, a block cut by the end, an empty visit) has padding.
-        if (lane == 0) smem.kv_mask[st] = kv_mask_of_tile(run.full, run.rows, kBlockN);
-        __syncwarp();
-        if (lane == 0) {
-          const int32_t start = static_cast<int32_t>(run.token);
+        };
+        if (q_first) load_q();
+        const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
+        for (int64_t e = 0; e < tiles; ++e) {
+          if (!q_first && e == kStages) load_q();
+          const int st = stage_of(e);
+          const uint32_t phase = phase_of(e);
+          // Wait until every consumer warp is done with the stage's previous tile (data and geometry); a fresh barrier
+          // counts its preceding phase as complete, so the first kStages waits pass at once.
+          Barrier::wait(&smem.kv_empty[st], phase ^ 1);
           Element* k_dst = smem.k + st * kBlockN * kHeadDim;
           Element* v_dst = smem.v + st * kBlockN * kHeadDim;
-          TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
-          CUTE_UNROLL
-          for (int j = 0; j < kBoxesPerRow; ++j) {
-            SM90_TMA_LOAD_4D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
-                                   j * kBoxCols, h_kv, start, batch);
+          if (e >= kv_tiles) {
+            // Additional tile: a box of kBlockN rows (all of them counted by TMA, zero-filled past N_add) at row
+            // a * kBlockN of the CTA's batch entry. The consumers mask by row index, so no row geometry is written.
+            if (lane == 0) {
+              const SeqRun run = additional_run(p.num_additional, kBlockN, e - kv_tiles);
+              smem.kv_mask[st] = kv_mask_of_additional(run, kBlockN);
+              const int32_t start = static_cast<int32_t>(run.token), batch = static_cast<int32_t>(batch_entry());
+              const int h_kv = kv_head();
+              constexpr uint32_t kAddBytes = kBlockN * kHeadDim * sizeof(Element);
+              TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kAddBytes);
+              CUTE_UNROLL
+              for (int j = 0; j < kBoxesPerRow; ++j) {
+                SM90_TMA_LOAD_4D::copy(&args.tma_add_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
+                                       j * kBoxCols, h_kv, start, batch);
+              }
+              TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kAddBytes);
+              CUTE_UNROLL
+              for (int j = 0; j < kBoxesPerRow; ++j) {
+                SM90_TMA_LOAD_4D::copy(&args.tma_add_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
+                                       j * kBoxCols, h_kv, start, batch);
+              }
+            }
+            continue;
           }
-          TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
-          CUTE_UNROLL
-          for (int j = 0; j < kBoxesPerRow; ++j) {
-            SM90_TMA_LOAD_4D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
-                                   j * kBoxCols, h_kv, start, batch);
+          int64_t u[kRank];
+          bool full;
+          const GnaTileBox<kRank> kv = sched.visit(pol, e, u, full);
+          for (int r = lane; r < kBlockN; r += 32) {
+            int32_t x[kRank];
+            tma_box_row(kv, pol.tk, r, x);
+            for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
+          }
+          if (lane == 0) smem.kv_mask[st] = kv_mask_of_tile(full, kv_box_rows, kBlockN);
+          // The geometry is published by lane 0's arrive below (release), ordered after the other lanes' stores here.
+          __syncwarp();
+          if (lane == 0) {
+            const int h_kv = kv_head();
+            const int32_t bx0 = batch_x0();
+            int32_t start[kRank];
+            tma_box_start(pol, kv, start);
+            TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
+            CUTE_UNROLL
+            for (int j = 0; j < kBoxesPerRow; ++j) {
+              SM90_TMA_LOAD_5D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
+                                     j * kBoxCols, h_kv, start[2], start[1], bx0 + start[0]);
+            }
+            TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
+            CUTE_UNROLL
+            for (int j = 0; j < kBoxesPerRow; ++j) {
+              SM90_TMA_LOAD_5D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
+                                     j * kBoxCols, h_kv, start[2], start[1], bx0 + start[0]);
+            }
           }
         }
+        if (!q_first && tiles <= kStages) load_q();
+      } else {
+        // 1-D families: one box per run, (head-dim columns, head, first token of the run, batch entry) of the 4-D view.
+        auto load_q = [&] {
+          if (lane == 0) {
+            const int h = head();
+            const int32_t batch = static_cast<int32_t>(batch_entry());
+            if constexpr (kPersistent) Barrier::wait(&smem.persistent.q_empty, (i & 1) ^ 1);
+            const int32_t q_start = static_cast<int32_t>(sched.q_start(p));
+            TxBarrier::arrive_and_expect_tx(&smem.q_full, q_box_rows * kHeadDim * sizeof(Element));
+            CUTE_UNROLL
+            for (int j = 0; j < kBoxesPerRow; ++j) {
+              SM90_TMA_LOAD_4D::copy(&args.tma_q, &smem.q_full, kCacheHint, smem.q + j * kBlockM * kBoxCols,
+                                     j * kBoxCols, h, q_start, batch);
+            }
+          }
+        };
+        if (q_first) load_q();
+        const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
+        for (int64_t e = 0; e < kv_tiles; ++e) {
+          if (!q_first && e == kStages) load_q();
+          const int st = stage_of(e);
+          const uint32_t phase = phase_of(e);
+          Barrier::wait(&smem.kv_empty[st], phase ^ 1);  // as above
+          typename Schedule::KvTile kv;
+          const SeqRun run = sched.kv_run(p, e, kv);
+          for (int r = lane; r < kBlockN; r += 32) {
+            int32_t x[kRank];
+            sched.kv_row(p, kv, run, r, x);
+            for (int i = 0; i < kRank; ++i) smem.kv_x[st][i][r] = x[i];
+          }
+          // A run shorter than the block (a small pattern block, a block cut by the end, an empty visit) has padding.
+          if (lane == 0) smem.kv_mask[st] = kv_mask_of_tile(run.full, run.rows, kBlockN);
+          __syncwarp();
+          if (lane == 0) {
+            const int h_kv = kv_head();
+            const int32_t batch = static_cast<int32_t>(batch_entry());
+            const int32_t start = static_cast<int32_t>(run.token);
+            Element* k_dst = smem.k + st * kBlockN * kHeadDim;
+            Element* v_dst = smem.v + st * kBlockN * kHeadDim;
+            TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
+            CUTE_UNROLL
+            for (int j = 0; j < kBoxesPerRow; ++j) {
+              SM90_TMA_LOAD_4D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
+                                     j * kBoxCols, h_kv, start, batch);
+            }
+            TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
+            CUTE_UNROLL
+            for (int j = 0; j < kBoxesPerRow; ++j) {
+              SM90_TMA_LOAD_4D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
+                                     j * kBoxCols, h_kv, start, batch);
+            }
+          }
+        }
+        if (!q_first && kv_tiles <= kStages) load_q();
       }
+      if constexpr (!kPersistent) break;
+      ring += static_cast<uint32_t>(tiles);
     }
     return;
   }
@@ -427,9 +586,6 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   Tensor tSrK = thr_qk.partition_fragment_B(sK);  // (MMA, MMA_N, MMA_K, stage)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
 
-  Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-  clear(acc_o);
-
   // Each thread's rows and columns of the S tile, from the MMA's own partition of an identity tensor.
   Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
   Tensor tScS_rc = make_tensor(tScS.data(), detail::acc_rowcol(tScS.layout()));
@@ -438,194 +594,298 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
 
   // Scores are scaled into the log2 domain before masking, so scale = 0 never meets -inf (0 * -inf would be NaN).
   const float scale_log2 = p.scale * static_cast<float>(M_LOG2E);
-  float row_max[kRowsPerThread], row_sum[kRowsPerThread];
-  CUTE_UNROLL
-  for (int mi = 0; mi < kRowsPerThread; ++mi) {
-    row_max[mi] = -INFINITY;
-    row_sum[mi] = 0.f;
-  }
 
-  // Ping-pong turns: barrier 3 is warpgroup 1's turn, 4 is warpgroup 2's; each is a bar.sync of the warpgroup whose
-  // turn it is (128 threads) plus a bar.arrive of the other (128). Warpgroup 1 grants itself the first turn; a
-  // warpgroup hands the turn over after each S GEMM, except warpgroup 2 after the last tile (warpgroup 1 takes no
-  // further turn), so no barrier is left half-arrived at exit. Both warpgroups visit the same tiles.
-  auto take_turn = [&] {
-    if constexpr (Traits::kPingPong) {
-      if (warpgroup == 1) {
-        detail::named_barrier_sync<3, 256>();
-      } else {
-        detail::named_barrier_sync<4, 256>();
+  uint32_t ring = 0;  // as the producer's
+  for (uint32_t i = 0;; ++i) {
+    int64_t tiles;
+    if constexpr (kPersistent) {
+      // tile[i % 2] and its state were published by barrier 5 of work tile i - 1 (or the __syncthreads above).
+      if (smem.persistent.tile[i & 1].q_tile < 0) break;
+      // Barrier 5 (the consumer threads): the previous epilogue's reads of the Q row geometry and of tile[(i + 1) % 2]
+      // are done before both are rewritten.
+      detail::named_barrier_sync<5, Traits::kConsumerThreads>();
+      if (ctid == 0) {
+        // Work tile i + 1 for the producer (which waits for it only after loading all of work tile i, and has read
+        // buffer (i + 1) % 2 for work tile i - 1 before any load the consumers waited for) and for the consumers.
+        const Sm90TileScheduler& work = smem.persistent.work;
+        const int64_t next = static_cast<int64_t>(blockIdx.x) + (static_cast<int64_t>(i) + 1) * gridDim.x;
+        Sm90WorkTile t{-1, 0, 0};
+        if (next < work.total()) {
+          t = work.tile(next);
+          init_state(state_buf((i & 1) ^ 1), t);
+        }
+        smem.persistent.tile[(i & 1) ^ 1] = t;
+        Barrier::arrive(&smem.persistent.state_full[(i & 1) ^ 1]);
       }
+      const State& sched = state_buf(i & 1);
+      if (ctid < kBlockM) write_q_row(sched, ctid);
+      tiles = kv_tiles_of(sched) + tiles_add();
+      detail::named_barrier_sync<5, Traits::kConsumerThreads>();  // the Q row geometry is written
+    } else {
+      tiles = grid_tiles;
     }
-  };
-  auto pass_turn = [&](int64_t e) {
-    if constexpr (Traits::kPingPong) {
-      if (warpgroup == 1) {
-        detail::named_barrier_arrive<4, 256>();
-      } else if (e + 1 < tiles) {
-        detail::named_barrier_arrive<3, 256>();
-      }
-    }
-  };
-  if constexpr (Traits::kPingPong) {
-    if (warpgroup == 1 && tiles > 0) detail::named_barrier_arrive<3, 256>();
-  }
+    auto stage_of = [&](int64_t e) {
+      if constexpr (kPersistent) return static_cast<int>((ring + static_cast<uint32_t>(e)) % kStages);
+      return static_cast<int>(e % kStages);
+    };
+    auto phase_of = [&](int64_t e) {
+      if constexpr (kPersistent) return ((ring + static_cast<uint32_t>(e)) / kStages) & 1;
+      return static_cast<uint32_t>((e / kStages) & 1);
+    };
 
-  Barrier::wait(&smem.q_full, 0);
-  for (int64_t e = 0; e < tiles; ++e) {
-    const int st = static_cast<int>(e % kStages);
-    const uint32_t phase = static_cast<uint32_t>((e / kStages) & 1);
-
-    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-    Barrier::wait(&smem.k_full[st], phase);
-    take_turn();
-    detail::wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, st), acc_s);
-    pass_turn(e);
-
-    Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
+    Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    clear(acc_o);
+    float row_max[kRowsPerThread], row_sum[kRowsPerThread];
     CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
-    const int32_t kv_mask = smem.kv_mask[st];
-    if (kv_mask == kKvMaskWindow) {
-      // Query windows and key coordinates are read from smem per masked tile rather than held across the loop.
-      int32_t wb[kRowsPerThread][kRank], we[kRowsPerThread][kRank];
-      CUTE_UNROLL
-      for (int mi = 0; mi < kRowsPerThread; ++mi) {
-        const int r = get<0>(tScS_rc(mi, 0));
-        CUTE_UNROLL
-        for (int i = 0; i < kRank; ++i) {
-          wb[mi][i] = smem.q_begin[i][r];
-          we[mi][i] = smem.q_end[i][r];
+    for (int mi = 0; mi < kRowsPerThread; ++mi) {
+      row_max[mi] = -INFINITY;
+      row_sum[mi] = 0.f;
+    }
+
+    // Ping-pong turns: barrier 3 is warpgroup 1's turn, 4 is warpgroup 2's; each is a bar.sync of the warpgroup whose
+    // turn it is (128 threads) plus a bar.arrive of the other (128). Warpgroup 1 grants itself the first turn; a
+    // warpgroup hands the turn over after each S GEMM, except warpgroup 2 after the last tile (warpgroup 1 takes no
+    // further turn), so no barrier is left half-arrived at the end of the work tile. Both warpgroups visit the same
+    // tiles.
+    auto take_turn = [&] {
+      if constexpr (Traits::kPingPong) {
+        if (warpgroup == 1) {
+          detail::named_barrier_sync<3, 256>();
+        } else {
+          detail::named_barrier_sync<4, 256>();
         }
       }
+    };
+    auto pass_turn = [&](int64_t e) {
+      if constexpr (Traits::kPingPong) {
+        if (warpgroup == 1) {
+          detail::named_barrier_arrive<4, 256>();
+        } else if (e + 1 < tiles) {
+          detail::named_barrier_arrive<3, 256>();
+        }
+      }
+    };
+    if constexpr (Traits::kPingPong) {
+      if (warpgroup == 1 && tiles > 0) detail::named_barrier_arrive<3, 256>();
+    }
+
+    Barrier::wait(&smem.q_full, kPersistent ? i & 1 : 0);
+    for (int64_t e = 0; e < tiles; ++e) {
+      const int st = stage_of(e);
+      const uint32_t phase = phase_of(e);
+      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+      Barrier::wait(&smem.k_full[st], phase);
+      take_turn();
+      detail::wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, st), acc_s);
+      pass_turn(e);
+
+      Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
       CUTE_UNROLL
-      for (int ni = 0; ni < kColsPerThread; ++ni) {
-        const int c = get<1>(tScS_rc(0, ni));
-        int32_t x[kRank];
-        CUTE_UNROLL
-        for (int i = 0; i < kRank; ++i) x[i] = smem.kv_x[st][i][c];
+      for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
+      const int32_t kv_mask = smem.kv_mask[st];
+      if (kv_mask == kKvMaskWindow) {
+        // Query windows and key coordinates are read from smem per masked tile rather than held across the loop.
+        int32_t wb[kRowsPerThread][kRank], we[kRowsPerThread][kRank];
         CUTE_UNROLL
         for (int mi = 0; mi < kRowsPerThread; ++mi) {
-          bool inside = true;
+          const int r = get<0>(tScS_rc(mi, 0));
           CUTE_UNROLL
-          for (int i = 0; i < kRank; ++i) inside = inside && wb[mi][i] <= x[i] && x[i] < we[mi][i];
-          if (!inside) s(mi, ni) = -INFINITY;
+          for (int i = 0; i < kRank; ++i) {
+            wb[mi][i] = smem.q_begin[i][r];
+            we[mi][i] = smem.q_end[i][r];
+          }
         }
-      }
-    } else if constexpr (kGna) {
-      if (kv_mask < 0) {
-        // The last additional tile, short of a block: its key rows from -kv_mask on are padding (zero-filled by TMA)
-        // for every query; the window test plays no part. (The 1-D families have no additional KV: no code there.)
         CUTE_UNROLL
         for (int ni = 0; ni < kColsPerThread; ++ni) {
-          if (!kv_mask_attends(kv_mask, true, get<1>(tScS_rc(0, ni)))) {
+          const int c = get<1>(tScS_rc(0, ni));
+          int32_t x[kRank];
+          CUTE_UNROLL
+          for (int i = 0; i < kRank; ++i) x[i] = smem.kv_x[st][i][c];
+          CUTE_UNROLL
+          for (int mi = 0; mi < kRowsPerThread; ++mi) {
+            bool inside = true;
             CUTE_UNROLL
-            for (int mi = 0; mi < kRowsPerThread; ++mi) s(mi, ni) = -INFINITY;
+            for (int i = 0; i < kRank; ++i) inside = inside && wb[mi][i] <= x[i] && x[i] < we[mi][i];
+            if (!inside) s(mi, ni) = -INFINITY;
+          }
+        }
+      } else if constexpr (kGna) {
+        if (kv_mask < 0) {
+          // The last additional tile, short of a block: its key rows from -kv_mask on are padding (zero-filled by TMA)
+          // for every query; the window test plays no part. (The 1-D families have no additional KV: no code there.)
+          CUTE_UNROLL
+          for (int ni = 0; ni < kColsPerThread; ++ni) {
+            if (!kv_mask_attends(kv_mask, true, get<1>(tScS_rc(0, ni)))) {
+              CUTE_UNROLL
+              for (int mi = 0; mi < kRowsPerThread; ++mi) s(mi, ni) = -INFINITY;
+            }
           }
         }
       }
+
+      // Online softmax: new running max per row (over the 4 lanes sharing the row), rescale what came before.
+      Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
+      CUTE_UNROLL
+      for (int mi = 0; mi < kRowsPerThread; ++mi) {
+        float m = row_max[mi];
+        CUTE_UNROLL
+        for (int ni = 0; ni < kColsPerThread; ++ni) m = fmaxf(m, s(mi, ni));
+        m = detail::quad_max(m);
+        // A row that has seen no key yet keeps max -inf; exponents are taken against 0 then, giving exact zeros.
+        const float m_ref = m == -INFINITY ? 0.f : m;
+        const float correction = exp2f(row_max[mi] - m_ref);
+        row_max[mi] = m;
+        float sum = 0.f;
+        CUTE_UNROLL
+        for (int ni = 0; ni < kColsPerThread; ++ni) {
+          s(mi, ni) = exp2f(s(mi, ni) - m_ref);
+          sum += s(mi, ni);
+        }
+        // Partial sums stay per thread; the 4 lanes reduce them once, in the epilogue.
+        row_sum[mi] = row_sum[mi] * correction + sum;
+        CUTE_UNROLL
+        for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= correction;
+      }
+
+      Tensor p_frag = make_tensor_like<Element>(acc_s);
+      CUTE_UNROLL
+      for (int i = 0; i < size(acc_s); ++i) p_frag(i) = static_cast<Element>(acc_s(i));
+      Tensor tOrP = make_tensor(p_frag.data(), detail::acc_as_a_operand(p_frag.layout()));
+      warpgroup_fence_operand(tOrP);
+      Barrier::wait(&smem.v_full[st], phase);
+      detail::wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, st), acc_o);
+      // K, V and the geometry of this stage are no longer read by this warp.
+      if (lane == 0) Barrier::arrive(&smem.kv_empty[st]);
     }
 
-    // Online softmax: new running max per row (over the 4 lanes sharing the row), rescale what came before.
+    // ---- Epilogue: normalise, lse, stage the output in this warpgroup's rows of the Q buffer, scatter rows ---------
+    // The work tile's head and batch entry, read here rather than held across the KV loop (persistent: tile[i % 2] is
+    // rewritten only after barrier 5 of the next work tile).
+    int h;
+    int64_t b;
+    if constexpr (kPersistent) {
+      h = smem.persistent.tile[i & 1].h;
+      b = smem.persistent.tile[i & 1].b;
+    } else {
+      h = grid_h;
+      b = grid_b;
+    }
     Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
     CUTE_UNROLL
     for (int mi = 0; mi < kRowsPerThread; ++mi) {
-      float m = row_max[mi];
+      const float sum = detail::quad_sum(row_sum[mi]);
+      const float inv = sum > 0.f ? 1.f / sum : 0.f;
       CUTE_UNROLL
-      for (int ni = 0; ni < kColsPerThread; ++ni) m = fmaxf(m, s(mi, ni));
-      m = detail::quad_max(m);
-      // A row that has seen no key yet keeps max -inf; exponents are taken against 0 then, giving exact zeros.
-      const float m_ref = m == -INFINITY ? 0.f : m;
-      const float correction = exp2f(row_max[mi] - m_ref);
-      row_max[mi] = m;
-      float sum = 0.f;
-      CUTE_UNROLL
-      for (int ni = 0; ni < kColsPerThread; ++ni) {
-        s(mi, ni) = exp2f(s(mi, ni) - m_ref);
-        sum += s(mi, ni);
+      for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
+      const int r = get<0>(tScS_rc(mi, 0));
+      const int64_t token = smem.q_token[r];
+      if (lane % 4 == 0 && token >= 0) {
+        // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
+        const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
+        p.lse[(b * p.tokens + token) * p.heads + h] = lse;
       }
-      // Partial sums stay per thread; the 4 lanes reduce them once, in the epilogue.
-      row_sum[mi] = row_sum[mi] * correction + sum;
-      CUTE_UNROLL
-      for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= correction;
     }
 
-    Tensor p_frag = make_tensor_like<Element>(acc_s);
+    // This warpgroup's last wgmma reading its Q rows has completed (waited), so the rows can take the output.
+    Tensor rO = make_tensor_like<Element>(acc_o);
     CUTE_UNROLL
-    for (int i = 0; i < size(acc_s); ++i) p_frag(i) = static_cast<Element>(acc_s(i));
-    Tensor tOrP = make_tensor(p_frag.data(), detail::acc_as_a_operand(p_frag.layout()));
-    warpgroup_fence_operand(tOrP);
-    Barrier::wait(&smem.v_full[st], phase);
-    detail::wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, st), acc_o);
-    // K, V and the geometry of this stage are no longer read by this warp.
-    if (lane == 0) Barrier::arrive(&smem.kv_empty[st]);
-  }
+    for (int i = 0; i < size(acc_o); ++i) rO(i) = static_cast<Element>(acc_o(i));
+    Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+    auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma_pv);
+    auto thr_copy_o = copy_o.get_slice(ctid);
+    copy(copy_o, thr_copy_o.retile_S(rO), thr_copy_o.partition_D(sO));
+    // Only this warpgroup's 128 threads wrote these rows: a named barrier per warpgroup (ids 1, 2).
+    if (warpgroup == 1) {
+      detail::named_barrier_sync<1, 128>();
+    } else {
+      detail::named_barrier_sync<2, 128>();
+    }
 
-  // ---- Epilogue: normalise, lse, stage the output in this warpgroup's rows of the Q buffer, scatter rows -----------
-  Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
-  CUTE_UNROLL
-  for (int mi = 0; mi < kRowsPerThread; ++mi) {
-    const float sum = detail::quad_sum(row_sum[mi]);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
+    constexpr int kChunks = 64 * Traits::kChunksPerRow;  // 16-byte chunks of this warpgroup's 64 rows
+    const int wtid = tid % 128;
+    const int row0 = (warpgroup - 1) * 64;
     CUTE_UNROLL
-    for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
-    const int r = get<0>(tScS_rc(mi, 0));
-    const int64_t token = smem.q_token[r];
-    if (lane % 4 == 0 && token >= 0) {
-      // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
-      const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
-      p.lse[(b * p.tokens + token) * p.heads + h] = lse;
+    for (int i = 0; i < kChunks / 128; ++i) {
+      const int idx = wtid + i * 128;
+      const int r = row0 + idx / Traits::kChunksPerRow;
+      const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
+      const int64_t token = smem.q_token[r];
+      if (token >= 0) {
+        *reinterpret_cast<uint128_t*>(o_base + token * p.o_token_stride + c) =
+            *reinterpret_cast<const uint128_t*>(&sO(r, c));
+      }
     }
-  }
-
-  // This warpgroup's last wgmma reading its Q rows has completed (waited), so the rows can take the output.
-  Tensor rO = make_tensor_like<Element>(acc_o);
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc_o); ++i) rO(i) = static_cast<Element>(acc_o(i));
-  Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
-  auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma_pv);
-  auto thr_copy_o = copy_o.get_slice(ctid);
-  copy(copy_o, thr_copy_o.retile_S(rO), thr_copy_o.partition_D(sO));
-  // Only this warpgroup's 128 threads wrote these rows: a named barrier per warpgroup (ids 1, 2).
-  if (warpgroup == 1) {
-    detail::named_barrier_sync<1, 128>();
-  } else {
-    detail::named_barrier_sync<2, 128>();
-  }
-
-  auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
-  constexpr int kChunks = 64 * Traits::kChunksPerRow;  // 16-byte chunks of this warpgroup's 64 rows
-  const int wtid = tid % 128;
-  const int row0 = (warpgroup - 1) * 64;
-  CUTE_UNROLL
-  for (int i = 0; i < kChunks / 128; ++i) {
-    const int idx = wtid + i * 128;
-    const int r = row0 + idx / Traits::kChunksPerRow;
-    const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
-    const int64_t token = smem.q_token[r];
-    if (token >= 0) {
-      *reinterpret_cast<uint128_t*>(o_base + token * p.o_token_stride + c) =
-          *reinterpret_cast<const uint128_t*>(&sO(r, c));
+    if constexpr (kPersistent) {
+      // This warp has read its staged output rows back: the Q buffer may take the next work tile's Q box, an
+      // async-proxy write after these generic-proxy accesses (hence the fence before the release).
+      cutlass::arch::fence_view_async_shared();
+      __syncwarp();
+      if (lane == 0) Barrier::arrive(&smem.persistent.q_empty);
     }
+    if constexpr (!kPersistent) break;
+    ring += static_cast<uint32_t>(tiles);
   }
 #endif
 }
 
 }  // namespace detail
 
-// GNA and dense attention.
-template <class Traits>
+// GNA and dense attention. kPersistent: a 1-D grid of CTAs walking the work tiles (sm90_tile_scheduler.hpp).
+template <class Traits, bool kPersistent = false>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     sm90_gna_fwd_kernel(__grid_constant__ const Sm90GnaFwdArgs args) {
-  detail::sm90_fmha_fwd_body<Traits, Sm90GnaSchedule>(args);
+  detail::sm90_fmha_fwd_body<Traits, Sm90GnaSchedule, kPersistent>(args);
 }
 
 // The 1-D families: Schedule is Sm90StridedShardSchedule or Sm90BlockSparseSchedule (sm90_schedules.hpp).
-template <class Traits, class Schedule>
+template <class Traits, class Schedule, bool kPersistent = false>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     sm90_seq_fwd_kernel(__grid_constant__ const Sm90FwdArgs<typename Schedule::Params> args) {
-  detail::sm90_fmha_fwd_body<Traits, Schedule>(args);
+  detail::sm90_fmha_fwd_body<Traits, Schedule, kPersistent>(args);
 }
+
+namespace detail {
+
+// Launches `kernel` (one CTA per work tile, grid (q_tiles, heads, batch), `smem` bytes) or `persistent_kernel` (a 1-D
+// grid of min(work tiles, SMs x resident CTAs per SM) CTAs, `persistent_smem` bytes), as `persistence` says
+// (sm90_tile_scheduler.hpp: sm90_use_persistent; kOff asks the device nothing). The caller has checked the 3-D grid's
+// limits, so both grids fit.
+template <class Args>
+cudaError_t launch_fwd_grid(void (*kernel)(Args), void (*persistent_kernel)(Args), const Args& args, int64_t q_tiles,
+                            int64_t heads, int64_t batch, int threads, int smem, int persistent_smem,
+                            Sm90Persistence persistence, cudaStream_t stream) {
+  bool persistent = false;
+  int64_t grid_1d = 0;
+  cudaError_t err;
+  if (persistence != Sm90Persistence::kOff) {
+    int device = 0, sms = 0, per_sm = 0;
+    err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess) {
+      err = cudaFuncSetAttribute(persistent_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, persistent_smem);
+    }
+    if (err == cudaSuccess) {
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persistent_kernel, threads, persistent_smem);
+    }
+    if (err != cudaSuccess) return err;
+    const Sm90TileScheduler work{q_tiles, heads, batch};
+    const int64_t capacity = static_cast<int64_t>(sms) * std::max(per_sm, 1);
+    persistent = sm90_use_persistent(persistence, work.total(), capacity);
+    grid_1d = sm90_persistent_grid(work.total(), sms, per_sm);
+  }
+  if (persistent) {
+    persistent_kernel<<<static_cast<unsigned>(grid_1d), threads, persistent_smem, stream>>>(args);
+    return cudaGetLastError();
+  }
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) return err;
+  dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(heads), static_cast<unsigned>(batch));
+  kernel<<<grid, threads, smem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+}  // namespace detail
 
 namespace detail {
 
@@ -686,7 +946,7 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
 
 }  // namespace detail
 
-// Launches one instantiation: grid (Q tiles, heads, batch), 384 threads, dynamic smem. Returns
+// Launches one instantiation: grid (Q tiles, heads, batch) or persistent (below), 384 threads, dynamic smem. Returns
 // - cudaErrorInvalidValue: head_dim != kHeadDim, a tile's row product above the block, or kv_heads not dividing heads;
 // - cudaSuccess without a launch for an empty problem;
 // - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
@@ -696,13 +956,18 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
 //   multiples of 16 or beyond 2^40, base pointers not 16-byte aligned (or add_k / add_v null), N_add + kBlockN
 //   reaching 2^31 (TMA coordinates), or the driver refusing a descriptor; the additional KV's batch strides are free
 //   (batch is a TMA dim of its own in their view);
-// - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (as sm80);
-// - otherwise the launch's error.
+// - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (as sm80; of the one-tile grid, in both modes);
+// - otherwise the error of the device queries (kAuto, kOn: SM count, occupancy) or of the launch.
 // Tile shapes are the policy's tq/tk (the table's, clamped to the dims by the caller, as for sm80). Additional KV
 // (num_additional > 0) runs fused, in tiles of kBlockN rows: the kernel's params get additional_block = kBlockN,
 // whatever the caller set.
+// `persistence` (sm90_tile_scheduler.hpp): kAuto runs a persistent 1-D grid of min(work tiles, resident CTAs) CTAs
+// from kSm90PersistentMinWaves waves of work tiles on, one CTA per work tile below; kOff / kOn force one or the other
+// (tests, benchmarks). Every refusal above comes before any CUDA call and is the same in both modes (the grid limits
+// too); kAuto and kOn then ask the device for its SM count and the kernel's occupancy, whose errors are returned.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>
-cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
+cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream,
+                                Sm90Persistence persistence = Sm90Persistence::kAuto) {
   using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
   const GnaPolicy<kRank>& pol = p.policy;
   if (p.head_dim != kHeadDim || pol.max_q_rows() > kBlockM || pol.max_kv_rows() > kBlockN) {
@@ -758,14 +1023,13 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   if (err == cudaSuccess && additional) err = detail::make_seq_tma_desc<Element>(&args.tma_add_v, p.add_v, view_add_v);
   if (err != cudaSuccess) return err;
 
-  constexpr int kSmem = sizeof(typename Traits::SharedStorage);
-  static_assert(kSmem <= 227 * 1024, "Hopper's per-block shared memory limit");
-  auto kernel = sm90_gna_fwd_kernel<Traits>;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err != cudaSuccess) return err;
-  dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
-  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
-  return cudaGetLastError();
+  using State = sm80::GnaKvTileIterator<kRank>;
+  constexpr int kSmem = sizeof(typename Traits::template SharedStorageFor<State, false>);
+  constexpr int kPersistentSmem = sizeof(typename Traits::template SharedStorageFor<State, true>);
+  static_assert(kPersistentSmem <= 227 * 1024, "Hopper's per-block shared memory limit (persistent: the larger)");
+  return detail::launch_fwd_grid<Sm90GnaFwdArgs>(sm90_gna_fwd_kernel<Traits, false>, sm90_gna_fwd_kernel<Traits, true>,
+                                                 args, q_tiles, p.heads, p.batch, Traits::kThreads, kSmem,
+                                                 kPersistentSmem, persistence, stream);
 }
 
 namespace detail {
@@ -774,7 +1038,8 @@ namespace detail {
 // token extents of the K / V views per batch entry (-1: unknown, not supported).
 template <class Element, int kHeadDim, int kBlockM, int kBlockN, class Schedule>
 cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_block, int64_t kv_block,
-                                int64_t kv_tokens_k, int64_t kv_tokens_v, cudaStream_t stream) {
+                                int64_t kv_tokens_k, int64_t kv_tokens_v, Sm90Persistence persistence,
+                                cudaStream_t stream) {
   using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
   if (p.head_dim != kHeadDim || !seq_split_matches(q_block, p.q_split, kBlockM) ||
       !seq_split_matches(kv_block, p.kv_split, kBlockN)) {
@@ -810,47 +1075,49 @@ cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_bl
   if (err == cudaSuccess) err = make_seq_tma_desc<Element>(&args.tma_v, p.v, view_v);
   if (err != cudaSuccess) return err;
 
-  constexpr int kSmem = sizeof(typename Traits::template SharedStorageFor<Schedule>);
-  static_assert(kSmem <= 227 * 1024, "Hopper's per-block shared memory limit");
-  auto kernel = sm90_seq_fwd_kernel<Traits, Schedule>;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-  if (err != cudaSuccess) return err;
-  dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
-  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(args);
-  return cudaGetLastError();
+  constexpr int kSmem = sizeof(typename Traits::template SharedStorageFor<Schedule, false>);
+  constexpr int kPersistentSmem = sizeof(typename Traits::template SharedStorageFor<Schedule, true>);
+  static_assert(kPersistentSmem <= 227 * 1024, "Hopper's per-block shared memory limit (persistent: the larger)");
+  return launch_fwd_grid<Sm90FwdArgs<typename Schedule::Params>>(
+      sm90_seq_fwd_kernel<Traits, Schedule, false>, sm90_seq_fwd_kernel<Traits, Schedule, true>, args, q_tiles, p.heads,
+      p.batch, Traits::kThreads, kSmem, kPersistentSmem, persistence, stream);
 }
 
 }  // namespace detail
 
-// Strided-shard (S2) forward: grid (pattern Q tiles x q_split, heads, batch), 384 threads. Returns
+// Strided-shard (S2) forward: grid (pattern Q tiles x q_split, heads, batch) or persistent, 384 threads. Returns
 // - cudaErrorInvalidValue: head_dim != kHeadDim, q_split / kv_split not splitting the pattern block into the kernel's
 //   blocks (block <= 128 with split 1, or block = split * 128), or kv_heads not dividing heads;
 // - cudaSuccess without a launch for an empty problem;
 // - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
 //   the sm80 kernel): byte strides not positive multiples of 16 or beyond 2^40, base pointers not 16-byte aligned,
 //   token counts plus a block beyond int32 (TMA coordinates), or the driver refusing a descriptor;
-// - cudaErrorInvalidConfiguration: a grid beyond the hardware limits;
-// - otherwise the launch's error.
+// - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (of the one-tile grid, in both modes);
+// - otherwise the error of the device queries (kAuto, kOn: SM count, occupancy) or of the launch.
+// `persistence`: as launch_sm90_gna_fwd's (sm90_tile_scheduler.hpp).
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>
-cudaError_t launch_sm90_s2_fwd(const sm80::StridedShardFwdParams& p, cudaStream_t stream) {
+cudaError_t launch_sm90_s2_fwd(const sm80::StridedShardFwdParams& p, cudaStream_t stream,
+                               Sm90Persistence persistence = Sm90Persistence::kAuto) {
   return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, Sm90StridedShardSchedule>(
-      p, p.pattern.block, p.pattern.block, p.pattern.nkv, p.pattern.nkv, stream);
+      p, p.pattern.block, p.pattern.block, p.pattern.nkv, p.pattern.nkv, persistence, stream);
 }
 
-// Block-sparse forward: grid (total Q tiles x q_split, heads, batch; a packed varlen batch is batch 1), 384 threads,
-// the same return codes as launch_sm90_s2_fwd. The params hold the sequence offsets on the device only, so the K / V
-// views take their token extent per batch entry from the strides: k_batch_stride / k_token_stride (and V's), exact for
-// tensors contiguous over the token dims, which the binding passes (for batch 1 it sets the batch strides to tokens *
-// token stride). Strides that do not divide, or K and V extents that differ, are not supported.
+// Block-sparse forward: grid (total Q tiles x q_split, heads, batch; a packed varlen batch is batch 1) or persistent,
+// 384 threads, the same return codes and `persistence` as launch_sm90_s2_fwd. The params hold the sequence offsets on
+// the device only, so the K / V views take their token extent per batch entry from the strides: k_batch_stride /
+// k_token_stride (and V's), exact for tensors contiguous over the token dims, which the binding passes (for batch 1 it
+// sets the batch strides to tokens * token stride). Strides that do not divide, or K and V extents that differ, are not
+// supported.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>
-cudaError_t launch_sm90_block_sparse_fwd(const sm80::BlockSparseFwdParams& p, cudaStream_t stream) {
+cudaError_t launch_sm90_block_sparse_fwd(const sm80::BlockSparseFwdParams& p, cudaStream_t stream,
+                                         Sm90Persistence persistence = Sm90Persistence::kAuto) {
   auto extent = [](int64_t batch_stride, int64_t token_stride) -> int64_t {
     if (token_stride <= 0 || batch_stride <= 0 || batch_stride % token_stride != 0) return -1;
     return batch_stride / token_stride;
   };
   return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, Sm90BlockSparseSchedule>(
       p, p.pattern.q_block, p.pattern.kv_block, extent(p.k_batch_stride, p.k_token_stride),
-      extent(p.v_batch_stride, p.v_token_stride), stream);
+      extent(p.v_batch_stride, p.v_token_stride), persistence, stream);
 }
 
 }  // namespace natten_like::sm90

@@ -2,7 +2,8 @@
 // storage of the warp-specialised kernel (FlashAttention-3's Hopper design): warpgroup 0 loads Q once and K, V per
 // visited KV tile with TMA into a 2-stage ring; warpgroups 1 and 2 each own 64 of the 128 query rows and run
 // S = Q K^T (wgmma, both operands in smem), the online softmax in registers and O += P V (wgmma, P from registers).
-// The KV ring also carries the GNA forward's additional KV tiles (same stage layout, the box of kBlockN rows).
+// The KV ring also carries the GNA forward's additional KV tiles (same stage layout, the box of kBlockN rows). A
+// persistent CTA (sm90_tile_scheduler.hpp) adds a second schedule state, its work tiles and their barriers.
 #pragma once
 
 #include <type_traits>
@@ -15,6 +16,7 @@
 
 #include "natten_like/sm80/gna_tile_iterator.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
+#include "natten_like/sm90/sm90_tile_scheduler.hpp"
 
 namespace natten_like::sm90 {
 
@@ -87,8 +89,23 @@ struct Sm90FmhaFwdTraits {
   static constexpr int kChunk = 16 / sizeof(Element);  // elements per 16-byte global store
   static constexpr int kChunksPerRow = kHeadDim / kChunk;
 
-  // State: the CTA's schedule, kept in smem (GNA: the tile iterator; 1-D families: sm90_schedules.hpp's schedules).
+  // What only a persistent CTA (sm90_tile_scheduler.hpp) keeps: a second schedule state (local work tile i, the CTA's
+  // i-th, uses `state` for even i and odd_state for odd i: a consumer thread builds tile i + 1's while both roles still
+  // run tile i), the work tiles themselves (q_tile -1: no more work), the launch's work space, the barriers on which
+  // that thread publishes a state to the producer, and the one on which the consumer warps release the Q buffer (Q,
+  // then the staged output).
   template <class State>
+  struct PersistentStorage {
+    State odd_state;
+    Sm90TileScheduler work;
+    Sm90WorkTile tile[2];
+    alignas(8) uint64_t state_full[2];
+    uint64_t q_empty;
+  };
+  struct NoStorage {};
+
+  // State: the CTA's schedule, kept in smem (GNA: the tile iterator; 1-D families: sm90_schedules.hpp's schedules).
+  template <class State, bool kPersistent = false>
   struct SharedStorageFor {
     // 1024-byte alignment: the 128-byte swizzle pattern repeats every 8 rows of 128 bytes, and TMA and GMMA agree on
     // it only from a 1024-byte boundary.
@@ -105,6 +122,8 @@ struct Sm90FmhaFwdTraits {
     uint64_t k_full[kStages];
     uint64_t v_full[kStages];
     uint64_t kv_empty[kStages];
+    // Last, so that the non-persistent layout (every offset above) is the same with or without it.
+    std::conditional_t<kPersistent, PersistentStorage<State>, NoStorage> persistent;
   };
   using SharedStorage = SharedStorageFor<sm80::GnaKvTileIterator<kRank>>;
 };

@@ -99,7 +99,7 @@ def main() -> None:
     torch.manual_seed(0)
     major = torch.cuda.get_device_capability()[0]
     targets = ["sm80"] + (["sm90"] if major == 9 and cuda_backend.built_kernels("sm90_gna_fwd") else [])
-    has_bwd = (torch.bfloat16, 128) in cuda_backend.built_kernels("sm80_gna_bwd")
+    has_bwd = (torch.bfloat16, 128, 128) in cuda_backend.built_kernels("sm80_gna_bwd")
     rows: list[tuple[str, ...]] = []
 
     B, H, D, N = 1, 16, 128, 16384
@@ -149,7 +149,7 @@ def main() -> None:
             rows.append((f"{label} {'x'.join(map(str, shape))}", "sm90", f"{t:.2f} ms",
                          f"NATTEN H100 (published): {natten_ms} ms"))  # fmt: skip
 
-    if (torch.bfloat16, 576) in cuda_backend.built_kernels("sm80_latent_fwd"):
+    if (torch.bfloat16, 576, 512) in cuda_backend.built_kernels("sm80_latent_fwd"):
         rows.append(latent_row(args.reps))
 
     print()

@@ -179,7 +179,7 @@ def test_forced_cuda_lists_every_reason() -> None:
         natten_like.gna(**_inputs(), backend="cuda")
     assert "tensors are not on a CUDA device" in str(info.value)
     assert "dtype torch.float32 is not supported" in str(info.value)
-    assert f"head dim {D} has no kernel" in str(info.value)
+    assert f"head dims (D, D_v) = ({D}, {D_V}) have no kernel" in str(info.value)
 
 
 def test_forced_cpu_lists_every_reason() -> None:

@@ -65,7 +65,7 @@ def _run_and_check(q, k, v, mask, dtype, **kw) -> None:
 def test_random_masks_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     rng = random.Random(seed)
-    for dtype, dim in sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str):
+    for dtype, dim, _ in sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str):
         g = torch.Generator().manual_seed(seed)
         b, kv_heads = rng.randint(1, 2), rng.randint(1, 2)
         h = kv_heads * rng.randint(1, 2)
@@ -82,7 +82,7 @@ def test_random_masks_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int
 @pytest.mark.parametrize("causal", [False, True])
 def test_packed_varlen(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
-    dtype, dim = sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str)[-1]
+    dtype, dim, _ = sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str)[-1]
     g = torch.Generator().manual_seed(5)
     lens_q, lens_kv = [130, 0, 290, 80], [210, 60, 290, 30]
     cu_q, cu_kv = torch.tensor([0] + lens_q).cumsum(0), torch.tensor([0] + lens_kv).cumsum(0)
@@ -96,7 +96,7 @@ def test_packed_varlen(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
 
 def test_refuses_odd_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
-    dtype, dim = sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str)[0]
+    dtype, dim, _ = sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str)[0]
     q = torch.randn(1, 192, 2, dim, dtype=dtype, device="cuda")
     mask = torch.ones(1, 1, 2, 2, dtype=torch.bool, device="cuda")
     with pytest.raises(natten_like.BackendNotSupportedError, match="multiple"):

@@ -105,11 +105,20 @@ LAYOUT_CHECKER = r"""
 using namespace cute;
 namespace nl = natten_like::sm80;
 
-template <class Element, int D>
+template <class Element, int D, int DV = D>
 int check() {
-  using T = nl::Sm80FmhaFwdTraits<Element, D, 64, 64>;
+  using T = nl::Sm80FmhaFwdTraits<Element, D, 64, 64, DV>;
   typename T::TiledMma mma;
   int bad = 0;
+  // V's (head dim, keys) view is the transpose of its (keys, head dim) tile; the output tile (staged over Q) has one
+  // slot per element, within Q's storage.
+  typename T::SmemLayoutV v;
+  typename T::SmemLayoutVt vt;
+  typename T::SmemLayoutO o;
+  bad += cosize(v) != T::kBlockN * DV || cosize(o) != T::kBlockM * DV;
+  bad += static_cast<int>(sizeof(typename T::SharedStorage{}.q)) < cosize(o) * static_cast<int>(sizeof(Element));
+  for (int n = 0; n < T::kBlockN; ++n)
+    for (int d = 0; d < DV; ++d) bad += vt(d, n) != v(n, d);
   for (int tid = 0; tid < T::kThreads; ++tid) {
     auto thr = mma.get_slice(tid);
     Tensor cS = thr.partition_C(make_identity_tensor(Shape<Int<T::kBlockM>, Int<T::kBlockN>>{}));
@@ -129,7 +138,8 @@ int check() {
 }
 
 int main() {
-  const int bad = check<cutlass::half_t, 32>() + check<cutlass::half_t, 64>() + check<cutlass::bfloat16_t, 128>();
+  const int bad = check<cutlass::half_t, 32>() + check<cutlass::half_t, 64>() + check<cutlass::bfloat16_t, 128>() +
+                  check<cutlass::bfloat16_t, 192, 128>() + check<cutlass::half_t, 64, 128>();
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }
@@ -525,7 +535,7 @@ def test_sm90_kernels_use_wgmma_and_tma_without_spills() -> None:
     sass, regs = _built_sass()
     import torch
 
-    kinds, _, _ = torch.ops.natten_like.cuda_kernels()
+    kinds, *_ = torch.ops.natten_like.cuda_kernels()
     if "sm90_gna_fwd" not in kinds:
         pytest.skip("extension built without 9.0a in NATTEN_LIKE_CUDA_ARCH")
     # GNA through multi-dimensional boxes; block-sparse and S2 (built with it) through the 1-D run kernel.

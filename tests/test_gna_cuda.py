@@ -35,7 +35,8 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason(
 DEVICE = "cuda"
 
 
-def _built(kind: str = "sm80_gna_fwd") -> list[tuple[torch.dtype, int]]:
+def _built(kind: str = "sm80_gna_fwd") -> list[tuple[torch.dtype, int, int]]:
+    """(dtype, D, D_v) of the built kernels of ``kind``."""
     return sorted(cuda_backend.built_kernels(kind), key=str)
 
 
@@ -73,7 +74,7 @@ def _poison(*shapes_dtypes: tuple[tuple[int, ...], torch.dtype]) -> set[int]:
     return {b.data_ptr() for b in blocks}
 
 
-def _random_case(rng: random.Random, rank: int, dim: int) -> GnaCase:
+def _random_case(rng: random.Random, rank: int, dim: int, dim_v: int) -> GnaCase:
     max_len = {1: 300, 2: 24, 3: 10}[rank]
     shape, window, stride, dilation, causal = [], [], [], [], []
     for _ in range(rank):
@@ -91,7 +92,7 @@ def _random_case(rng: random.Random, rank: int, dim: int) -> GnaCase:
     num_additional = rng.choice([0, 0, 5, 64, 70])
     return GnaCase(
         shape=tuple(shape), window=tuple(window), stride=tuple(stride), dilation=tuple(dilation),
-        causal=tuple(causal), batch=rng.randint(1, 2), heads=heads, kv_heads=kv_heads, dim=dim, dim_v=dim,
+        causal=tuple(causal), batch=rng.randint(1, 2), heads=heads, kv_heads=kv_heads, dim=dim, dim_v=dim_v,
         num_additional=num_additional,
     )  # fmt: skip
 
@@ -102,8 +103,8 @@ def _device_inputs(inputs: dict[str, torch.Tensor]) -> list[torch.Tensor | None]
 
 
 def _poisoned_forward(case: GnaCase, target: str, tensors: list[torch.Tensor | None]):
-    q = tensors[0]
-    ptrs = _poison((tuple(q.shape), q.dtype), (tuple(q.shape[:-1]), torch.float32))
+    q, v = tensors[0], tensors[2]
+    ptrs = _poison((tuple(q.shape[:-1]) + (v.shape[-1],), q.dtype), (tuple(q.shape[:-1]), torch.float32))
     out, lse = torch.ops.natten_like.gna_forward(*tensors, *_op_config(case, target, q))
     torch.cuda.synchronize()
     poisoned = {out.data_ptr(), lse.data_ptr()} == ptrs
@@ -136,8 +137,8 @@ def _check(case: GnaCase, dtype: torch.dtype, seed: int, target: str = "sm80") -
 def test_random_gna_matches_reference(rank: int, seed: int) -> None:
     for target in _targets():
         rng = random.Random(1000 * rank + seed)
-        for dtype, dim in _built(f"{target}_gna_fwd"):
-            case = _random_case(rng, rank, dim)
+        for dtype, dim, dim_v in _built(f"{target}_gna_fwd"):
+            case = _random_case(rng, rank, dim, dim_v)
             if _runs_on(case, target):
                 _check(case, dtype, seed, target)
 
@@ -159,9 +160,9 @@ def test_random_gna_matches_reference(rank: int, seed: int) -> None:
 )
 def test_edge_cases(case: GnaCase) -> None:
     for target in _targets():
-        for dtype, dim in _built(f"{target}_gna_fwd"):
+        for dtype, dim, dim_v in _built(f"{target}_gna_fwd"):
             if _runs_on(case, target):
-                _check(case.with_(dim=dim, dim_v=dim, heads=4, kv_heads=2), dtype, 7, target)
+                _check(case.with_(dim=dim, dim_v=dim_v, heads=4, kv_heads=2), dtype, 7, target)
 
 
 def _check_backward(case: GnaCase, dtype: torch.dtype, seed: int) -> None:
@@ -208,8 +209,8 @@ def _skip_without_backward() -> None:
 def test_random_gna_backward_matches_reference(rank: int, seed: int) -> None:
     _skip_without_backward()
     rng = random.Random(2000 * rank + seed)
-    for dtype, dim in _built("sm80_gna_bwd"):
-        _check_backward(_random_case(rng, rank, dim), dtype, seed)
+    for dtype, dim, dim_v in _built("sm80_gna_bwd"):
+        _check_backward(_random_case(rng, rank, dim, dim_v), dtype, seed)
 
 
 @pytest.mark.parametrize(
@@ -225,14 +226,14 @@ def test_random_gna_backward_matches_reference(rank: int, seed: int) -> None:
 )
 def test_backward_edge_cases(case: GnaCase) -> None:
     _skip_without_backward()
-    for dtype, dim in _built("sm80_gna_bwd"):
-        _check_backward(case.with_(dim=dim, dim_v=dim, heads=4, kv_heads=2), dtype, 9)
+    for dtype, dim, dim_v in _built("sm80_gna_bwd"):
+        _check_backward(case.with_(dim=dim, dim_v=dim_v, heads=4, kv_heads=2), dtype, 9)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_dense_attention_through_the_backend(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
-    dtype, dim = _built()[-1]
+    dtype, dim, _ = max(_built(), key=lambda t: (t[1] == t[2], t[1]))  # the largest D == D_v kernel
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(2, 333, 4, dim, generator=g, dtype=torch.float64) for _ in range(3))
     out, lse = natten_like.attention(
@@ -250,7 +251,7 @@ def test_autograd_through_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
     and without additional KV."""
     _skip_without_backward()
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
-    dtype, dim = _built("sm80_gna_bwd")[-1]
+    dtype, dim, _ = _built("sm80_gna_bwd")[-1]
     for num_additional in (0, 20):
         case = GnaCase(shape=(20, 24), window=(7, 9), stride=(2, 3), heads=4, kv_heads=2, dim=dim, dim_v=dim,
                        num_additional=num_additional)  # fmt: skip
@@ -269,7 +270,7 @@ def test_sm90_declines_what_its_tma_boxes_cannot_express() -> None:
     """An explicit sm90 request for a box beyond TMA's limits fails loudly; the backend then picks sm80 itself."""
     if "sm90" not in _targets():
         pytest.skip("no sm90 kernels on this GPU / build")
-    dtype, dim = _built("sm90_gna_fwd")[0]
+    dtype, dim, _ = _built("sm90_gna_fwd")[0]
     case = GnaCase(shape=(600,), window=(5,), dilation=(4,), heads=2, kv_heads=2, dim=dim, dim_v=dim)
     assert not _runs_on(case, "sm90")
     q, k, v = (make_inputs(case, dtype, 0)[n].to(DEVICE) for n in ("q", "k", "v"))
@@ -278,9 +279,27 @@ def test_sm90_declines_what_its_tma_boxes_cannot_express() -> None:
     _check(case, dtype, 0, "sm80")
 
 
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_sm90_tile_scheduling(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """The sm90 kernel with one CTA per work tile and persistent (NATTEN_LIKE_SM90_PERSISTENT), on enough work tiles
+    (32 Q tiles x 8 heads x 2) that persistent CTAs run several each, with additional KV."""
+    if "sm90" not in _targets():
+        pytest.skip("no sm90 kernels on this GPU / build")
+    monkeypatch.setenv("NATTEN_LIKE_SM90_PERSISTENT", mode)
+    for dtype, dim, dim_v in _built("sm90_gna_fwd"):
+        case = GnaCase(shape=(64, 64), window=(9, 7), stride=(2, 1), causal=(False, True), batch=2, heads=8, kv_heads=2,
+                       dim=dim, dim_v=dim_v, num_additional=70)  # fmt: skip
+        _check(case, dtype, 5, "sm90")
+    monkeypatch.setenv("NATTEN_LIKE_SM90_PERSISTENT", "sometimes")
+    case = GnaCase(shape=(64,), window=(9,), dim=dim, dim_v=dim_v)
+    q, k, v = (make_inputs(case, dtype, 0)[n].to(DEVICE) for n in ("q", "k", "v"))
+    with pytest.raises(RuntimeError, match="NATTEN_LIKE_SM90_PERSISTENT must be auto, on or off"):
+        torch.ops.natten_like.gna_forward(q, k, v, None, None, *_op_config(case, "sm90", q))
+
+
 def test_backend_refuses_without_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(cuda_backend.EXPERIMENTAL_ENV, raising=False)
-    dtype, dim = _built()[0]
+    dtype, dim, _ = _built()[0]
     q = torch.randn(1, 16, 2, dim, dtype=dtype, device=DEVICE)
     with pytest.raises(natten_like.BackendNotSupportedError, match=cuda_backend.EXPERIMENTAL_ENV):
         natten_like.na1d(q, q, q, 5, backend="cuda")

@@ -90,7 +90,7 @@ def test_random_caches_match_reference(monkeypatch: pytest.MonkeyPatch, paged: b
     rng = random.Random(seed * 2 + paged)
     g = torch.Generator().manual_seed(seed * 2 + paged)
     for dtype in (torch.bfloat16, torch.float16):
-        if (dtype, LATENT + ROPE) not in cuda_backend.built_kernels("sm80_latent_fwd"):
+        if (dtype, LATENT + ROPE, LATENT) not in cuda_backend.built_kernels("sm80_latent_fwd"):
             continue
         heads, sq = rng.choice([16, 128]), rng.randint(1, 4)
         lens = [rng.choice([0, rng.randint(1, 70), rng.randint(1, 700)]) for _ in range(rng.randint(1, 3))]

@@ -623,6 +623,7 @@ int run(std::mt19937& rng, int rank, double& worst) {
   p.fwd.heads = H;
   p.fwd.kv_heads = kv_heads;
   p.fwd.head_dim = D;
+  p.fwd.head_dim_v = D;
   p.fwd.scale = scale;
   p.fwd.policy = pol;
   p.d_out = upload(dO);

@@ -286,7 +286,7 @@ sm80::GnaFwdParams gna(int64_t B, int64_t N, int64_t H, int64_t Hkv, int64_t n_a
   p.tokens = N;
   p.heads = static_cast<int>(H);
   p.kv_heads = static_cast<int>(Hkv);
-  p.head_dim = static_cast<int>(D);
+  p.head_dim = p.head_dim_v = static_cast<int>(D);
   p.scale = 1.f;
   p.policy.dim[2].length = N;
   p.policy.dim[2].window = 15;

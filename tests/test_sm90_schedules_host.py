@@ -432,7 +432,7 @@ void fill(P& p, int64_t B, int64_t N, int64_t H, int64_t Hkv, int64_t D) {
   p.tokens = N;
   p.heads = static_cast<int>(H);
   p.kv_heads = static_cast<int>(Hkv);
-  p.head_dim = static_cast<int>(D);
+  p.head_dim = p.head_dim_v = static_cast<int>(D);
   p.scale = 1.f;
 }
 
@@ -458,7 +458,7 @@ int main() {
     return sm90::launch_sm90_s2_fwd<E, 128, 128, 128>(p, nullptr);
   };
   auto p = s2(64, 1);
-  p.head_dim = 64;
+  p.head_dim = p.head_dim_v = 64;
   expect("s2 head dim", launch_s2(p), cudaErrorInvalidValue);
   expect("s2 split 2 of 64", launch_s2(s2(64, 2)), cudaErrorInvalidValue);
   expect("s2 split 1 of 256", launch_s2(s2(256, 1)), cudaErrorInvalidValue);

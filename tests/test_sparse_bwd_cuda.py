@@ -33,10 +33,11 @@ def _skip_reason(kind: str) -> str | None:
 
 
 def _require(kind: str) -> list[tuple[torch.dtype, int]]:
+    """(dtype, head dim) of the built kernels of ``kind`` (all have D_v == D)."""
     reason = _skip_reason(kind)
     if reason is not None:
         pytest.skip(reason)
-    return sorted(cuda_backend.built_kernels(kind), key=str)
+    return sorted(((dt, hd) for dt, hd, _ in cuda_backend.built_kernels(kind)), key=str)
 
 
 def _ceil(a: int, b: int) -> int:

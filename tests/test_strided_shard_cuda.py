@@ -44,7 +44,7 @@ def _case(rng: random.Random) -> dict:
 def test_random_patterns_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     rng = random.Random(seed)
-    for dtype, dim in sorted(cuda_backend.built_kernels("sm80_s2_fwd"), key=str):
+    for dtype, dim, _ in sorted(cuda_backend.built_kernels("sm80_s2_fwd"), key=str):
         c = _case(rng)
         g = torch.Generator().manual_seed(seed)
         q = torch.randn(c["batch"], c["nq"], c["heads"], dim, generator=g, dtype=torch.float64)
@@ -77,7 +77,7 @@ def test_random_patterns_match_reference(monkeypatch: pytest.MonkeyPatch, seed: 
 
 def test_refuses_odd_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
-    dtype, dim = sorted(cuda_backend.built_kernels("sm80_s2_fwd"), key=str)[0]
+    dtype, dim, _ = sorted(cuda_backend.built_kernels("sm80_s2_fwd"), key=str)[0]
     q = torch.randn(1, 200, 2, dim, dtype=dtype, device="cuda")
     pattern = dict(local_blocks=1, vert_stride=2)
     with pytest.raises(natten_like.BackendNotSupportedError, match="multiple"):

@@ -43,8 +43,9 @@ class Kind:
     launcher: str  # template <class Element, int kHeadDim, int kBlockM, int kBlockN> cudaError_t f(params, stream)
     params: str  # fully qualified params type
     table: str  # name of the dispatch table in instances.hpp
-    head_dims: tuple[int, ...]
-    # The launcher's template arguments; fields: element, head_dim, block_m, block_n.
+    # Head dims: D (with D_v = D), or (D, D_v); a launcher that takes D_v != D names {head_dim_v} in template_args.
+    head_dims: tuple[int | tuple[int, int], ...]
+    # The launcher's template arguments; fields: element, head_dim, head_dim_v, block_m, block_n.
     template_args: str = "{element}, {head_dim}, {block_m}, {block_n}"
 
 
@@ -58,7 +59,8 @@ KINDS = (
         "launch_sm80_gna_fwd",
         "natten_like::sm80::GnaFwdParams",
         "kSm80GnaFwd",
-        (32, 64, 128),
+        (32, 64, 128, (192, 128)),  # D 192 / D_v 128: DeepSeek-style MLA prefill (nope + rope keys)
+        "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
         "sm80_block_sparse_fwd",
@@ -124,7 +126,7 @@ KINDS = (
         "launch_sm80_latent_fwd",
         "natten_like::sm80::LatentFwdParams",
         "kSm80LatentFwd",
-        (576,),  # MLA: 512 latent + 64 rope columns; values are the latent columns
+        ((576, 512),),  # MLA: 512 latent + 64 rope columns; values are the latent columns
         "{element}",
     ),
     Kind(
@@ -162,7 +164,7 @@ KINDS = (
     ),
 )
 
-# (kind, dtype, head dim) compiled by a minimal build.
+# (kind, dtype, head dim entry of the kind) compiled by a minimal build.
 MINIMAL = {
     ("sm80_gna_fwd", "bf16", 64),
     ("sm80_gna_fwd", "bf16", 128),
@@ -172,7 +174,8 @@ MINIMAL = {
     ("sm80_block_sparse_bwd", "bf16", 64),
     ("sm80_s2_bwd", "bf16", 64),
     ("sm80_gna_bwd", "fp16", 32),
-    ("sm80_latent_fwd", "bf16", 576),
+    ("sm80_latent_fwd", "bf16", (576, 512)),
+    ("sm80_gna_fwd", "bf16", (192, 128)),
     ("sm90_gna_fwd", "bf16", 128),
     ("sm90_block_sparse_fwd", "bf16", 128),
     ("sm90_s2_fwd", "bf16", 64),
@@ -194,10 +197,14 @@ def render() -> dict[str, str]:
         block_m, block_n = blocks(kind.arch)
         rows = []
         for dtype, element, torch_name in DTYPES:
-            for head_dim in kind.head_dims:
-                name = f"{kind.name}_{dtype}_hd{head_dim}_m{block_m}_n{block_n}"
-                minimal = (kind.name, dtype, head_dim) in MINIMAL
-                args = kind.template_args.format(element=element, head_dim=head_dim, block_m=block_m, block_n=block_n)
+            for entry in kind.head_dims:
+                head_dim, head_dim_v = (entry, entry) if isinstance(entry, int) else entry
+                dims = f"{head_dim}" if head_dim_v == head_dim else f"{head_dim}x{head_dim_v}"
+                name = f"{kind.name}_{dtype}_hd{dims}_m{block_m}_n{block_n}"
+                minimal = (kind.name, dtype, entry) in MINIMAL
+                args = kind.template_args.format(
+                    element=element, head_dim=head_dim, head_dim_v=head_dim_v, block_m=block_m, block_n=block_n
+                )
                 files[f"{name}.cu"] = (
                     HEADER
                     + f'#include "{kind.header}"\n'
@@ -209,7 +216,7 @@ def render() -> dict[str, str]:
                     + "}  // namespace natten_like::generated\n"
                 )
                 decls.append(f"cudaError_t {name}(const {kind.params}& p, cudaStream_t stream);\n")
-                row = f'    {{"{torch_name}", {head_dim}, &{name}}},\n'
+                row = f'    {{"{torch_name}", {head_dim}, {head_dim_v}, &{name}}},\n'
                 rows.append(row if minimal else f"#if !NATTEN_LIKE_MINIMAL_INSTANCES\n{row}#endif\n")
                 sources[kind.arch].append(f"csrc/generated/{name}.cu" + (" minimal" if minimal else ""))
         table = (
@@ -218,7 +225,7 @@ def render() -> dict[str, str]:
             + f"constexpr int {kind.table}BlockN = {block_n};\n"
             + f"inline constexpr Instance<{kind.params}> {kind.table}[] = {{\n"
             + "".join(rows)
-            + "    {nullptr, 0, nullptr},\n};\n"
+            + "    {nullptr, 0, 0, nullptr},\n};\n"
         )
         if kind.arch == "sm90":
             table = f"#if NATTEN_LIKE_WITH_SM90\n{table}#endif\n"
@@ -238,7 +245,8 @@ def render() -> dict[str, str]:
         + "template <class Params>\n"
         + "struct Instance {\n"
         + '  const char* dtype;  // torch dtype name: "float16" / "bfloat16"; nullptr ends a table\n'
-        + "  int head_dim;\n"
+        + "  int head_dim;    // of Q and K\n"
+        + "  int head_dim_v;  // of V and the output\n"
         + "  cudaError_t (*launch)(const Params&, cudaStream_t);\n"
         + "};\n\n"
         + "".join(decls)

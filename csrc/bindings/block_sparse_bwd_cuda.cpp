@@ -45,7 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
               kName, ": out / grad_out must be shaped like q and lse like q without its head dim");
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80BlockSparseBwd, q_.scalar_type(), q_.size(-1));
+  const auto launch = find_instance(generated::kSm80BlockSparseBwd, q_.scalar_type(), q_.size(-1), q_.size(-1));
   TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dim ",
               q_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseBwd), ")");
 

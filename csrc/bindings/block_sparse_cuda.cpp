@@ -48,7 +48,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
               "natten_like::block_sparse (cuda): token counts must be below 2^31 (int32 key positions)");
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80BlockSparseFwd, q_.scalar_type(), q_.size(-1));
+  const auto launch = find_instance(generated::kSm80BlockSparseFwd, q_.scalar_type(), q_.size(-1), q_.size(-1));
   TORCH_CHECK(launch != nullptr, "natten_like::block_sparse (cuda): no kernel built for dtype ", q_.scalar_type(),
               " and head dim ", q_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseFwd), ")");
 
@@ -70,7 +70,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 #if NATTEN_LIKE_WITH_SM90
   if (major == 9) {
-    const auto launch90 = find_instance(generated::kSm90BlockSparseFwd, q.scalar_type(), q.size(-1));
+    const auto launch90 = find_instance(generated::kSm90BlockSparseFwd, q.scalar_type(), q.size(-1), q.size(-1));
     sm80::BlockSparseFwdParams p90 = p;
     p90.q_split = split_if_divides(q_block, generated::kSm90BlockSparseFwdBlockM);
     p90.kv_split = split_if_divides(kv_block, generated::kSm90BlockSparseFwdBlockN);

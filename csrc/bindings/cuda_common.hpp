@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -22,21 +23,25 @@ inline const char* dtype_name(at::ScalarType t) {
   }
 }
 
-// The launch function of the table row for (dtype, head dim), or nullptr.
+// The launch function of the table row for (dtype, head dim of Q/K, head dim of V), or nullptr.
 template <class Params>
-auto find_instance(const Instance<Params>* table, at::ScalarType dtype, int64_t head_dim) {
+auto find_instance(const Instance<Params>* table, at::ScalarType dtype, int64_t head_dim, int64_t head_dim_v) {
   for (; table->dtype != nullptr; ++table) {
-    if (table->head_dim == head_dim && std::strcmp(table->dtype, dtype_name(dtype)) == 0) return table->launch;
+    if (table->head_dim == head_dim && table->head_dim_v == head_dim_v &&
+        std::strcmp(table->dtype, dtype_name(dtype)) == 0) {
+      return table->launch;
+    }
   }
   return static_cast<decltype(table->launch)>(nullptr);
 }
 
-// "dtype/head dim" of every row, for error messages.
+// "dtype/head dim" (or "dtype/D x D_v") of every row, for error messages.
 template <class Params>
 std::string list_instances(const Instance<Params>* table) {
   std::string s;
   for (; table->dtype != nullptr; ++table) {
     s += std::string(s.empty() ? "" : ", ") + table->dtype + "/" + std::to_string(table->head_dim);
+    if (table->head_dim_v != table->head_dim) s += "x" + std::to_string(table->head_dim_v);
   }
   return s.empty() ? "none" : s;
 }
@@ -57,8 +62,20 @@ inline int compute_capability_major(const at::Tensor& t) {
   return major;
 }
 
-// The arguments every forward shares, from contiguous heads-last q [B, *tokens, H, D], k/v [B, *kv tokens, H_kv, D] and
-// out / lse allocated like q: a flat token index steps by the last token dim's stride (H * D elements).
+// How the sm90 kernels schedule their work tiles (Sm90Persistence), from NATTEN_LIKE_SM90_PERSISTENT: "auto" (or
+// unset: persistent from four waves of work tiles on), "off" (one CTA per work tile) or "on" (persistent). A knob for
+// tests and benchmarks; read per call, so a test can flip it.
+inline int sm90_persistence() {
+  const char* v = std::getenv("NATTEN_LIKE_SM90_PERSISTENT");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return 0;
+  if (std::strcmp(v, "off") == 0) return 1;
+  TORCH_CHECK(std::strcmp(v, "on") == 0, "NATTEN_LIKE_SM90_PERSISTENT must be auto, on or off, got '", v, "'");
+  return 2;
+}
+
+// The arguments every forward shares, from contiguous heads-last q [B, *tokens, H, D], k / v [B, *kv tokens, H_kv,
+// D / D_v], out [B, *tokens, H, D_v] and lse [B, *tokens, H]: a flat token index steps by the last token dim's stride
+// (H * D elements for q).
 inline void fill_fwd_args(sm80::FmhaFwdArgs& p, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const at::Tensor& out, const at::Tensor& lse, double scale) {
   p.q = q.data_ptr();
@@ -75,7 +92,9 @@ inline void fill_fwd_args(sm80::FmhaFwdArgs& p, const at::Tensor& q, const at::T
   p.heads = static_cast<int>(q.size(-2));
   p.kv_heads = static_cast<int>(k.size(-2));
   p.head_dim = static_cast<int>(q.size(-1));
+  p.head_dim_v = static_cast<int>(v.size(-1));
   p.scale = static_cast<float>(scale);
+  p.sm90_persistence = sm90_persistence();
 }
 
 // The arguments every backward shares: dO, the gradient through lse (undefined tensor: none), dq / dk / dv laid out

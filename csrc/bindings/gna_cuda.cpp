@@ -74,19 +74,20 @@ void check_qkv(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
               "natten_like::gna (cuda): q, k, v must be on one CUDA device");
 }
 
-// Additional KV (both or neither): add_k / add_v [B, N_add, H_kv, D], on q's device in q's dtype, made contiguous and
+// Additional KV (both or neither): add_k / add_v [B, N_add, H_kv, D / D_v], on q's device in q's dtype, made contiguous and
 // aligned; undefined tensors when there is none.
 std::pair<at::Tensor, at::Tensor> additional_kv(const c10::optional<at::Tensor>& add_k,
                                                 const c10::optional<at::Tensor>& add_v, const at::Tensor& q,
-                                                const at::Tensor& k, const char* op) {
+                                                const at::Tensor& k, const at::Tensor& v, const char* op) {
   TORCH_CHECK(add_k.has_value() == add_v.has_value(), op, ": additional_k and additional_v go together");
   if (!add_k.has_value()) return {};
   const at::Tensor& ak = *add_k;
   const at::Tensor& av = *add_v;
-  TORCH_CHECK(ak.dim() == 4 && av.sizes() == ak.sizes() && ak.size(0) == q.size(0) && ak.size(2) == k.size(-2) &&
-                  ak.size(3) == q.size(-1),
-              op, ": additional_k / additional_v must both be [B, N_add, H_kv, D] = [", q.size(0), ", N_add, ",
-              k.size(-2), ", ", q.size(-1), "], got ", ak.sizes(), " / ", av.sizes());
+  TORCH_CHECK(ak.dim() == 4 && av.dim() == 4 && ak.size(0) == q.size(0) && ak.size(2) == k.size(-2) &&
+                  ak.size(3) == q.size(-1) && av.sizes().slice(0, 3) == ak.sizes().slice(0, 3) &&
+                  av.size(3) == v.size(-1),
+              op, ": additional_k / additional_v must be [B, N_add, H_kv, D] / [B, N_add, H_kv, D_v] = [", q.size(0),
+              ", N_add, ", k.size(-2), ", ", q.size(-1), " / ", v.size(-1), "], got ", ak.sizes(), " / ", av.sizes());
   TORCH_CHECK(ak.scalar_type() == q.scalar_type() && av.scalar_type() == q.scalar_type(), op,
               ": additional KV dtype differs from q");
   TORCH_CHECK(ak.device() == q.device() && av.device() == q.device(), op, ": additional KV is not on q's device");
@@ -111,15 +112,18 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
   TORCH_CHECK(kernel == "auto" || kernel == "sm80" || kernel == "sm90", "natten_like::gna (cuda): kernel '", kernel,
               "' is not a CUDA kernel family (auto, sm80, sm90)");
   check_qkv(q_, k_, v_);
-  TORCH_CHECK(k_.size(-1) == q_.size(-1) && v_.size(-1) == q_.size(-1), "natten_like::gna (cuda): q, k, v head dims differ");
-  const auto [ak, av] = additional_kv(add_k, add_v, q_, k_, "natten_like::gna (cuda)");
+  // D_v may differ from D where an instance has that pair (the tables are keyed by both).
+  TORCH_CHECK(k_.size(-1) == q_.size(-1), "natten_like::gna (cuda): q and k head dims differ");
+  const auto [ak, av] = additional_kv(add_k, add_v, q_, k_, v_, "natten_like::gna (cuda)");
 
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);  // also checks >= 8.0
-  const int64_t head_dim = q_.size(-1);
+  const int64_t head_dim = q_.size(-1), head_dim_v = v_.size(-1);
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
   const int rank = static_cast<int>(q.dim()) - 3;
-  auto out = at::empty(q.sizes(), q.options());
+  std::vector<int64_t> out_shape(q.sizes().begin(), q.sizes().end());
+  out_shape.back() = head_dim_v;
+  auto out = at::empty(out_shape, q.options());
   auto lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
   if (q.numel() == 0) return {out, lse};
 
@@ -131,12 +135,13 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
 
 #if NATTEN_LIKE_WITH_SM90
   if (kernel != "sm80") {
-    const auto launch = find_instance(generated::kSm90GnaFwd, q.scalar_type(), head_dim);
+    const auto launch = find_instance(generated::kSm90GnaFwd, q.scalar_type(), head_dim, head_dim_v);
     const bool fit = fits(p.policy, generated::kSm90GnaFwdBlockM, generated::kSm90GnaFwdBlockN);
     if (kernel == "sm90") {
       TORCH_CHECK(major == 9, "natten_like::gna (cuda): the sm90 kernels need compute capability 9.x, got ", major, ".x");
       TORCH_CHECK(launch != nullptr, "natten_like::gna (cuda): no sm90 kernel built for dtype ", q.scalar_type(),
-                  " and head dim ", head_dim, " (built: ", list_instances(generated::kSm90GnaFwd), ")");
+                  " and head dims ", head_dim, " / ", head_dim_v, " (built: ", list_instances(generated::kSm90GnaFwd),
+                  ")");
       TORCH_CHECK(fit, "natten_like::gna (cuda): tiles of ", p.policy.max_q_rows(), " query / ", p.policy.max_kv_rows(),
                   " key rows exceed the sm90 block of ", generated::kSm90GnaFwdBlockM, " / ",
                   generated::kSm90GnaFwdBlockN);
@@ -156,9 +161,9 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
   TORCH_CHECK(kernel != "sm90", "natten_like::gna (cuda): this build has no sm90 kernels (build with "
               "NATTEN_LIKE_CUDA_ARCH naming 9.0a)");
 #endif
-  const auto launch = find_instance(generated::kSm80GnaFwd, q.scalar_type(), head_dim);
+  const auto launch = find_instance(generated::kSm80GnaFwd, q.scalar_type(), head_dim, head_dim_v);
   TORCH_CHECK(launch != nullptr, "natten_like::gna (cuda): no sm80 kernel built for dtype ", q.scalar_type(),
-              " and head dim ", head_dim, " (built: ", list_instances(generated::kSm80GnaFwd), ")");
+              " and head dims ", head_dim, " / ", head_dim_v, " (built: ", list_instances(generated::kSm80GnaFwd), ")");
   TORCH_CHECK(fits(p.policy, generated::kSm80GnaFwdBlockM, generated::kSm80GnaFwdBlockN),
               "natten_like::gna (cuda): tiles of ", p.policy.max_q_rows(), " query / ", p.policy.max_kv_rows(),
               " key rows exceed the sm80 block of ", generated::kSm80GnaFwdBlockM, " / ", generated::kSm80GnaFwdBlockN);
@@ -180,15 +185,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
               "(kernel 'auto' or 'sm80'), got '", kernel, "'");
   check_qkv(q_, k_, v_);
   TORCH_CHECK(k_.size(-1) == q_.size(-1) && v_.size(-1) == q_.size(-1),
-              "natten_like::gna_backward (cuda): q, k, v head dims differ");
-  const auto [ak, av] = additional_kv(add_k, add_v, q_, k_, "natten_like::gna_backward (cuda)");
+              "natten_like::gna_backward (cuda): q, k, v head dims differ (the backward kernels have D_v == D)");
+  const auto [ak, av] = additional_kv(add_k, add_v, q_, k_, v_, "natten_like::gna_backward (cuda)");
   TORCH_CHECK(out_.sizes() == q_.sizes() && grad_out_.sizes() == q_.sizes() &&
                   lse_.sizes() == q_.sizes().slice(0, q_.dim() - 1),
               "natten_like::gna_backward (cuda): out / grad_out must be shaped like q and lse like q without its head dim");
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
   const int64_t head_dim = q_.size(-1);
-  const auto launch = find_instance(generated::kSm80GnaBwd, q_.scalar_type(), head_dim);
+  const auto launch = find_instance(generated::kSm80GnaBwd, q_.scalar_type(), head_dim, head_dim);
   TORCH_CHECK(launch != nullptr, "natten_like::gna_backward (cuda): no sm80 backward kernel built for dtype ",
               q_.scalar_type(), " and head dim ", head_dim, " (built: ", list_instances(generated::kSm80GnaBwd), ")");
 
@@ -231,17 +236,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
   return {dq, dk, dv, d_ak, d_av};
 }
 
-// Every CUDA kernel of this build, one entry per instantiation: (family, dtype name, head dim). Families:
+// Every CUDA kernel of this build, one entry per instantiation: (family, dtype name, head dim of Q/K, of V). Families:
 // "sm80_gna_fwd", "sm80_gna_bwd", "sm80_block_sparse_fwd", "sm80_block_sparse_bwd", "sm80_s2_fwd", "sm80_s2_bwd",
 // "sm80_latent_fwd", "sm90_gna_fwd", "sm90_block_sparse_fwd", "sm90_s2_fwd".
-std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<int64_t>> cuda_kernels() {
+std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>>
+cuda_kernels() {
   std::vector<std::string> kinds, dtypes;
-  std::vector<int64_t> head_dims;
+  std::vector<int64_t> head_dims, head_dims_v;
   auto add = [&](const char* kind, auto table) {
     for (; table->dtype != nullptr; ++table) {
       kinds.emplace_back(kind);
       dtypes.emplace_back(table->dtype);
       head_dims.push_back(table->head_dim);
+      head_dims_v.push_back(table->head_dim_v);
     }
   };
   add("sm80_gna_fwd", generated::kSm80GnaFwd);
@@ -256,13 +263,13 @@ std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<int64
   add("sm90_block_sparse_fwd", generated::kSm90BlockSparseFwd);
   add("sm90_s2_fwd", generated::kSm90S2Fwd);
 #endif
-  return {kinds, dtypes, head_dims};
+  return {kinds, dtypes, head_dims, head_dims_v};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(natten_like, m) {
-  m.def("cuda_kernels() -> (str[] kinds, str[] dtypes, int[] head_dims)", &cuda_kernels);
+  m.def("cuda_kernels() -> (str[] kinds, str[] dtypes, int[] head_dims, int[] head_dims_v)", &cuda_kernels);
 }
 
 TORCH_LIBRARY_IMPL(natten_like, CUDA, m) {

@@ -50,7 +50,7 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
   TORCH_CHECK(!paged || seqlens_.has_value(), "natten_like::latent (cuda): a paged cache needs cache_seqlens");
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
-  auto launch = find_instance(generated::kSm80LatentFwd, q_.scalar_type(), kDim);
+  auto launch = find_instance(generated::kSm80LatentFwd, q_.scalar_type(), kDim, kDimV);
   TORCH_CHECK(launch != nullptr, "natten_like::latent (cuda): no kernel for dtype ", q_.scalar_type(),
               " (built: ", list_instances(generated::kSm80LatentFwd), ")");
 

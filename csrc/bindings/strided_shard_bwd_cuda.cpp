@@ -47,7 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
 
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80S2Bwd, q_.scalar_type(), q_.size(3));
+  const auto launch = find_instance(generated::kSm80S2Bwd, q_.scalar_type(), q_.size(3), q_.size(3));
   TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dim ", q_.size(3),
               " (built: ", list_instances(generated::kSm80S2Bwd), ")");
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);

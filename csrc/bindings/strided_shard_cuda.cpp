@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
 
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80S2Fwd, q_.scalar_type(), q_.size(3));
+  const auto launch = find_instance(generated::kSm80S2Fwd, q_.scalar_type(), q_.size(3), q_.size(3));
   TORCH_CHECK(launch != nullptr, "natten_like::strided_shard (cuda): no kernel built for dtype ", q_.scalar_type(),
               " and head dim ", q_.size(3), " (built: ", list_instances(generated::kSm80S2Fwd), ")");
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 #if NATTEN_LIKE_WITH_SM90
   if (major == 9) {
-    const auto launch90 = find_instance(generated::kSm90S2Fwd, q.scalar_type(), q.size(3));
+    const auto launch90 = find_instance(generated::kSm90S2Fwd, q.scalar_type(), q.size(3), q.size(3));
     sm80::StridedShardFwdParams p90 = p;
     p90.q_split = split_if_divides(block, generated::kSm90S2FwdBlockM);
     p90.kv_split = split_if_divides(block, generated::kSm90S2FwdBlockN);

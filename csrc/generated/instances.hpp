@@ -22,16 +22,19 @@ namespace natten_like::generated {
 template <class Params>
 struct Instance {
   const char* dtype;  // torch dtype name: "float16" / "bfloat16"; nullptr ends a table
-  int head_dim;
+  int head_dim;    // of Q and K
+  int head_dim_v;  // of V and the output
   cudaError_t (*launch)(const Params&, cudaStream_t);
 };
 
 cudaError_t sm80_gna_fwd_fp16_hd32_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_fp16_hd128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_fwd_fp16_hd192x128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_bf16_hd32_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_bf16_hd64_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_bf16_hd128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_fwd_bf16_hd192x128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd32_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd64_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
@@ -62,8 +65,8 @@ cudaError_t sm80_s2_bwd_fp16_hd128_m64_n64(const natten_like::sm80::StridedShard
 cudaError_t sm80_s2_bwd_bf16_hd32_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_bf16_hd128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
-cudaError_t sm80_latent_fwd_fp16_hd576_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
-cudaError_t sm80_latent_fwd_bf16_hd576_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_latent_fwd_fp16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_latent_fwd_bf16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
@@ -82,20 +85,24 @@ constexpr int kSm80GnaFwdBlockM = 64;
 constexpr int kSm80GnaFwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm80GnaFwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, &sm80_gna_fwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, &sm80_gna_fwd_fp16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, &sm80_gna_fwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, &sm80_gna_fwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, &sm80_gna_fwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, &sm80_gna_fwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, &sm80_gna_fwd_bf16_hd32_m64_n64},
+    {"float16", 192, 128, &sm80_gna_fwd_fp16_hd192x128_m64_n64},
 #endif
-    {"bfloat16", 64, &sm80_gna_fwd_bf16_hd64_m64_n64},
-    {"bfloat16", 128, &sm80_gna_fwd_bf16_hd128_m64_n64},
-    {nullptr, 0, nullptr},
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 32, 32, &sm80_gna_fwd_bf16_hd32_m64_n64},
+#endif
+    {"bfloat16", 64, 64, &sm80_gna_fwd_bf16_hd64_m64_n64},
+    {"bfloat16", 128, 128, &sm80_gna_fwd_bf16_hd128_m64_n64},
+    {"bfloat16", 192, 128, &sm80_gna_fwd_bf16_hd192x128_m64_n64},
+    {nullptr, 0, 0, nullptr},
 };
 
 // sm80_block_sparse_fwd: query rows 64, key rows 64 per CTA block.
@@ -103,22 +110,22 @@ constexpr int kSm80BlockSparseFwdBlockM = 64;
 constexpr int kSm80BlockSparseFwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm80BlockSparseFwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, &sm80_block_sparse_fwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, &sm80_block_sparse_fwd_fp16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, &sm80_block_sparse_fwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, &sm80_block_sparse_fwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, &sm80_block_sparse_fwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, &sm80_block_sparse_fwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, &sm80_block_sparse_fwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, &sm80_block_sparse_fwd_bf16_hd32_m64_n64},
 #endif
-    {"bfloat16", 64, &sm80_block_sparse_fwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, &sm80_block_sparse_fwd_bf16_hd64_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 128, &sm80_block_sparse_fwd_bf16_hd128_m64_n64},
+    {"bfloat16", 128, 128, &sm80_block_sparse_fwd_bf16_hd128_m64_n64},
 #endif
-    {nullptr, 0, nullptr},
+    {nullptr, 0, 0, nullptr},
 };
 
 // sm80_s2_fwd: query rows 64, key rows 64 per CTA block.
@@ -126,43 +133,43 @@ constexpr int kSm80S2FwdBlockM = 64;
 constexpr int kSm80S2FwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm80S2Fwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, &sm80_s2_fwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, &sm80_s2_fwd_fp16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, &sm80_s2_fwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, &sm80_s2_fwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, &sm80_s2_fwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, &sm80_s2_fwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, &sm80_s2_fwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, &sm80_s2_fwd_bf16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 64, &sm80_s2_fwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, &sm80_s2_fwd_bf16_hd64_m64_n64},
 #endif
-    {"bfloat16", 128, &sm80_s2_fwd_bf16_hd128_m64_n64},
-    {nullptr, 0, nullptr},
+    {"bfloat16", 128, 128, &sm80_s2_fwd_bf16_hd128_m64_n64},
+    {nullptr, 0, 0, nullptr},
 };
 
 // sm80_gna_bwd: query rows 64, key rows 64 per CTA block.
 constexpr int kSm80GnaBwdBlockM = 64;
 constexpr int kSm80GnaBwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::GnaBwdParams> kSm80GnaBwd[] = {
-    {"float16", 32, &sm80_gna_bwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, &sm80_gna_bwd_fp16_hd32_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, &sm80_gna_bwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, &sm80_gna_bwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, &sm80_gna_bwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, &sm80_gna_bwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, &sm80_gna_bwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, &sm80_gna_bwd_bf16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 64, &sm80_gna_bwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, &sm80_gna_bwd_bf16_hd64_m64_n64},
 #endif
-    {"bfloat16", 128, &sm80_gna_bwd_bf16_hd128_m64_n64},
-    {nullptr, 0, nullptr},
+    {"bfloat16", 128, 128, &sm80_gna_bwd_bf16_hd128_m64_n64},
+    {nullptr, 0, 0, nullptr},
 };
 
 // sm80_block_sparse_bwd: query rows 64, key rows 64 per CTA block.
@@ -170,22 +177,22 @@ constexpr int kSm80BlockSparseBwdBlockM = 64;
 constexpr int kSm80BlockSparseBwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::BlockSparseBwdParams> kSm80BlockSparseBwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, &sm80_block_sparse_bwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, &sm80_block_sparse_bwd_fp16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, &sm80_block_sparse_bwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, &sm80_block_sparse_bwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, &sm80_block_sparse_bwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, &sm80_block_sparse_bwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, &sm80_block_sparse_bwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, &sm80_block_sparse_bwd_bf16_hd32_m64_n64},
 #endif
-    {"bfloat16", 64, &sm80_block_sparse_bwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, &sm80_block_sparse_bwd_bf16_hd64_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 128, &sm80_block_sparse_bwd_bf16_hd128_m64_n64},
+    {"bfloat16", 128, 128, &sm80_block_sparse_bwd_bf16_hd128_m64_n64},
 #endif
-    {nullptr, 0, nullptr},
+    {nullptr, 0, 0, nullptr},
 };
 
 // sm80_s2_bwd: query rows 64, key rows 64 per CTA block.
@@ -193,22 +200,22 @@ constexpr int kSm80S2BwdBlockM = 64;
 constexpr int kSm80S2BwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::StridedShardBwdParams> kSm80S2Bwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, &sm80_s2_bwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, &sm80_s2_bwd_fp16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, &sm80_s2_bwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, &sm80_s2_bwd_fp16_hd64_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, &sm80_s2_bwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, &sm80_s2_bwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, &sm80_s2_bwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, &sm80_s2_bwd_bf16_hd32_m64_n64},
 #endif
-    {"bfloat16", 64, &sm80_s2_bwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, &sm80_s2_bwd_bf16_hd64_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 128, &sm80_s2_bwd_bf16_hd128_m64_n64},
+    {"bfloat16", 128, 128, &sm80_s2_bwd_bf16_hd128_m64_n64},
 #endif
-    {nullptr, 0, nullptr},
+    {nullptr, 0, 0, nullptr},
 };
 
 // sm80_latent_fwd: query rows 64, key rows 64 per CTA block.
@@ -216,10 +223,10 @@ constexpr int kSm80LatentFwdBlockM = 64;
 constexpr int kSm80LatentFwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::LatentFwdParams> kSm80LatentFwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 576, &sm80_latent_fwd_fp16_hd576_m64_n64},
+    {"float16", 576, 512, &sm80_latent_fwd_fp16_hd576x512_m64_n64},
 #endif
-    {"bfloat16", 576, &sm80_latent_fwd_bf16_hd576_m64_n64},
-    {nullptr, 0, nullptr},
+    {"bfloat16", 576, 512, &sm80_latent_fwd_bf16_hd576x512_m64_n64},
+    {nullptr, 0, 0, nullptr},
 };
 
 #if NATTEN_LIKE_WITH_SM90
@@ -228,16 +235,16 @@ constexpr int kSm90GnaFwdBlockM = 128;
 constexpr int kSm90GnaFwdBlockN = 128;
 inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm90GnaFwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, &sm90_gna_fwd_fp16_hd64_m128_n128},
+    {"float16", 64, 64, &sm90_gna_fwd_fp16_hd64_m128_n128},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, &sm90_gna_fwd_fp16_hd128_m128_n128},
+    {"float16", 128, 128, &sm90_gna_fwd_fp16_hd128_m128_n128},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 64, &sm90_gna_fwd_bf16_hd64_m128_n128},
+    {"bfloat16", 64, 64, &sm90_gna_fwd_bf16_hd64_m128_n128},
 #endif
-    {"bfloat16", 128, &sm90_gna_fwd_bf16_hd128_m128_n128},
-    {nullptr, 0, nullptr},
+    {"bfloat16", 128, 128, &sm90_gna_fwd_bf16_hd128_m128_n128},
+    {nullptr, 0, 0, nullptr},
 };
 #endif
 
@@ -247,16 +254,16 @@ constexpr int kSm90BlockSparseFwdBlockM = 128;
 constexpr int kSm90BlockSparseFwdBlockN = 128;
 inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm90BlockSparseFwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, &sm90_block_sparse_fwd_fp16_hd64_m128_n128},
+    {"float16", 64, 64, &sm90_block_sparse_fwd_fp16_hd64_m128_n128},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, &sm90_block_sparse_fwd_fp16_hd128_m128_n128},
+    {"float16", 128, 128, &sm90_block_sparse_fwd_fp16_hd128_m128_n128},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 64, &sm90_block_sparse_fwd_bf16_hd64_m128_n128},
+    {"bfloat16", 64, 64, &sm90_block_sparse_fwd_bf16_hd64_m128_n128},
 #endif
-    {"bfloat16", 128, &sm90_block_sparse_fwd_bf16_hd128_m128_n128},
-    {nullptr, 0, nullptr},
+    {"bfloat16", 128, 128, &sm90_block_sparse_fwd_bf16_hd128_m128_n128},
+    {nullptr, 0, 0, nullptr},
 };
 #endif
 
@@ -266,16 +273,16 @@ constexpr int kSm90S2FwdBlockM = 128;
 constexpr int kSm90S2FwdBlockN = 128;
 inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm90S2Fwd[] = {
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, &sm90_s2_fwd_fp16_hd64_m128_n128},
+    {"float16", 64, 64, &sm90_s2_fwd_fp16_hd64_m128_n128},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, &sm90_s2_fwd_fp16_hd128_m128_n128},
+    {"float16", 128, 128, &sm90_s2_fwd_fp16_hd128_m128_n128},
 #endif
-    {"bfloat16", 64, &sm90_s2_fwd_bf16_hd64_m128_n128},
+    {"bfloat16", 64, 64, &sm90_s2_fwd_bf16_hd64_m128_n128},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 128, &sm90_s2_fwd_bf16_hd128_m128_n128},
+    {"bfloat16", 128, 128, &sm90_s2_fwd_bf16_hd128_m128_n128},
 #endif
-    {nullptr, 0, nullptr},
+    {nullptr, 0, 0, nullptr},
 };
 #endif
 

@@ -181,7 +181,7 @@ def _reference_run(problem: Problem, q: torch.Tensor, kv_cache: torch.Tensor) ->
 def _cuda_reasons(problem: Problem) -> list[str]:
     reasons = cuda._common_reasons(problem)
     p: LatentParams = problem.params
-    built = sorted(hd for dt, hd in cuda.built_kernels("sm80_latent_fwd") if dt == problem.dtype)
+    built = sorted(hd for dt, hd, _ in cuda.built_kernels("sm80_latent_fwd") if dt == problem.dtype)
     if 576 not in built:
         reasons.append(f"no sm80_latent_fwd kernel for {problem.dtype} (built head dims: {built})")
     if p.latent_dim + p.rope_dim != 576 or p.latent_dim != 512:

@@ -14,8 +14,9 @@ backend refuses with "no CUDA kernels are built yet"):
 
 None of them has been verified on a GPU yet (issues 5 and 7), so the backend accepts a problem only when
 ``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is set; otherwise it refuses, saying so, and the flex / reference backends take CUDA
-tensors. What the kernels run: float16 / bfloat16, the built head dims with ``D_v == D``, GQA, and for GNA additional
-KV, fused into the same softmax (sm80 and sm90 forward, sm80 backward). The
+tensors. What the kernels run: float16 / bfloat16, the built head dims (``D_v == D``, and for the sm80 GNA / dense
+forward also D 192 / D_v 128), GQA, and for GNA additional KV, fused into the same softmax (sm80 and sm90 forward,
+sm80 backward). The
 compute capability of the tensors' own GPU is checked when a kernel is about to run (the problem names only the device
 type); an opted-in call it rules out raises ``BackendNotSupportedError``.
 
@@ -44,22 +45,23 @@ SM90_MAX_DILATION = 8
 SM90_MAX_BOX_EXTENT = 256
 
 
-def _built_kernels() -> frozenset[tuple[str, torch.dtype, int]]:
+def _built_kernels() -> frozenset[tuple[str, torch.dtype, int, int]]:
     if ops.EXTENSION_ERROR is not None or not hasattr(torch.ops.natten_like, "cuda_kernels"):
         return frozenset()
-    kinds, dtypes, head_dims = torch.ops.natten_like.cuda_kernels()
-    return frozenset((kind, getattr(torch, name), hd) for kind, name, hd in zip(kinds, dtypes, head_dims, strict=True))
+    kinds, dtypes, head_dims, head_dims_v = torch.ops.natten_like.cuda_kernels()
+    rows = zip(kinds, dtypes, head_dims, head_dims_v, strict=True)
+    return frozenset((kind, getattr(torch, name), hd, hd_v) for kind, name, hd, hd_v in rows)
 
 
 # Read once at import: the op returns lists, which torch.compile cannot trace, and dispatch runs inside traced code.
 BUILT_KERNELS = _built_kernels()
 
 
-def built_kernels(kind: str | None = None) -> frozenset[tuple[torch.dtype, int]]:
-    """(dtype, head dim) of every CUDA kernel of family ``kind`` in the extension (default: forward kernels of any
-    arch); empty for a CPU-only build. Families: "sm80_gna_fwd", "sm80_gna_bwd", "sm90_gna_fwd"."""
+def built_kernels(kind: str | None = None) -> frozenset[tuple[torch.dtype, int, int]]:
+    """(dtype, head dim D of q / k, head dim D_v of v / out) of every CUDA kernel of family ``kind`` in the extension
+    (default: GNA forward kernels of any arch); empty for a CPU-only build. Families: see ``cuda_kernels()``."""
     kinds = (kind,) if kind else ("sm80_gna_fwd", "sm90_gna_fwd")
-    return frozenset((dt, hd) for k, dt, hd in BUILT_KERNELS if k in kinds)
+    return frozenset((dt, hd, hd_v) for k, dt, hd, hd_v in BUILT_KERNELS if k in kinds)
 
 
 def _device_reasons(device: torch.device | None = None) -> list[str]:
@@ -90,20 +92,19 @@ def _common_reasons(problem: Problem) -> list[str]:
 
 def _head_dim_reasons(problem: Problem, kind: str = "sm80_gna_fwd") -> list[str]:
     params = problem.params
+    dims = (params.head_dim, params.head_dim_v)
     reasons = []
     # The sm80 forward is the fallback every problem needs (the sm90 one declines some problems at run time).
-    built = sorted(hd for dt, hd in built_kernels(kind) if dt == problem.dtype)
-    if params.head_dim not in built:
-        reasons.append(f"head dim {params.head_dim} has no kernel (built for {problem.dtype}: {built})")
+    built = sorted((hd, hd_v) for dt, hd, hd_v in built_kernels(kind) if dt == problem.dtype)
+    if dims not in built:
+        reasons.append(f"head dims (D, D_v) = {dims} have no kernel (built for {problem.dtype}: {built})")
     if problem.requires_grad and kind == "sm80_gna_fwd":
-        built_bwd = sorted(hd for dt, hd in built_kernels("sm80_gna_bwd") if dt == problem.dtype)
-        if params.head_dim not in built_bwd:
+        built_bwd = sorted((hd, hd_v) for dt, hd, hd_v in built_kernels("sm80_gna_bwd") if dt == problem.dtype)
+        if dims not in built_bwd:
             reasons.append(
-                f"inputs require grad and head dim {params.head_dim} has no backward kernel "
+                f"inputs require grad and head dims (D, D_v) = {dims} have no backward kernel "
                 f"(built for {problem.dtype}: {built_bwd})"
             )
-    if params.head_dim_v != params.head_dim:
-        reasons.append(f"D_v ({params.head_dim_v}) != D ({params.head_dim})")
     return reasons
 
 
@@ -119,8 +120,8 @@ def check_device(problem: Problem, device: torch.device) -> None:
 def sm90_reasons(params: GnaParams, dtype: torch.dtype, batch: int, device: torch.device | None = None) -> list[str]:
     """Why the sm90 forward kernel would not take this problem (empty: it would); the sm80 kernel runs instead."""
     reasons = []
-    if (dtype, params.head_dim) not in built_kernels("sm90_gna_fwd"):
-        reasons.append(f"no sm90 kernel built for {dtype} and head dim {params.head_dim}")
+    if (dtype, params.head_dim, params.head_dim_v) not in built_kernels("sm90_gna_fwd"):
+        reasons.append(f"no sm90 kernel built for {dtype} and head dims {params.head_dim} / {params.head_dim_v}")
     if torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] != 9:
         reasons.append("the GPU is not a compute capability 9.x (Hopper)")
     if max(params.dilation) > SM90_MAX_DILATION:
@@ -181,7 +182,7 @@ def strided_shard_not_supported_reasons(problem: Problem) -> list[str]:
     """Reasons of the S2 forward kernel (sm80_s2_fwd); the family's problem comes from natten_like.strided_shard."""
     reasons = _common_reasons(problem) + _head_dim_reasons(problem, "sm80_s2_fwd")
     params = problem.params
-    if problem.requires_grad and (problem.dtype, params.head_dim) not in built_kernels("sm80_s2_bwd"):
+    if problem.requires_grad and (problem.dtype, params.head_dim, params.head_dim) not in built_kernels("sm80_s2_bwd"):
         reasons.append(f"inputs require grad and head dim {params.head_dim} has no strided-shard backward kernel")
     for block in (SM80_BLOCK_M, SM80_BLOCK_N):
         if params.block_size > block and params.block_size % block:
@@ -196,7 +197,8 @@ def block_sparse_not_supported_reasons(problem: Problem) -> list[str]:
     natten_like.block_sparse."""
     reasons = _common_reasons(problem) + _head_dim_reasons(problem, "sm80_block_sparse_fwd")
     params = problem.params
-    if problem.requires_grad and (problem.dtype, params.head_dim) not in built_kernels("sm80_block_sparse_bwd"):
+    bwd = built_kernels("sm80_block_sparse_bwd")
+    if problem.requires_grad and (problem.dtype, params.head_dim, params.head_dim) not in bwd:
         reasons.append(f"inputs require grad and head dim {params.head_dim} has no block-sparse backward kernel")
     for name, size, block in (("q_block", params.q_block, SM80_BLOCK_M), ("kv_block", params.kv_block, SM80_BLOCK_N)):
         if size > block and size % block:

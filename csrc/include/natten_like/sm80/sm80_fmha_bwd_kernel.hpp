@@ -607,7 +607,7 @@ cudaError_t launch_sm80_fmha_bwd(const Params& p, void (*dkdv)(Params), void (*d
   using QSchedule = typename KeySchedule::QSchedule;
   constexpr int kHeadDim = Traits::kHeadDim;
   const auto& f = p.fwd;
-  if (f.head_dim != kHeadDim) return cudaErrorInvalidValue;
+  if (f.head_dim != kHeadDim || f.head_dim_v != kHeadDim) return cudaErrorInvalidValue;
   if (f.batch == 0 || f.heads == 0 || f.tokens == 0) return cudaSuccess;
   if (f.kv_heads <= 0 || f.heads % f.kv_heads != 0) return cudaErrorInvalidValue;
   const int64_t q_tiles = QSchedule::num_q_tiles(f);

@@ -53,19 +53,21 @@ CUTE_DEVICE float quad_sum(float x) {
   return x;
 }
 
-// Gathers `rows` rows of kHeadDim elements into a (kRows, kHeadDim) smem tile: row r starts at base + token[r] *
-// token_stride. Rows r >= rows are zero-filled (cp.async src-size 0), so padding keys contribute exact zeros to P V.
-template <class Traits, int kRows, class SmemTensor>
+// Gathers `rows` rows of kCols elements (default: the head dim) into a (kRows, kCols) smem tile: row r starts at
+// base + token[r] * token_stride. Rows r >= rows are zero-filled (cp.async src-size 0), so padding keys contribute
+// exact zeros to P V.
+template <class Traits, int kRows, int kCols = Traits::kHeadDim, class SmemTensor>
 CUTE_DEVICE void gather_rows_async(SmemTensor& s, const typename Traits::Element* base, int64_t token_stride,
                                    const int64_t* token, int rows, int tid) {
   using Element = typename Traits::Element;
-  constexpr int kChunks = kRows * Traits::kChunksPerRow;
+  constexpr int kChunksPerRow = kCols / Traits::kChunk;
+  constexpr int kChunks = kRows * kChunksPerRow;
   static_assert(kChunks % Traits::kThreads == 0);
   CUTE_UNROLL
   for (int i = 0; i < kChunks / Traits::kThreads; ++i) {
     const int idx = tid + i * Traits::kThreads;
-    const int r = idx / Traits::kChunksPerRow;
-    const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
+    const int r = idx / kChunksPerRow;
+    const int c = (idx % kChunksPerRow) * Traits::kChunk;
     const bool valid = r < rows;
     const Element* src = valid ? base + token[r] * token_stride + c : base;
     SM80_CP_ASYNC_CACHEGLOBAL_ZFILL<uint128_t>::copy(*reinterpret_cast<const uint128_t*>(src),
@@ -171,6 +173,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   using namespace cute;
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+  constexpr int kHeadDimV = Traits::kHeadDimV;
 
   extern __shared__ __align__(128) char smem_raw[];
   auto& smem_all = *reinterpret_cast<detail::FwdSmem<Traits, Schedule>*>(smem_raw);
@@ -193,7 +196,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 
   Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});
-  Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutKV{});
+  Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutV{});
   Tensor sVt = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutVt{});
 
   // Geometry of the Q rows (fixed for the CTA) and of the first KV tile.
@@ -224,8 +227,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   auto thr_mma = tiled_mma.get_slice(tid);
   Tensor rQ = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
   Tensor rK = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-  Tensor rVt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDim>, Int<kBlockN>>{}));
-  Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{});  // (MMA, MMA_M, MMA_D)
+  Tensor rVt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDimV>, Int<kBlockN>>{}));
+  Tensor acc_o = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDimV>>{});  // (MMA, MMA_M, MMA_DV)
   clear(acc_o);
 
   auto copy_q = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);
@@ -254,8 +257,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     const int st = static_cast<int>(e & 1);
     cp_async_wait<0>();
     __syncthreads();  // K(e) in smem; every warp is done with V(e - 1)
-    detail::gather_rows_async<Traits, kBlockN>(sV, smem_all.src[st].v, smem_all.src[st].v_stride, smem.kv_token[st],
-                                               smem.kv_rows[st], tid);
+    detail::gather_rows_async<Traits, kBlockN, kHeadDimV>(sV, smem_all.src[st].v, smem_all.src[st].v_stride,
+                                                          smem.kv_token[st], smem.kv_rows[st], tid);
     cp_async_fence();
     // The next tile's geometry goes to the other stage (last read before the barrier above), here where only the output
     // accumulator is live: the policy's int64 arithmetic then costs no spills.
@@ -360,19 +363,20 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   Tensor rO = make_tensor_like<Element>(acc_o);
   CUTE_UNROLL
   for (int i = 0; i < size(acc_o); ++i) rO(i) = static_cast<Element>(acc_o(i));
-  Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+  Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutO{});
   auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, tiled_mma);
   auto thr_copy_o = copy_o.get_slice(tid);
   copy(copy_o, thr_copy_o.retile_S(rO), thr_copy_o.partition_D(sO));
   __syncthreads();
 
   auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
-  constexpr int kChunks = kBlockM * Traits::kChunksPerRow;
+  constexpr int kChunksPerRowO = kHeadDimV / Traits::kChunk;
+  constexpr int kChunks = kBlockM * kChunksPerRowO;
   CUTE_UNROLL
   for (int i = 0; i < kChunks / Traits::kThreads; ++i) {
     const int idx = tid + i * Traits::kThreads;
-    const int r = idx / Traits::kChunksPerRow;
-    const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
+    const int r = idx / kChunksPerRowO;
+    const int c = (idx % kChunksPerRowO) * Traits::kChunk;
     if (r < q_rows) {
       *reinterpret_cast<uint128_t*>(o_base + smem.q_token[r] * p.o_token_stride + c) =
           *reinterpret_cast<const uint128_t*>(&sO(r, c));
@@ -381,10 +385,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 }
 
 // Launches one instantiation: grid (Q tiles, heads, batch), dynamic smem above the 48 KB default where needed.
-template <class Element, int kHeadDim, int kBlockM, int kBlockN, class Schedule>
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, class Schedule, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm80_fmha_fwd(const typename Schedule::Params& p, cudaStream_t stream) {
-  using Traits = Sm80FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
-  if (p.head_dim != kHeadDim) return cudaErrorInvalidValue;
+  using Traits = Sm80FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV>;
+  if (p.head_dim != kHeadDim || p.head_dim_v != kHeadDimV) return cudaErrorInvalidValue;
   const int64_t q_tiles = Schedule::num_q_tiles(p);
   if (q_tiles == 0 || p.heads == 0 || p.batch == 0) return cudaSuccess;
   if (q_tiles > 0x7fffffff || p.heads > 65535 || p.batch > 65535) return cudaErrorInvalidConfiguration;
@@ -397,8 +401,8 @@ cudaError_t launch_sm80_fmha_fwd(const typename Schedule::Params& p, cudaStream_
   return cudaGetLastError();
 }
 
-// Additional KV is visited in tiles of the kernel's KV block.
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+// Additional KV is visited in tiles of the kernel's KV block. GNA (and dense) instances may have D_v != D.
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm80_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   if (p.policy.max_q_rows() > kBlockM || p.policy.max_kv_rows() > kBlockN) return cudaErrorInvalidValue;
   if (p.num_additional < 0 || (p.num_additional > 0 && (p.add_k == nullptr || p.add_v == nullptr))) {
@@ -406,7 +410,7 @@ cudaError_t launch_sm80_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   }
   GnaFwdParams q = p;
   q.additional_block = kBlockN;
-  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, GnaSchedule>(q, stream);
+  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, GnaSchedule, kHeadDimV>(q, stream);
 }
 
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>

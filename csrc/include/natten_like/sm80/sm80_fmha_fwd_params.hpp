@@ -19,8 +19,9 @@ namespace natten_like::sm80 {
 constexpr int kRank = 3;
 
 struct FmhaFwdArgs {
-  // q [B, *tokens, H, D], k/v [B, *kv tokens, H_kv, D], out like q: element strides of batch, flat token and head; the
-  // head dim is contiguous and every row starts 16-byte aligned (the bindings check both).
+  // q [B, *tokens, H, D], k [B, *kv tokens, H_kv, D], v [B, *kv tokens, H_kv, D_v], out [B, *tokens, H, D_v]: element
+  // strides of batch, flat token and head; the head dim is contiguous and every row starts 16-byte aligned (the
+  // bindings check both).
   const void* q;
   const void* k;
   const void* v;
@@ -35,7 +36,11 @@ struct FmhaFwdArgs {
   int heads;
   int kv_heads;  // heads % kv_heads == 0; query head h reads KV head h / (heads / kv_heads)
   int head_dim;
+  int head_dim_v;  // D_v: every kernel checks it against its own (the GNA forward has D_v != D instances)
   float scale;
+  // Tile scheduling of the sm90 kernels (sm90/sm90_tile_scheduler.hpp, Sm90Persistence): 0 auto, 1 one CTA per work
+  // tile, 2 persistent. The sm80 kernels ignore it.
+  int sm90_persistence;
 };
 
 // Additional KV (fused): add_k / add_v [B, N_add, H_kv, D] are keys and values every query also attends to, in the

@@ -12,10 +12,12 @@
 
 namespace natten_like::sm80 {
 
-template <class Element_, int kHeadDim_, int kBlockM_, int kBlockN_>
+// kHeadDim is the head dim of Q and K, kHeadDimV that of V and the output (D_v; D by default).
+template <class Element_, int kHeadDim_, int kBlockM_, int kBlockN_, int kHeadDimV_ = kHeadDim_>
 struct Sm80FmhaFwdTraits {
   using Element = Element_;
   static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kHeadDimV = kHeadDimV_;
   static constexpr int kBlockM = kBlockM_;  // query rows per CTA (the Q tile's row product must fit)
   static constexpr int kBlockN = kBlockN_;  // key rows per KV tile step
   static constexpr int kWarps = kBlockM / 16;
@@ -31,6 +33,7 @@ struct Sm80FmhaFwdTraits {
 #endif
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "m16n8k16 needs 16-row blocks");
   static_assert(kHeadDim % 64 == 0 || kHeadDim == 32, "the smem swizzle atom spans 64 (or, for 32, 32) elements");
+  static_assert(kHeadDimV % 64 == 0 || kHeadDimV == 32, "the smem swizzle atom spans 64 (or, for 32, 32) elements");
   static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
 
   using MmaOp = std::conditional_t<std::is_same_v<Element, cutlass::half_t>, cute::SM80_16x8x16_F32F16F16F32_TN,
@@ -43,15 +46,21 @@ struct Sm80FmhaFwdTraits {
   // distinct 16-byte bank groups, and each 16-byte cp.async chunk stays contiguous.
   // At head dim 32 rows are 64 bytes, two per 128-byte line: a 2-bit swizzle of the row's 4 chunks, with the row's low
   // bit picking the half line, still puts the 8 rows one ldmatrix reads into 8 distinct bank groups.
-  static constexpr int kAtomCols = kHeadDim % 64 == 0 ? 64 : 32;
-  using SmemLayoutAtom = decltype(cute::composition(
-      cute::Swizzle<kAtomCols == 64 ? 3 : 2, 3, 3>{},
-      cute::Layout<cute::Shape<cute::_8, cute::Int<kAtomCols>>, cute::Stride<cute::Int<kAtomCols>, cute::_1>>{}));
-  using SmemLayoutQ = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
-  using SmemLayoutKV = decltype(cute::tile_to_shape(SmemLayoutAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>>{}));
+  template <int kCols>
+  using SmemLayoutAtomOf = decltype(cute::composition(
+      cute::Swizzle<kCols % 64 == 0 ? 3 : 2, 3, 3>{},
+      cute::Layout<cute::Shape<cute::_8, cute::Int<kCols % 64 == 0 ? 64 : 32>>,
+                   cute::Stride<cute::Int<kCols % 64 == 0 ? 64 : 32>, cute::_1>>{}));
+  template <int kRows, int kCols>
+  using SmemLayoutTile =
+      decltype(cute::tile_to_shape(SmemLayoutAtomOf<kCols>{}, cute::Shape<cute::Int<kRows>, cute::Int<kCols>>{}));
+  using SmemLayoutQ = SmemLayoutTile<kBlockM, kHeadDim>;
+  using SmemLayoutKV = SmemLayoutTile<kBlockN, kHeadDim>;  // K
+  using SmemLayoutV = SmemLayoutTile<kBlockN, kHeadDimV>;
+  using SmemLayoutO = SmemLayoutTile<kBlockM, kHeadDimV>;  // the output tile, staged over Q in the epilogue
   // V is the B operand of P V (N = head dim, K = keys): a (head dim, keys) view of the same smem, read with ldmatrix.trans.
   using SmemLayoutVt = decltype(cute::composition(
-      SmemLayoutKV{}, cute::make_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>>{}, cute::GenRowMajor{})));
+      SmemLayoutV{}, cute::make_layout(cute::Shape<cute::Int<kHeadDimV>, cute::Int<kBlockN>>{}, cute::GenRowMajor{})));
 
   using SmemCopyAtom = cute::Copy_Atom<cute::SM75_U32x4_LDSM_N, Element>;
   using SmemCopyAtomTransposed = cute::Copy_Atom<cute::SM75_U16x8_LDSM_T, Element>;
@@ -59,12 +68,13 @@ struct Sm80FmhaFwdTraits {
   using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
 
   static constexpr int kChunk = 16 / sizeof(Element);       // elements per 16-byte cp.async
-  static constexpr int kChunksPerRow = kHeadDim / kChunk;
 
   struct SharedStorage {
-    alignas(128) Element q[cute::cosize_v<SmemLayoutQ>];  // also the output tile in the epilogue
+    // Q, and the output tile in the epilogue.
+    alignas(128) Element q[cute::cosize_v<SmemLayoutQ> > cute::cosize_v<SmemLayoutO> ? cute::cosize_v<SmemLayoutQ>
+                                                                                      : cute::cosize_v<SmemLayoutO>];
     alignas(128) Element k[cute::cosize_v<SmemLayoutKV>];
-    alignas(128) Element v[cute::cosize_v<SmemLayoutKV>];
+    alignas(128) Element v[cute::cosize_v<SmemLayoutV>];
     int64_t q_token[kBlockM];              // flat token of each Q row
     int32_t q_begin[kRank][kBlockM];       // group-local window of each Q row, per dim
     int32_t q_end[kRank][kBlockM];

@@ -947,7 +947,8 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
 }  // namespace detail
 
 // Launches one instantiation: grid (Q tiles, heads, batch) or persistent (below), 384 threads, dynamic smem. Returns
-// - cudaErrorInvalidValue: head_dim != kHeadDim, a tile's row product above the block, or kv_heads not dividing heads;
+// - cudaErrorInvalidValue: head_dim or head_dim_v != kHeadDim, a tile's row product above the block, or kv_heads not
+//   dividing heads;
 // - cudaSuccess without a launch for an empty problem;
 // - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
 //   the sm80 kernel): a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0
@@ -961,16 +962,16 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
 // Tile shapes are the policy's tq/tk (the table's, clamped to the dims by the caller, as for sm80). Additional KV
 // (num_additional > 0) runs fused, in tiles of kBlockN rows: the kernel's params get additional_block = kBlockN,
 // whatever the caller set.
-// `persistence` (sm90_tile_scheduler.hpp): kAuto runs a persistent 1-D grid of min(work tiles, resident CTAs) CTAs
-// from kSm90PersistentMinWaves waves of work tiles on, one CTA per work tile below; kOff / kOn force one or the other
-// (tests, benchmarks). Every refusal above comes before any CUDA call and is the same in both modes (the grid limits
+// p.sm90_persistence (sm90_tile_scheduler.hpp's Sm90Persistence; other values: cudaErrorInvalidValue): kAuto runs a
+// persistent 1-D grid of min(work tiles, resident CTAs) CTAs from kSm90PersistentMinWaves waves of work tiles on, one
+// CTA per work tile below; kOff / kOn force one or the other (tests, benchmarks). Every refusal above comes before any CUDA call and is the same in both modes (the grid limits
 // too); kAuto and kOn then ask the device for its SM count and the kernel's occupancy, whose errors are returned.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>
-cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream,
-                                Sm90Persistence persistence = Sm90Persistence::kAuto) {
+cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
   const GnaPolicy<kRank>& pol = p.policy;
-  if (p.head_dim != kHeadDim || pol.max_q_rows() > kBlockM || pol.max_kv_rows() > kBlockN) {
+  if (p.head_dim != kHeadDim || p.head_dim_v != kHeadDim || pol.max_q_rows() > kBlockM ||
+      pol.max_kv_rows() > kBlockN || p.sm90_persistence < 0 || p.sm90_persistence > 2) {
     return cudaErrorInvalidValue;
   }
   const int64_t q_tiles = pol.num_q_tiles();
@@ -1029,7 +1030,8 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream,
   static_assert(kPersistentSmem <= 227 * 1024, "Hopper's per-block shared memory limit (persistent: the larger)");
   return detail::launch_fwd_grid<Sm90GnaFwdArgs>(sm90_gna_fwd_kernel<Traits, false>, sm90_gna_fwd_kernel<Traits, true>,
                                                  args, q_tiles, p.heads, p.batch, Traits::kThreads, kSmem,
-                                                 kPersistentSmem, persistence, stream);
+                                                 kPersistentSmem, static_cast<Sm90Persistence>(p.sm90_persistence),
+                                                 stream);
 }
 
 namespace detail {
@@ -1038,11 +1040,10 @@ namespace detail {
 // token extents of the K / V views per batch entry (-1: unknown, not supported).
 template <class Element, int kHeadDim, int kBlockM, int kBlockN, class Schedule>
 cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_block, int64_t kv_block,
-                                int64_t kv_tokens_k, int64_t kv_tokens_v, Sm90Persistence persistence,
-                                cudaStream_t stream) {
+                                int64_t kv_tokens_k, int64_t kv_tokens_v, cudaStream_t stream) {
   using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
-  if (p.head_dim != kHeadDim || !seq_split_matches(q_block, p.q_split, kBlockM) ||
-      !seq_split_matches(kv_block, p.kv_split, kBlockN)) {
+  if (p.head_dim != kHeadDim || p.head_dim_v != kHeadDim || !seq_split_matches(q_block, p.q_split, kBlockM) ||
+      !seq_split_matches(kv_block, p.kv_split, kBlockN) || p.sm90_persistence < 0 || p.sm90_persistence > 2) {
     return cudaErrorInvalidValue;
   }
   const int64_t q_tiles = Schedule::num_q_tiles(p);
@@ -1080,44 +1081,42 @@ cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_bl
   static_assert(kPersistentSmem <= 227 * 1024, "Hopper's per-block shared memory limit (persistent: the larger)");
   return launch_fwd_grid<Sm90FwdArgs<typename Schedule::Params>>(
       sm90_seq_fwd_kernel<Traits, Schedule, false>, sm90_seq_fwd_kernel<Traits, Schedule, true>, args, q_tiles, p.heads,
-      p.batch, Traits::kThreads, kSmem, kPersistentSmem, persistence, stream);
+      p.batch, Traits::kThreads, kSmem, kPersistentSmem, static_cast<Sm90Persistence>(p.sm90_persistence), stream);
 }
 
 }  // namespace detail
 
 // Strided-shard (S2) forward: grid (pattern Q tiles x q_split, heads, batch) or persistent, 384 threads. Returns
-// - cudaErrorInvalidValue: head_dim != kHeadDim, q_split / kv_split not splitting the pattern block into the kernel's
-//   blocks (block <= 128 with split 1, or block = split * 128), or kv_heads not dividing heads;
+// - cudaErrorInvalidValue: head_dim or head_dim_v != kHeadDim, q_split / kv_split not splitting the pattern block
+//   into the kernel's blocks (block <= 128 with split 1, or block = split * 128), or kv_heads not dividing heads;
 // - cudaSuccess without a launch for an empty problem;
 // - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
 //   the sm80 kernel): byte strides not positive multiples of 16 or beyond 2^40, base pointers not 16-byte aligned,
 //   token counts plus a block beyond int32 (TMA coordinates), or the driver refusing a descriptor;
 // - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (of the one-tile grid, in both modes);
 // - otherwise the error of the device queries (kAuto, kOn: SM count, occupancy) or of the launch.
-// `persistence`: as launch_sm90_gna_fwd's (sm90_tile_scheduler.hpp).
+// p.sm90_persistence: as launch_sm90_gna_fwd's (sm90_tile_scheduler.hpp).
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>
-cudaError_t launch_sm90_s2_fwd(const sm80::StridedShardFwdParams& p, cudaStream_t stream,
-                               Sm90Persistence persistence = Sm90Persistence::kAuto) {
+cudaError_t launch_sm90_s2_fwd(const sm80::StridedShardFwdParams& p, cudaStream_t stream) {
   return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, Sm90StridedShardSchedule>(
-      p, p.pattern.block, p.pattern.block, p.pattern.nkv, p.pattern.nkv, persistence, stream);
+      p, p.pattern.block, p.pattern.block, p.pattern.nkv, p.pattern.nkv, stream);
 }
 
 // Block-sparse forward: grid (total Q tiles x q_split, heads, batch; a packed varlen batch is batch 1) or persistent,
-// 384 threads, the same return codes and `persistence` as launch_sm90_s2_fwd. The params hold the sequence offsets on
+// 384 threads, the same return codes and p.sm90_persistence as launch_sm90_s2_fwd. The params hold the sequence offsets on
 // the device only, so the K / V views take their token extent per batch entry from the strides: k_batch_stride /
 // k_token_stride (and V's), exact for tensors contiguous over the token dims, which the binding passes (for batch 1 it
 // sets the batch strides to tokens * token stride). Strides that do not divide, or K and V extents that differ, are not
 // supported.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN>
-cudaError_t launch_sm90_block_sparse_fwd(const sm80::BlockSparseFwdParams& p, cudaStream_t stream,
-                                         Sm90Persistence persistence = Sm90Persistence::kAuto) {
+cudaError_t launch_sm90_block_sparse_fwd(const sm80::BlockSparseFwdParams& p, cudaStream_t stream) {
   auto extent = [](int64_t batch_stride, int64_t token_stride) -> int64_t {
     if (token_stride <= 0 || batch_stride <= 0 || batch_stride % token_stride != 0) return -1;
     return batch_stride / token_stride;
   };
   return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, Sm90BlockSparseSchedule>(
       p, p.pattern.q_block, p.pattern.kv_block, extent(p.k_batch_stride, p.k_token_stride),
-      extent(p.v_batch_stride, p.v_token_stride), persistence, stream);
+      extent(p.v_batch_stride, p.v_token_stride), stream);
 }
 
 }  // namespace natten_like::sm90

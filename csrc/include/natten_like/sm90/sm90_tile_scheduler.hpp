@@ -48,8 +48,8 @@ NL_HOST_DEVICE int64_t sm90_persistent_grid(int64_t work, int64_t sms, int64_t c
 }
 
 // How a launcher chooses between the two grids: kAuto applies sm90_use_persistent; kOff / kOn force one (tests,
-// benchmarks).
-enum class Sm90Persistence { kAuto, kOff, kOn };
+// benchmarks). The launchers read it from the params' sm90_persistence (these values; others are invalid).
+enum class Sm90Persistence { kAuto = 0, kOff = 1, kOn = 2 };
 
 // Waves of resident CTAs from which kAuto goes persistent. Below it each CTA would run at most one or two work tiles,
 // so there is little prologue (barrier init, descriptor prefetch, smem zeroing, launch) to amortise and nothing to

@@ -4,7 +4,7 @@
 
 namespace natten_like::generated {
 
-cudaError_t sm80_latent_fwd_bf16_hd576_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream) {
+cudaError_t sm80_latent_fwd_bf16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream) {
   return natten_like::sm80::launch_sm80_latent_fwd<cutlass::bfloat16_t>(p, stream);
 }
 

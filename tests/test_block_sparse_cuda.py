@@ -29,6 +29,12 @@ def _skip_reason() -> str | None:
 pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
 
 
+def _square_kernels() -> list[tuple[torch.dtype, int]]:
+    """(dtype, head dim) of the built forward kernels with D_v == D."""
+    built = cuda_backend.built_kernels("sm80_block_sparse_fwd")
+    return sorted(((dt, d) for dt, d, d_v in built if d == d_v), key=str)
+
+
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -41,7 +47,7 @@ def _run_and_check(q, k, v, mask, dtype, **kw) -> None:
     # Free NaN-filled blocks of the outputs' sizes right before the call: the caching allocator hands them to the
     # outputs, so an element the kernel never writes stays NaN.
     torch.cuda.empty_cache()
-    poison = [torch.full(q.shape, float("nan"), dtype=dtype, device="cuda"),
+    poison = [torch.full((*q.shape[:-1], v.shape[-1]), float("nan"), dtype=dtype, device="cuda"),
               torch.full(q.shape[:-1], float("nan"), device="cuda")]  # fmt: skip
     ptrs = {t.data_ptr() for t in poison}
     del poison
@@ -65,7 +71,7 @@ def _run_and_check(q, k, v, mask, dtype, **kw) -> None:
 def test_random_masks_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     rng = random.Random(seed)
-    for dtype, dim, _ in sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str):
+    for dtype, dim, dim_v in sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str):
         g = torch.Generator().manual_seed(seed)
         b, kv_heads = rng.randint(1, 2), rng.randint(1, 2)
         h = kv_heads * rng.randint(1, 2)
@@ -75,14 +81,14 @@ def test_random_masks_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int
         mask = torch.rand(mb, mh, _ceil(nq, qbs), _ceil(nkv, kbs), generator=g) < rng.uniform(0.2, 0.9)
         mask[0, 0, 0] = False  # an empty query block: out 0, lse -inf
         q = torch.randn(b, nq, h, dim, generator=g, dtype=torch.float64)
-        k, v = (torch.randn(b, nkv, kv_heads, dim, generator=g, dtype=torch.float64) for _ in "kv")
+        k, v = (torch.randn(b, nkv, kv_heads, d, generator=g, dtype=torch.float64) for d in (dim, dim_v))
         _run_and_check(q, k, v, mask, dtype, q_block=qbs, kv_block=kbs, is_causal=rng.random() < 0.5)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_packed_varlen(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
-    dtype, dim, _ = sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str)[-1]
+    dtype, dim = _square_kernels()[-1]
     g = torch.Generator().manual_seed(5)
     lens_q, lens_kv = [130, 0, 290, 80], [210, 60, 290, 30]
     cu_q, cu_kv = torch.tensor([0] + lens_q).cumsum(0), torch.tensor([0] + lens_kv).cumsum(0)
@@ -96,7 +102,7 @@ def test_packed_varlen(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
 
 def test_refuses_odd_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
-    dtype, dim, _ = sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str)[0]
+    dtype, dim = _square_kernels()[0]
     q = torch.randn(1, 192, 2, dim, dtype=dtype, device="cuda")
     mask = torch.ones(1, 1, 2, 2, dtype=torch.bool, device="cuda")
     with pytest.raises(natten_like.BackendNotSupportedError, match="multiple"):

@@ -44,18 +44,20 @@ def _case(rng: random.Random) -> dict:
 def test_random_patterns_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     rng = random.Random(seed)
-    for dtype, dim, _ in sorted(cuda_backend.built_kernels("sm80_s2_fwd"), key=str):
+    for dtype, dim, dim_v in sorted(cuda_backend.built_kernels("sm80_s2_fwd"), key=str):
         c = _case(rng)
         g = torch.Generator().manual_seed(seed)
         q = torch.randn(c["batch"], c["nq"], c["heads"], dim, generator=g, dtype=torch.float64)
-        k, v = (torch.randn(c["batch"], c["nkv"], c["kv_heads"], dim, generator=g, dtype=torch.float64) for _ in "kv")
+        k, v = (
+            torch.randn(c["batch"], c["nkv"], c["kv_heads"], d, generator=g, dtype=torch.float64) for d in (dim, dim_v)
+        )
         pattern = {n: c[n] for n in c if n not in ("batch", "heads", "kv_heads", "nq", "nkv")}
         low = [t.to(dtype) for t in (q, k, v)]
         args = [t.cuda() for t in low]
         # Free NaN-filled blocks of the outputs' sizes right before the call: the caching allocator hands them to the
         # outputs, so an element the kernel never writes stays NaN.
         torch.cuda.empty_cache()
-        poison = [torch.full(q.shape, float("nan"), dtype=dtype, device="cuda"),
+        poison = [torch.full((*q.shape[:-1], dim_v), float("nan"), dtype=dtype, device="cuda"),
                   torch.full(q.shape[:-1], float("nan"), device="cuda")]  # fmt: skip
         ptrs = {t.data_ptr() for t in poison}
         del poison
@@ -77,7 +79,7 @@ def test_random_patterns_match_reference(monkeypatch: pytest.MonkeyPatch, seed: 
 
 def test_refuses_odd_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
-    dtype, dim, _ = sorted(cuda_backend.built_kernels("sm80_s2_fwd"), key=str)[0]
+    dtype, dim = sorted(((dt, d) for dt, d, d_v in cuda_backend.built_kernels("sm80_s2_fwd") if d == d_v), key=str)[0]
     q = torch.randn(1, 200, 2, dim, dtype=dtype, device="cuda")
     pattern = dict(local_blocks=1, vert_stride=2)
     with pytest.raises(natten_like.BackendNotSupportedError, match="multiple"):

@@ -71,7 +71,8 @@ KINDS = (
         "launch_sm80_block_sparse_fwd",
         "natten_like::sm80::BlockSparseFwdParams",
         "kSm80BlockSparseFwd",
-        (32, 64, 128),
+        (32, 64, 128, (192, 128)),
+        "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
         "sm80_s2_fwd",
@@ -82,7 +83,8 @@ KINDS = (
         "launch_sm80_s2_fwd",
         "natten_like::sm80::StridedShardFwdParams",
         "kSm80S2Fwd",
-        (32, 64, 128),
+        (32, 64, 128, (192, 128)),
+        "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
         "sm80_gna_bwd",

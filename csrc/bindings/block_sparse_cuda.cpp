@@ -40,7 +40,6 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
     bool causal, double scale) {
   TORCH_CHECK(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device(),
               "natten_like::block_sparse (cuda): q, k, v must be on one CUDA device");
-  TORCH_CHECK(v_.size(-1) == q_.size(-1), "natten_like::block_sparse (cuda): D_v != D has no kernel");
   // Validation and offsets on host copies (one small device-to-host copy of the lists per call).
   const Plan plan = make_plan(q_, k_, v_, kv_num.cpu(), kv_idx.cpu(), on_host(full_num), on_host(full_idx),
                               on_host(cu_q), on_host(cu_kv), q_block, kv_block, causal, false);
@@ -48,12 +47,16 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
               "natten_like::block_sparse (cuda): token counts must be below 2^31 (int32 key positions)");
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80BlockSparseFwd, q_.scalar_type(), q_.size(-1), q_.size(-1));
+  // D_v may differ from D where an instance has that pair (the tables are keyed by both).
+  const auto launch = find_instance(generated::kSm80BlockSparseFwd, q_.scalar_type(), q_.size(-1), v_.size(-1));
   TORCH_CHECK(launch != nullptr, "natten_like::block_sparse (cuda): no kernel built for dtype ", q_.scalar_type(),
-              " and head dim ", q_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseFwd), ")");
+              " and head dims ", q_.size(-1), " / ", v_.size(-1), " (built: ",
+              list_instances(generated::kSm80BlockSparseFwd), ")");
 
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
-  auto out = at::empty(q.sizes(), q.options());
+  std::vector<int64_t> out_shape(q.sizes().begin(), q.sizes().end());
+  out_shape.back() = v.size(-1);
+  auto out = at::empty(out_shape, q.options());
   auto lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
   if (q.numel() == 0) return {out, lse};
   // A packed batch [total, H, D] runs as batch 1 of [1, total, H, D].
@@ -70,7 +73,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 #if NATTEN_LIKE_WITH_SM90
   if (major == 9) {
-    const auto launch90 = find_instance(generated::kSm90BlockSparseFwd, q.scalar_type(), q.size(-1), q.size(-1));
+    const auto launch90 = find_instance(generated::kSm90BlockSparseFwd, q.scalar_type(), q.size(-1), v.size(-1));
     sm80::BlockSparseFwdParams p90 = p;
     p90.q_split = split_if_divides(q_block, generated::kSm90BlockSparseFwdBlockM);
     p90.kv_split = split_if_divides(kv_block, generated::kSm90BlockSparseFwdBlockN);

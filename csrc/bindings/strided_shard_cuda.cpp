@@ -34,8 +34,8 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
   TORCH_CHECK(k_.size(0) == q_.size(0) && v_.size(0) == q_.size(0) && v_.size(1) == k_.size(1) &&
                   v_.size(2) == k_.size(2),
               "natten_like::strided_shard (cuda): q/k/v batch, token or head dims differ");
-  TORCH_CHECK(k_.size(3) == q_.size(3) && v_.size(3) == q_.size(3), "natten_like::strided_shard (cuda): q, k, v head "
-              "dims differ (D_v != D has no kernel)");
+  // D_v may differ from D where an instance has that pair (the tables are keyed by both).
+  TORCH_CHECK(k_.size(3) == q_.size(3), "natten_like::strided_shard (cuda): q and k head dims differ");
   TORCH_CHECK(q_.scalar_type() == k_.scalar_type() && q_.scalar_type() == v_.scalar_type(),
               "natten_like::strided_shard (cuda): dtypes differ");
   TORCH_CHECK(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device(),
@@ -53,11 +53,11 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
 
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80S2Fwd, q_.scalar_type(), q_.size(3), q_.size(3));
+  const auto launch = find_instance(generated::kSm80S2Fwd, q_.scalar_type(), q_.size(3), v_.size(3));
   TORCH_CHECK(launch != nullptr, "natten_like::strided_shard (cuda): no kernel built for dtype ", q_.scalar_type(),
-              " and head dim ", q_.size(3), " (built: ", list_instances(generated::kSm80S2Fwd), ")");
+              " and head dims ", q_.size(3), " / ", v_.size(3), " (built: ", list_instances(generated::kSm80S2Fwd), ")");
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
-  auto out = at::empty(q.sizes(), q.options());
+  auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
   auto lse = at::empty(q.sizes().slice(0, 3), q.options().dtype(at::kFloat));
   if (q.numel() == 0) return {out, lse};
 
@@ -76,7 +76,7 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 #if NATTEN_LIKE_WITH_SM90
   if (major == 9) {
-    const auto launch90 = find_instance(generated::kSm90S2Fwd, q.scalar_type(), q.size(3), q.size(3));
+    const auto launch90 = find_instance(generated::kSm90S2Fwd, q.scalar_type(), q.size(3), v.size(3));
     sm80::StridedShardFwdParams p90 = p;
     p90.q_split = split_if_divides(block, generated::kSm90S2FwdBlockM);
     p90.kv_split = split_if_divides(block, generated::kSm90S2FwdBlockN);

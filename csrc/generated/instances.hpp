@@ -38,15 +38,19 @@ cudaError_t sm80_gna_fwd_bf16_hd192x128_m64_n64(const natten_like::sm80::GnaFwdP
 cudaError_t sm80_block_sparse_fwd_fp16_hd32_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd64_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_fwd_fp16_hd192x128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_bf16_hd32_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_bf16_hd64_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_bf16_hd128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_fwd_bf16_hd192x128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_fp16_hd32_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_fp16_hd64_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_fp16_hd128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_fwd_fp16_hd192x128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd32_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_fwd_bf16_hd192x128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd32_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
@@ -119,11 +123,17 @@ inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm80BlockSpa
     {"float16", 128, 128, &sm80_block_sparse_fwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, &sm80_block_sparse_fwd_fp16_hd192x128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 32, 32, &sm80_block_sparse_fwd_bf16_hd32_m64_n64},
 #endif
     {"bfloat16", 64, 64, &sm80_block_sparse_fwd_bf16_hd64_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 128, 128, &sm80_block_sparse_fwd_bf16_hd128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 192, 128, &sm80_block_sparse_fwd_bf16_hd192x128_m64_n64},
 #endif
     {nullptr, 0, 0, nullptr},
 };
@@ -142,12 +152,18 @@ inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm80S2Fwd[]
     {"float16", 128, 128, &sm80_s2_fwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, &sm80_s2_fwd_fp16_hd192x128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 32, 32, &sm80_s2_fwd_bf16_hd32_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 64, 64, &sm80_s2_fwd_bf16_hd64_m64_n64},
 #endif
     {"bfloat16", 128, 128, &sm80_s2_fwd_bf16_hd128_m64_n64},
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 192, 128, &sm80_s2_fwd_bf16_hd192x128_m64_n64},
+#endif
     {nullptr, 0, 0, nullptr},
 };
 

@@ -14,8 +14,8 @@ backend refuses with "no CUDA kernels are built yet"):
 
 None of them has been verified on a GPU yet (issues 5 and 7), so the backend accepts a problem only when
 ``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is set; otherwise it refuses, saying so, and the flex / reference backends take CUDA
-tensors. What the kernels run: float16 / bfloat16, the built head dims (``D_v == D``, and for the sm80 GNA / dense
-forward also D 192 / D_v 128), GQA, and for GNA additional KV, fused into the same softmax (sm80 and sm90 forward,
+tensors. What the kernels run: float16 / bfloat16, the built head dims (``D_v == D``, and for the sm80 forwards also
+D 192 / D_v 128), GQA, and for GNA additional KV, fused into the same softmax (sm80 and sm90 forward,
 sm80 backward). The
 compute capability of the tensors' own GPU is checked when a kernel is about to run (the problem names only the device
 type); an opted-in call it rules out raises ``BackendNotSupportedError``.
@@ -182,8 +182,9 @@ def strided_shard_not_supported_reasons(problem: Problem) -> list[str]:
     """Reasons of the S2 forward kernel (sm80_s2_fwd); the family's problem comes from natten_like.strided_shard."""
     reasons = _common_reasons(problem) + _head_dim_reasons(problem, "sm80_s2_fwd")
     params = problem.params
-    if problem.requires_grad and (problem.dtype, params.head_dim, params.head_dim) not in built_kernels("sm80_s2_bwd"):
-        reasons.append(f"inputs require grad and head dim {params.head_dim} has no strided-shard backward kernel")
+    dims = (problem.dtype, params.head_dim, params.head_dim_v)
+    if problem.requires_grad and dims not in built_kernels("sm80_s2_bwd"):
+        reasons.append(f"inputs require grad and head dims {dims[1:]} have no strided-shard backward kernel")
     for block in (SM80_BLOCK_M, SM80_BLOCK_N):
         if params.block_size > block and params.block_size % block:
             reasons.append(f"block_size {params.block_size} is neither <= {block} nor a multiple of it")
@@ -197,9 +198,9 @@ def block_sparse_not_supported_reasons(problem: Problem) -> list[str]:
     natten_like.block_sparse."""
     reasons = _common_reasons(problem) + _head_dim_reasons(problem, "sm80_block_sparse_fwd")
     params = problem.params
-    bwd = built_kernels("sm80_block_sparse_bwd")
-    if problem.requires_grad and (problem.dtype, params.head_dim, params.head_dim) not in bwd:
-        reasons.append(f"inputs require grad and head dim {params.head_dim} has no block-sparse backward kernel")
+    dims = (problem.dtype, params.head_dim, params.head_dim_v)
+    if problem.requires_grad and dims not in built_kernels("sm80_block_sparse_bwd"):
+        reasons.append(f"inputs require grad and head dims {dims[1:]} have no block-sparse backward kernel")
     for name, size, block in (("q_block", params.q_block, SM80_BLOCK_M), ("kv_block", params.kv_block, SM80_BLOCK_N)):
         if size > block and size % block:
             reasons.append(f"{name} {size} is neither <= {block} nor a multiple of it")

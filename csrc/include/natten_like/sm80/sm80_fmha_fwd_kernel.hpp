@@ -401,7 +401,7 @@ cudaError_t launch_sm80_fmha_fwd(const typename Schedule::Params& p, cudaStream_
   return cudaGetLastError();
 }
 
-// Additional KV is visited in tiles of the kernel's KV block. GNA (and dense) instances may have D_v != D.
+// Additional KV is visited in tiles of the kernel's KV block. Every family's instances may have D_v != D.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm80_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   if (p.policy.max_q_rows() > kBlockM || p.policy.max_kv_rows() > kBlockN) return cudaErrorInvalidValue;
@@ -413,24 +413,24 @@ cudaError_t launch_sm80_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, GnaSchedule, kHeadDimV>(q, stream);
 }
 
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm80_block_sparse_fwd(const BlockSparseFwdParams& p, cudaStream_t stream) {
   const int64_t qb = p.pattern.q_block, kb = p.pattern.kv_block;
   if (p.q_split < 1 || p.kv_split < 1 || qb % p.q_split || kb % p.kv_split || qb / p.q_split > kBlockM ||
       kb / p.kv_split > kBlockN) {
     return cudaErrorInvalidValue;
   }
-  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, BlockSparseSchedule>(p, stream);
+  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, BlockSparseSchedule, kHeadDimV>(p, stream);
 }
 
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm80_s2_fwd(const StridedShardFwdParams& p, cudaStream_t stream) {
   const int64_t block = p.pattern.block;
   if (p.q_split < 1 || p.kv_split < 1 || block % p.q_split || block % p.kv_split || block / p.q_split > kBlockM ||
       block / p.kv_split > kBlockN) {
     return cudaErrorInvalidValue;
   }
-  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, StridedShardSchedule>(p, stream);
+  return launch_sm80_fmha_fwd<Element, kHeadDim, kBlockM, kBlockN, StridedShardSchedule, kHeadDimV>(p, stream);
 }
 
 }  // namespace natten_like::sm80

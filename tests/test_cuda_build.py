@@ -159,6 +159,7 @@ S2_CHECKER = r"""
 #include <vector>
 
 #include "natten_like/sm80/fmha_schedules.hpp"
+#include "random_problems.hpp"
 
 using namespace natten_like;
 
@@ -188,18 +189,7 @@ int check(std::mt19937& rng, long& checks) {
     pol.shift = (hk * p.head_step + p.sliding_offset) % pol.vert_stride;
     pol.dense = hk >= p.kv_heads - p.dense_heads;
     std::set<std::pair<int64_t, int64_t>> want, got;
-    std::vector<int64_t> qr(block), kr(block);
-    std::vector<unsigned char> mask(block * block);
-    for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
-      const int64_t nq = pol.q_tile_rows(t, qr.data());
-      pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-        const int64_t nk = pol.kv_tile_rows(u, kr.data());
-        pol.fill_mask(t, u, mask.data());
-        for (int64_t i = 0; i < nq; ++i)
-          for (int64_t j = 0; j < nk; ++j)
-            if (full || mask[i * nk + j]) want.emplace(qr[i], kr[j]);
-      });
-    }
+    checkers::for_each_policy_pair(pol, [&](int64_t q, int64_t k) { want.emplace(q, k); });
     std::vector<int> seen(p.pattern.nq, 0);
     for (int64_t t = 0; t < sm80::StridedShardSchedule::num_q_tiles(p); ++t) {
       const sm80::StridedShardSchedule s(p, t, h, 0);
@@ -266,6 +256,7 @@ BLOCK_SPARSE_CHECKER = r"""
 #include <vector>
 
 #include "natten_like/sm80/fmha_schedules.hpp"
+#include "random_problems.hpp"
 
 using namespace natten_like;
 using Pairs = std::set<std::pair<int64_t, int64_t>>;
@@ -328,24 +319,13 @@ int check(std::mt19937& rng, long& checks) {
   p.total_q_tiles = q_tiles.back();
   p.q_split = qbs > kernel_block ? static_cast<int>(qbs / kernel_block) : 1;
   p.kv_split = kbs > kernel_block ? static_cast<int>(kbs / kernel_block) : 1;
-  std::vector<int64_t> qr(qbs), kr(kbs);
-  std::vector<unsigned char> mask(qbs * kbs);
   for (int64_t b = 0; b < (packed ? 1 : batch); ++b)
     for (int h = 0; h < heads; ++h) {
       policy::BlockSparsePolicy pol = p.pattern;
       pol.kv_partial = p.kv_partial.at(b, h, packed);
       pol.kv_full = p.kv_full.at(b, h, packed);
       Pairs want, got;
-      for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
-        const int64_t nq = pol.q_tile_rows(t, qr.data());
-        pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-          const int64_t nk = pol.kv_tile_rows(u, kr.data());
-          pol.fill_mask(t, u, mask.data());
-          for (int64_t i = 0; i < nq; ++i)
-            for (int64_t j = 0; j < nk; ++j)
-              if (full || mask[i * nk + j]) want.emplace(qr[i], kr[j]);
-        });
-      }
+      checkers::for_each_policy_pair(pol, [&](int64_t q, int64_t k) { want.emplace(q, k); });
       std::vector<int> seen(q_seq.back(), 0);
       for (int64_t t = 0; t < sm80::BlockSparseSchedule::num_q_tiles(p); ++t) {
         const sm80::BlockSparseSchedule s(p, t, h, b);

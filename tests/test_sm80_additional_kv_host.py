@@ -63,20 +63,9 @@ int check(std::mt19937& rng, long& checks) {
 
   // Forward / dQ: per Q tile, the pairs the kernel attends.
   std::set<std::pair<int64_t, int64_t>> want, got;  // (query token, key token or tokens + additional row)
-  std::vector<int64_t> qr(pol.max_q_rows()), kr(pol.max_kv_rows());
-  std::vector<unsigned char> mask(pol.max_q_rows() * pol.max_kv_rows());
-  for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
-    const int64_t nq = pol.q_tile_rows(t, qr.data());
-    pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-      const int64_t nk = pol.kv_tile_rows(u, kr.data());
-      pol.fill_mask(t, u, mask.data());
-      for (int64_t i = 0; i < nq; ++i)
-        for (int64_t j = 0; j < nk; ++j)
-          if (full || mask[i * nk + j]) want.emplace(qr[i], kr[j]);
-    });
-    for (int64_t i = 0; i < nq; ++i)
-      for (int64_t a = 0; a < n_add; ++a) want.emplace(qr[i], tokens + a);
-  }
+  checkers::for_each_policy_pair(pol, [&](int64_t q, int64_t k) { want.emplace(q, k); });
+  for (int64_t q = 0; q < tokens; ++q)
+    for (int64_t a = 0; a < n_add; ++a) want.emplace(q, tokens + a);
   for (int64_t t = 0; t < sm80::GnaSchedule::num_q_tiles(f); ++t) {
     const sm80::GnaSchedule s(f, t, 0, 0);
     const int nq = s.q_rows();

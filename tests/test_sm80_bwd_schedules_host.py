@@ -126,18 +126,7 @@ int check(std::mt19937& rng, long& checks) {
       const int64_t hk = h / (f.heads / f.kv_heads);
       pol.shift = (hk * f.head_step + f.sliding_offset) % pol.vert_stride;
       pol.dense = hk >= f.kv_heads - f.dense_heads;
-      std::vector<int64_t> qr(block), kr(block);
-      std::vector<unsigned char> mask(block * block);
-      for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
-        const int64_t nq = pol.q_tile_rows(t, qr.data());
-        pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-          const int64_t nk = pol.kv_tile_rows(u, kr.data());
-          pol.fill_mask(t, u, mask.data());
-          for (int64_t i = 0; i < nq; ++i)
-            for (int64_t j = 0; j < nk; ++j)
-              if (full || mask[i * nk + j]) want.emplace(h, qr[i], kr[j]);
-        });
-      }
+      checkers::for_each_policy_pair(pol, [&](int64_t q, int64_t k) { want.emplace(h, q, k); });
     }
     std::vector<int> keys(f.pattern.nkv, 0);
     for (int64_t t = 0; t < sm80::StridedShardKeySchedule::num_kv_tiles(p); ++t) {
@@ -242,8 +231,6 @@ int check(std::mt19937& rng, long& checks) {
   p.total_kv_tiles = kv_tiles.back();
   f.q_split = qbs > kBlock ? static_cast<int>(qbs / kBlock) : 1;
   f.kv_split = kbs > kBlock ? static_cast<int>(kbs / kBlock) : 1;
-  std::vector<int64_t> qr(qbs), kr(kbs);
-  std::vector<unsigned char> mask(qbs * kbs);
   for (int64_t b = 0; b < batch; ++b)
     for (int h_kv = 0; h_kv < kv_heads; ++h_kv) {
       Triples want, got;
@@ -251,16 +238,7 @@ int check(std::mt19937& rng, long& checks) {
         policy::BlockSparsePolicy pol = f.pattern;
         pol.kv_partial = f.kv_partial.at(b, h, packed);
         pol.kv_full = f.kv_full.at(b, h, packed);
-        for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
-          const int64_t nq = pol.q_tile_rows(t, qr.data());
-          pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-            const int64_t nk = pol.kv_tile_rows(u, kr.data());
-            pol.fill_mask(t, u, mask.data());
-            for (int64_t i = 0; i < nq; ++i)
-              for (int64_t j = 0; j < nk; ++j)
-                if (full || mask[i * nk + j]) want.emplace(h, qr[i], kr[j]);
-          });
-        }
+        checkers::for_each_policy_pair(pol, [&](int64_t q, int64_t k) { want.emplace(h, q, k); });
       }
       std::vector<int> keys(kv_seq.back(), 0);
       for (int64_t t = 0; t < sm80::BlockSparseKeySchedule::num_kv_tiles(p); ++t) {
@@ -295,21 +273,11 @@ int check_rank(std::mt19937& rng, long& checks) {
   const int group = static_cast<int>(pick(1, 3));
   p.fwd.heads = p.fwd.kv_heads * group;
   p.fwd.policy = pad;
-  std::vector<int64_t> qr(pol.max_q_rows()), kr(pol.max_kv_rows());
-  std::vector<unsigned char> mask(pol.max_q_rows() * pol.max_kv_rows());
   for (int h_kv = 0; h_kv < p.fwd.kv_heads; ++h_kv) {
     Triples want, got;
-    for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
-      const int64_t nq = pol.q_tile_rows(t, qr.data());
-      pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-        const int64_t nk = pol.kv_tile_rows(u, kr.data());
-        pol.fill_mask(t, u, mask.data());
-        for (int h = h_kv * group; h < (h_kv + 1) * group; ++h)
-          for (int64_t i = 0; i < nq; ++i)
-            for (int64_t j = 0; j < nk; ++j)
-              if (full || mask[i * nk + j]) want.emplace(h, qr[i], kr[j]);
-      });
-    }
+    checkers::for_each_policy_pair(pol, [&](int64_t q, int64_t k) {
+      for (int h = h_kv * group; h < (h_kv + 1) * group; ++h) want.emplace(h, q, k);
+    });
     std::vector<int> keys(tokens, 0);
     for (int64_t u = 0; u < sm80::GnaKeySchedule::num_kv_tiles(p); ++u) {
       const int bad = run_tile<sm80::GnaKeySchedule>(p, u, h_kv, 0, group, got, keys, checks);

@@ -48,6 +48,7 @@ CHECKER = r"""
 #include <vector>
 
 #include "natten_like/sm90/sm90_schedules.hpp"
+#include "random_problems.hpp"
 
 using namespace natten_like;
 using Pairs = std::set<std::pair<int64_t, int64_t>>;
@@ -153,8 +154,6 @@ int check_s2(std::mt19937& rng, long& checks) {
   p.q_split = p.kv_split = static_cast<int>(split_for(block));
   if (!sm90::seq_split_matches(block, p.q_split, kBlock)) return 1;
   if (sm90::seq_split_matches(block, p.q_split + 1, kBlock)) return 1;
-  std::vector<int64_t> qr(block), kr(block);
-  std::vector<unsigned char> mask(block * block);
   for (int64_t b = 0; b < p.batch; ++b)
     for (int h = 0; h < p.heads; ++h) {
       policy::StridedShardPolicy pol = p.pattern;
@@ -162,16 +161,7 @@ int check_s2(std::mt19937& rng, long& checks) {
       pol.shift = (hk * p.head_step + p.sliding_offset) % pol.vert_stride;
       pol.dense = hk >= p.kv_heads - p.dense_heads;
       Pairs want, got;
-      for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
-        const int64_t nq = pol.q_tile_rows(t, qr.data());
-        pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-          const int64_t nk = pol.kv_tile_rows(u, kr.data());
-          pol.fill_mask(t, u, mask.data());
-          for (int64_t i = 0; i < nq; ++i)
-            for (int64_t j = 0; j < nk; ++j)
-              if (full || mask[i * nk + j]) want.emplace(qr[i], kr[j]);
-        });
-      }
+      checkers::for_each_policy_pair(pol, [&](int64_t q, int64_t k) { want.emplace(q, k); });
       std::vector<int> seen(p.tokens, 0);
       auto whole = [&](int64_t) { return std::pair<int64_t, int64_t>{0, p.tokens}; };
       for (int64_t t = 0; t < sm90::Sm90StridedShardSchedule::num_q_tiles(p); ++t) {
@@ -247,8 +237,6 @@ int check_bs(std::mt19937& rng, long& checks) {
   p.q_split = static_cast<int>(split_for(qbs));
   p.kv_split = static_cast<int>(split_for(kbs));
   if (!sm90::seq_split_matches(qbs, p.q_split, kBlock) || !sm90::seq_split_matches(kbs, p.kv_split, kBlock)) return 1;
-  std::vector<int64_t> qr(qbs), kr(kbs);
-  std::vector<unsigned char> mask(qbs * kbs);
   // The sequence of a query row (packed) and of a key row, to prove no key of another sequence is attended.
   auto seq_of = [](const std::vector<int64_t>& off, int64_t tok) {
     return static_cast<int64_t>(std::upper_bound(off.begin(), off.end(), tok) - off.begin()) - 1;
@@ -259,16 +247,7 @@ int check_bs(std::mt19937& rng, long& checks) {
       pol.kv_partial = p.kv_partial.at(b, h, packed);
       pol.kv_full = p.kv_full.at(b, h, packed);
       Pairs want, got;
-      for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
-        const int64_t nq = pol.q_tile_rows(t, qr.data());
-        pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
-          const int64_t nk = pol.kv_tile_rows(u, kr.data());
-          pol.fill_mask(t, u, mask.data());
-          for (int64_t i = 0; i < nq; ++i)
-            for (int64_t j = 0; j < nk; ++j)
-              if (full || mask[i * nk + j]) want.emplace(qr[i], kr[j]);
-        });
-      }
+      checkers::for_each_policy_pair(pol, [&](int64_t q, int64_t k) { want.emplace(q, k); });
       std::vector<int> seen(q_seq.back(), 0);
       auto seq_range = [&](int64_t tok) {
         const int64_t s = std::min<int64_t>(seq_of(q_seq, tok), seqs - 1);

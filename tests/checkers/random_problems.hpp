@@ -1,10 +1,12 @@
 // Shared pieces of the host checkers that tests/*.py compile (tests/toolchain.py puts tests/checkers on the include
-// path): random GNA problems, and their padding to rank 3 exactly as the CUDA bindings pad them.
+// path): random GNA problems, their padding to rank 3 exactly as the CUDA bindings pad them, and the (query, key)
+// pairs a policy attends, the definition every schedule checker compares against.
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 #include <random>
+#include <vector>
 
 #include "natten_like/policy/gna.hpp"
 
@@ -38,6 +40,25 @@ void random_gna_problem(std::mt19937& rng, natten_like::policy::GnaPolicy<R>& po
     pad.dim[off + i] = pol.dim[i];
     pad.tq[off + i] = pol.tq[i];
     pad.tk[off + i] = pol.tk[i];
+  }
+}
+
+// Calls emit(query token, key token) once for every pair `pol` attends (any policy of policy/: GNA, strided-shard,
+// block-sparse), from its definition: the KV tiles each Q tile visits (for_each_kv_tile), their rows and the element
+// mask of partial tiles (fill_mask).
+template <class Policy, class Emit>
+void for_each_policy_pair(const Policy& pol, Emit&& emit) {
+  std::vector<int64_t> qr(pol.max_q_rows()), kr(pol.max_kv_rows());
+  std::vector<unsigned char> mask(pol.max_q_rows() * pol.max_kv_rows());
+  for (int64_t t = 0; t < pol.num_q_tiles(); ++t) {
+    const int64_t nq = pol.q_tile_rows(t, qr.data());
+    pol.for_each_kv_tile(t, [&](int64_t u, bool full) {
+      const int64_t nk = pol.kv_tile_rows(u, kr.data());
+      pol.fill_mask(t, u, mask.data());
+      for (int64_t i = 0; i < nq; ++i)
+        for (int64_t j = 0; j < nk; ++j)
+          if (full || mask[i * nk + j]) emit(qr[i], kr[j]);
+    });
   }
 }
 

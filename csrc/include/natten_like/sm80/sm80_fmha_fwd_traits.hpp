@@ -25,11 +25,12 @@ struct Sm80FmhaFwdTraits {
   // CTAs per SM the register allocation must allow: at head dim 64, 3 fit in 168 registers without spills on sm_80
   // (ptxas otherwise spends ~250 for no gain, leaving 2 per SM); sm_90's ptxas spills at that cap, so 2 there (the
   // device pass of each arch sees its own value; only __launch_bounds__ reads it). At 128 the accumulators need the
-  // full 255, so 2.
+  // full 255, so 2. At 256 the ~105 KB of smem leave room for one CTA on sm_80 (163 KB), so 1: the cap is 255
+  // registers either way and ptxas's code the same (on sm_90, 2 CTAs fit its 227 KB).
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   static constexpr int kMinBlocksPerSm = 2;
 #else
-  static constexpr int kMinBlocksPerSm = kHeadDim <= 64 ? 3 : 2;
+  static constexpr int kMinBlocksPerSm = kHeadDim <= 64 ? 3 : kHeadDim < 256 ? 2 : 1;
 #endif
   static_assert(kBlockM % 16 == 0 && kBlockN % 16 == 0, "m16n8k16 needs 16-row blocks");
   static_assert(kHeadDim % 64 == 0 || kHeadDim == 32, "the smem swizzle atom spans 64 (or, for 32, 32) elements");
@@ -54,9 +55,20 @@ struct Sm80FmhaFwdTraits {
   template <int kRows, int kCols>
   using SmemLayoutTile =
       decltype(cute::tile_to_shape(SmemLayoutAtomOf<kCols>{}, cute::Shape<cute::Int<kRows>, cute::Int<kCols>>{}));
+  // At head dim 256 the output accumulator alone holds 128 of a thread's 255 registers, and every smem address a
+  // thread keeps across the mainloop counts: K and V rows of 256 are then plain rows padded by one 16-byte chunk (row
+  // stride 528 bytes, 4 banks apart, so the 8 rows of an ldmatrix still hit 8 distinct bank groups), whose linear
+  // addresses are one register plus immediates where the swizzle's XOR needs a register per pattern. Padding Q as
+  // well measured worse (sm_80 spills), so Q (and the output tile over it) keeps the swizzle.
+  template <int kRows, int kCols>
+  using SmemLayoutKVTile = std::conditional_t<
+      (kCols >= 256),
+      cute::Layout<cute::Shape<cute::Int<kRows>, cute::Int<kCols>>,
+                   cute::Stride<cute::Int<kCols + 16 / int(sizeof(Element))>, cute::_1>>,
+      SmemLayoutTile<kRows, kCols>>;
   using SmemLayoutQ = SmemLayoutTile<kBlockM, kHeadDim>;
-  using SmemLayoutKV = SmemLayoutTile<kBlockN, kHeadDim>;  // K
-  using SmemLayoutV = SmemLayoutTile<kBlockN, kHeadDimV>;
+  using SmemLayoutKV = SmemLayoutKVTile<kBlockN, kHeadDim>;  // K
+  using SmemLayoutV = SmemLayoutKVTile<kBlockN, kHeadDimV>;
   using SmemLayoutO = SmemLayoutTile<kBlockM, kHeadDimV>;  // the output tile, staged over Q in the epilogue
   // V is the B operand of P V (N = head dim, K = keys): a (head dim, keys) view of the same smem, read with ldmatrix.trans.
   using SmemLayoutVt = decltype(cute::composition(
@@ -68,6 +80,13 @@ struct Sm80FmhaFwdTraits {
   using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
 
   static constexpr int kChunk = 16 / sizeof(Element);       // elements per 16-byte cp.async
+  // 16-byte chunks per row of kCols elements, for the row gathers and the output scatter, which split idx = tid + i *
+  // kThreads into row idx / kChunksPerRowOf and column idx % kChunksPerRowOf. Unsigned for rows of 256: a shift and a
+  // mask, and the column one value for all 16 of a thread's chunks (kThreads is a multiple of the count); signed
+  // division hides that, and the per-chunk offsets the compiler then keeps live across the mainloop spilled (GNA bf16
+  // hd256: 67 LDL/STL on sm_80, 130 on sm_90a). Shorter rows keep int, and with it the code they were measured with.
+  template <int kCols>
+  static constexpr std::conditional_t<(kCols >= 256), unsigned, int> kChunksPerRowOf = kCols / kChunk;
 
   struct SharedStorage {
     // Q, and the output tile in the epilogue.

@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
 # accumulator reinterpreted as P holds exactly the (query, key) coordinates the MMA's A operand expects.
 LAYOUT_CHECKER = r"""
 #include <cstdio>
+#include <vector>
 
 #include "natten_like/sm80/sm80_fmha_fwd_kernel.hpp"
 
@@ -110,15 +111,16 @@ int check() {
   using T = nl::Sm80FmhaFwdTraits<Element, D, 64, 64, DV>;
   typename T::TiledMma mma;
   int bad = 0;
-  // V's (head dim, keys) view is the transpose of its (keys, head dim) tile; the output tile (staged over Q) has one
-  // slot per element, within Q's storage.
+  // V's (head dim, keys) view is the transpose of its (keys, head dim) tile, whose elements have distinct slots; the
+  // output tile (staged over Q) has one slot per element, within Q's storage.
   typename T::SmemLayoutV v;
   typename T::SmemLayoutVt vt;
   typename T::SmemLayoutO o;
-  bad += cosize(v) != T::kBlockN * DV || cosize(o) != T::kBlockM * DV;
+  bad += cosize(v) < T::kBlockN * DV || cosize(o) != T::kBlockM * DV;  // V rows may be padded (head dim 256)
   bad += static_cast<int>(sizeof(typename T::SharedStorage{}.q)) < cosize(o) * static_cast<int>(sizeof(Element));
+  std::vector<int> slots(cosize(v), 0);
   for (int n = 0; n < T::kBlockN; ++n)
-    for (int d = 0; d < DV; ++d) bad += vt(d, n) != v(n, d);
+    for (int d = 0; d < DV; ++d) bad += vt(d, n) != v(n, d) || slots[v(n, d)]++ != 0;
   for (int tid = 0; tid < T::kThreads; ++tid) {
     auto thr = mma.get_slice(tid);
     Tensor cS = thr.partition_C(make_identity_tensor(Shape<Int<T::kBlockM>, Int<T::kBlockN>>{}));
@@ -139,7 +141,8 @@ int check() {
 
 int main() {
   const int bad = check<cutlass::half_t, 32>() + check<cutlass::half_t, 64>() + check<cutlass::bfloat16_t, 128>() +
-                  check<cutlass::bfloat16_t, 192, 128>() + check<cutlass::half_t, 64, 128>();
+                  check<cutlass::bfloat16_t, 192, 128>() + check<cutlass::half_t, 64, 128>() +
+                  check<cutlass::bfloat16_t, 256>();
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }

@@ -59,7 +59,7 @@ KINDS = (
         "launch_sm80_gna_fwd",
         "natten_like::sm80::GnaFwdParams",
         "kSm80GnaFwd",
-        (32, 64, 128, (192, 128)),  # D 192 / D_v 128: DeepSeek-style MLA prefill (nope + rope keys)
+        (32, 64, 128, 256, (192, 128)),  # D 192 / D_v 128: DeepSeek-style MLA prefill (nope + rope keys)
         "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
@@ -71,7 +71,7 @@ KINDS = (
         "launch_sm80_block_sparse_fwd",
         "natten_like::sm80::BlockSparseFwdParams",
         "kSm80BlockSparseFwd",
-        (32, 64, 128, (192, 128)),
+        (32, 64, 128, 256, (192, 128)),
         "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
@@ -83,7 +83,7 @@ KINDS = (
         "launch_sm80_s2_fwd",
         "natten_like::sm80::StridedShardFwdParams",
         "kSm80S2Fwd",
-        (32, 64, 128, (192, 128)),
+        (32, 64, 128, 256, (192, 128)),
         "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
@@ -178,6 +178,7 @@ MINIMAL = {
     ("sm80_gna_bwd", "fp16", 32),
     ("sm80_latent_fwd", "bf16", (576, 512)),
     ("sm80_gna_fwd", "bf16", (192, 128)),
+    ("sm80_gna_fwd", "bf16", 256),
     ("sm90_gna_fwd", "bf16", 128),
     ("sm90_block_sparse_fwd", "bf16", 128),
     ("sm90_s2_fwd", "bf16", 64),

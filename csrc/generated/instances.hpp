@@ -30,26 +30,32 @@ struct Instance {
 cudaError_t sm80_gna_fwd_fp16_hd32_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_fp16_hd128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_fwd_fp16_hd256_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_fp16_hd192x128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_bf16_hd32_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_bf16_hd64_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_bf16_hd128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_fwd_bf16_hd256_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_fwd_bf16_hd192x128_m64_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd32_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd64_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_fwd_fp16_hd256_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_fp16_hd192x128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_bf16_hd32_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_bf16_hd64_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_bf16_hd128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_fwd_bf16_hd256_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_fwd_bf16_hd192x128_m64_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_fp16_hd32_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_fp16_hd64_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_fp16_hd128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_fwd_fp16_hd256_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_fp16_hd192x128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd32_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_fwd_bf16_hd256_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_fwd_bf16_hd192x128_m64_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd32_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
@@ -98,6 +104,9 @@ inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm80GnaFwd[] = {
     {"float16", 128, 128, &sm80_gna_fwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 256, 256, &sm80_gna_fwd_fp16_hd256_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 192, 128, &sm80_gna_fwd_fp16_hd192x128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
@@ -105,6 +114,7 @@ inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm80GnaFwd[] = {
 #endif
     {"bfloat16", 64, 64, &sm80_gna_fwd_bf16_hd64_m64_n64},
     {"bfloat16", 128, 128, &sm80_gna_fwd_bf16_hd128_m64_n64},
+    {"bfloat16", 256, 256, &sm80_gna_fwd_bf16_hd256_m64_n64},
     {"bfloat16", 192, 128, &sm80_gna_fwd_bf16_hd192x128_m64_n64},
     {nullptr, 0, 0, nullptr},
 };
@@ -123,6 +133,9 @@ inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm80BlockSpa
     {"float16", 128, 128, &sm80_block_sparse_fwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 256, 256, &sm80_block_sparse_fwd_fp16_hd256_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 192, 128, &sm80_block_sparse_fwd_fp16_hd192x128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
@@ -131,6 +144,9 @@ inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm80BlockSpa
     {"bfloat16", 64, 64, &sm80_block_sparse_fwd_bf16_hd64_m64_n64},
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 128, 128, &sm80_block_sparse_fwd_bf16_hd128_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 256, 256, &sm80_block_sparse_fwd_bf16_hd256_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 192, 128, &sm80_block_sparse_fwd_bf16_hd192x128_m64_n64},
@@ -152,6 +168,9 @@ inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm80S2Fwd[]
     {"float16", 128, 128, &sm80_s2_fwd_fp16_hd128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 256, 256, &sm80_s2_fwd_fp16_hd256_m64_n64},
+#endif
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 192, 128, &sm80_s2_fwd_fp16_hd192x128_m64_n64},
 #endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
@@ -161,6 +180,9 @@ inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm80S2Fwd[]
     {"bfloat16", 64, 64, &sm80_s2_fwd_bf16_hd64_m64_n64},
 #endif
     {"bfloat16", 128, 128, &sm80_s2_fwd_bf16_hd128_m64_n64},
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 256, 256, &sm80_s2_fwd_bf16_hd256_m64_n64},
+#endif
 #if !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 192, 128, &sm80_s2_fwd_bf16_hd192x128_m64_n64},
 #endif

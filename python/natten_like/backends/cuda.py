@@ -43,6 +43,9 @@ MIN_CAPABILITY = (8, 0)
 # with element stride = dilation (at most 8); batch and the outermost token dim share one int32 coordinate.
 SM90_MAX_DILATION = 8
 SM90_MAX_BOX_EXTENT = 256
+# Shared memory per block of the sm80 forward at head dim 256 (Q, K, V tiles of 64 x 256, K/V rows padded; the size of
+# FwdSmem in sm80_fmha_fwd_kernel.hpp, rounded up): more than sm86 / sm89 / sm120 GPUs allow a block.
+SM80_HD256_SMEM = 105 * 1024
 
 
 def _built_kernels() -> frozenset[tuple[str, torch.dtype, int, int]]:
@@ -98,6 +101,11 @@ def _head_dim_reasons(problem: Problem, kind: str = "sm80_gna_fwd") -> list[str]
     built = sorted((hd, hd_v) for dt, hd, hd_v in built_kernels(kind) if dt == problem.dtype)
     if dims not in built:
         reasons.append(f"head dims (D, D_v) = {dims} have no kernel (built for {problem.dtype}: {built})")
+    if params.head_dim >= 256 and torch.cuda.is_available():
+        optin = torch.cuda.get_device_properties().shared_memory_per_block_optin
+        if optin < SM80_HD256_SMEM:
+            reasons.append(f"head dim {params.head_dim} needs {SM80_HD256_SMEM} bytes of shared memory per block; this "
+                           f"GPU allows {optin} (sm80 / sm90 class GPUs have enough)")  # fmt: skip
     if problem.requires_grad and kind == "sm80_gna_fwd":
         built_bwd = sorted((hd, hd_v) for dt, hd, hd_v in built_kernels("sm80_gna_bwd") if dt == problem.dtype)
         if dims not in built_bwd:

@@ -53,6 +53,14 @@ CUTE_DEVICE float quad_sum(float x) {
   return x;
 }
 
+// 16-byte chunks per row of kCols elements, for the row gathers and the output scatter, which split idx = tid + i *
+// kThreads into row idx / chunks and column idx % chunks. Unsigned for rows of 256: a shift and a mask, and the column
+// one value for all 16 of a thread's chunks (kThreads is a multiple of the count); signed division hides that, and the
+// per-chunk offsets the compiler then keeps live across the mainloop spilled (GNA bf16 hd256: 67 LDL/STL on sm_80, 130
+// on sm_90a). Shorter rows keep int, and with it the code they were measured with.
+template <int kCols, int kChunk>
+constexpr std::conditional_t<(kCols >= 256), unsigned, int> kChunksPerRowOf = kCols / kChunk;
+
 // Gathers `rows` rows of kCols elements (default: the head dim) into a (kRows, kCols) smem tile: row r starts at
 // base + token[r] * token_stride. Rows r >= rows are zero-filled (cp.async src-size 0), so padding keys contribute
 // exact zeros to P V.
@@ -60,7 +68,7 @@ template <class Traits, int kRows, int kCols = Traits::kHeadDim, class SmemTenso
 CUTE_DEVICE void gather_rows_async(SmemTensor& s, const typename Traits::Element* base, int64_t token_stride,
                                    const int64_t* token, int rows, int tid) {
   using Element = typename Traits::Element;
-  constexpr int kChunksPerRow = kCols / Traits::kChunk;
+  constexpr auto kChunksPerRow = kChunksPerRowOf<kCols, Traits::kChunk>;
   constexpr int kChunks = kRows * kChunksPerRow;
   static_assert(kChunks % Traits::kThreads == 0);
   CUTE_UNROLL
@@ -370,7 +378,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   __syncthreads();
 
   auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
-  constexpr int kChunksPerRowO = kHeadDimV / Traits::kChunk;
+  constexpr auto kChunksPerRowO = detail::kChunksPerRowOf<kHeadDimV, Traits::kChunk>;
   constexpr int kChunks = kBlockM * kChunksPerRowO;
   CUTE_UNROLL
   for (int i = 0; i < kChunks / Traits::kThreads; ++i) {
@@ -385,6 +393,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
 }
 
 // Launches one instantiation: grid (Q tiles, heads, batch), dynamic smem above the 48 KB default where needed.
+// cudaErrorInvalidConfiguration when the GPU's opt-in shared memory per block is below the kernel's (head dim 256:
+// about 105 KB), or beyond the grid limits.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN, class Schedule, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm80_fmha_fwd(const typename Schedule::Params& p, cudaStream_t stream) {
   using Traits = Sm80FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV>;
@@ -394,7 +404,15 @@ cudaError_t launch_sm80_fmha_fwd(const typename Schedule::Params& p, cudaStream_
   if (q_tiles > 0x7fffffff || p.heads > 65535 || p.batch > 65535) return cudaErrorInvalidConfiguration;
   constexpr int kSmem = sizeof(detail::FwdSmem<Traits, Schedule>);
   auto kernel = sm80_fmha_fwd_kernel<Traits, Schedule>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  cudaError_t err;
+  if constexpr (kSmem > 99 * 1024) {  // head dim 256: sm80 / sm87 / sm90 class GPUs, not sm86 / sm89 / sm120
+    int device = 0, smem_optin = 0;
+    err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (err != cudaSuccess) return err;
+    if (smem_optin < kSmem) return cudaErrorInvalidConfiguration;
+  }
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
   if (err != cudaSuccess) return err;
   dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, kSmem, stream>>>(p);

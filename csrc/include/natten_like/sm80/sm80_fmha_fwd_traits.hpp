@@ -80,13 +80,6 @@ struct Sm80FmhaFwdTraits {
   using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
 
   static constexpr int kChunk = 16 / sizeof(Element);       // elements per 16-byte cp.async
-  // 16-byte chunks per row of kCols elements, for the row gathers and the output scatter, which split idx = tid + i *
-  // kThreads into row idx / kChunksPerRowOf and column idx % kChunksPerRowOf. Unsigned for rows of 256: a shift and a
-  // mask, and the column one value for all 16 of a thread's chunks (kThreads is a multiple of the count); signed
-  // division hides that, and the per-chunk offsets the compiler then keeps live across the mainloop spilled (GNA bf16
-  // hd256: 67 LDL/STL on sm_80, 130 on sm_90a). Shorter rows keep int, and with it the code they were measured with.
-  template <int kCols>
-  static constexpr std::conditional_t<(kCols >= 256), unsigned, int> kChunksPerRowOf = kCols / kChunk;
 
   struct SharedStorage {
     // Q, and the output tile in the epilogue.

@@ -169,6 +169,30 @@ struct ScheduleState<Sm90GnaSchedule> {
   using type = GnaKvTileIterator<kRank>;
 };
 
+// Issues the K and V rows [start, start + box rows) of (batch entry, KV head h_kv) into one stage through 4-D TMA views
+// (one box per kBoxCols head-dim columns), each of the stage's full barriers expecting `bytes`: the producer's load of
+// a 1-D run (block-sparse / S2 visits, GNA's additional KV).
+template <class Traits, class Element>
+CUTE_DEVICE void load_kv_run_4d(const cute::TmaDescriptor* tma_k, const cute::TmaDescriptor* tma_v, uint64_t* k_full,
+                                uint64_t* v_full, Element* k_dst, Element* v_dst, uint32_t bytes, int h_kv,
+                                int32_t start, int32_t batch) {
+  using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
+  constexpr uint64_t kCacheHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
+  constexpr int kBlockN = Traits::kBlockN, kBoxCols = Traits::kBoxCols;
+  TxBarrier::arrive_and_expect_tx(k_full, bytes);
+  CUTE_UNROLL
+  for (int j = 0; j < Traits::kBoxesPerRow; ++j) {
+    cute::SM90_TMA_LOAD_4D::copy(tma_k, k_full, kCacheHint, k_dst + j * kBlockN * kBoxCols, j * kBoxCols, h_kv, start,
+                                 batch);
+  }
+  TxBarrier::arrive_and_expect_tx(v_full, bytes);
+  CUTE_UNROLL
+  for (int j = 0; j < Traits::kBoxesPerRow; ++j) {
+    cute::SM90_TMA_LOAD_4D::copy(tma_v, v_full, kCacheHint, v_dst + j * kBlockN * kBoxCols, j * kBoxCols, h_kv, start,
+                                 batch);
+  }
+}
+
 // The kernel body (inlined into the __global__ entries below, which take `args` as __grid_constant__).
 // kPersistent (sm90_tile_scheduler.hpp): the CTA walks the work tiles blockIdx.x, + gridDim.x, ... of the linearised
 // (Q tile, head, batch) space instead of running the one tile of its 3-D grid position. Then
@@ -461,21 +485,10 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
             if (lane == 0) {
               const SeqRun run = additional_run(p.num_additional, kBlockN, e - kv_tiles);
               smem.kv_mask[st] = kv_mask_of_additional(run, kBlockN);
-              const int32_t start = static_cast<int32_t>(run.token), batch = static_cast<int32_t>(batch_entry());
-              const int h_kv = kv_head();
               constexpr uint32_t kAddBytes = kBlockN * kHeadDim * sizeof(Element);
-              TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kAddBytes);
-              CUTE_UNROLL
-              for (int j = 0; j < kBoxesPerRow; ++j) {
-                SM90_TMA_LOAD_4D::copy(&args.tma_add_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
-                                       j * kBoxCols, h_kv, start, batch);
-              }
-              TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kAddBytes);
-              CUTE_UNROLL
-              for (int j = 0; j < kBoxesPerRow; ++j) {
-                SM90_TMA_LOAD_4D::copy(&args.tma_add_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
-                                       j * kBoxCols, h_kv, start, batch);
-              }
+              load_kv_run_4d<Traits>(&args.tma_add_k, &args.tma_add_v, &smem.k_full[st], &smem.v_full[st], k_dst,
+                                     v_dst, kAddBytes, kv_head(), static_cast<int32_t>(run.token),
+                                     static_cast<int32_t>(batch_entry()));
             }
             continue;
           }
@@ -544,23 +557,9 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           if (lane == 0) smem.kv_mask[st] = kv_mask_of_tile(run.full, run.rows, kBlockN);
           __syncwarp();
           if (lane == 0) {
-            const int h_kv = kv_head();
-            const int32_t batch = static_cast<int32_t>(batch_entry());
-            const int32_t start = static_cast<int32_t>(run.token);
-            Element* k_dst = smem.k + st * kBlockN * kHeadDim;
-            Element* v_dst = smem.v + st * kBlockN * kHeadDim;
-            TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
-            CUTE_UNROLL
-            for (int j = 0; j < kBoxesPerRow; ++j) {
-              SM90_TMA_LOAD_4D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
-                                     j * kBoxCols, h_kv, start, batch);
-            }
-            TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
-            CUTE_UNROLL
-            for (int j = 0; j < kBoxesPerRow; ++j) {
-              SM90_TMA_LOAD_4D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
-                                     j * kBoxCols, h_kv, start, batch);
-            }
+            load_kv_run_4d<Traits>(&args.tma_k, &args.tma_v, &smem.k_full[st], &smem.v_full[st],
+                                   smem.k + st * kBlockN * kHeadDim, smem.v + st * kBlockN * kHeadDim, kv_bytes,
+                                   kv_head(), static_cast<int32_t>(run.token), static_cast<int32_t>(batch_entry()));
           }
         }
         if (!q_first && kv_tiles <= kStages) load_q();

@@ -263,6 +263,8 @@ def test_layouts_of_the_kernel(tmp_path: Path) -> None:
 # any CUDA call, so the program runs without a GPU. Built for sm_80 only (the kernel body is the empty stub there).
 GNA_CODES_CHECKER = r"""
 #include <cstdio>
+
+#include "launcher_args.hpp"
 #include "natten_like/sm90/sm90_fmha_fwd_kernel.hpp"
 
 using namespace natten_like;
@@ -272,26 +274,12 @@ constexpr int64_t D = 128;
 // A 1-D GNA problem of N tokens (rank 3, two leading dims of length 1), window 15, tiles of 128, with N_add additional
 // KV rows in separate [B, N_add, H_kv, D] tensors.
 sm80::GnaFwdParams gna(int64_t B, int64_t N, int64_t H, int64_t Hkv, int64_t n_add) {
-  static char buf[256] __attribute__((aligned(256)));
   sm80::GnaFwdParams p{};
-  p.q = p.k = p.v = buf;
-  p.out = buf;
-  p.lse = nullptr;
-  p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = D;
-  p.q_token_stride = p.o_token_stride = H * D;
-  p.k_token_stride = p.v_token_stride = Hkv * D;
-  p.q_batch_stride = p.o_batch_stride = N * H * D;
-  p.k_batch_stride = p.v_batch_stride = N * Hkv * D;
-  p.batch = B;
-  p.tokens = N;
-  p.heads = static_cast<int>(H);
-  p.kv_heads = static_cast<int>(Hkv);
-  p.head_dim = p.head_dim_v = static_cast<int>(D);
-  p.scale = 1.f;
+  checkers::fill_contiguous_args(p, B, N, H, Hkv, D);
   p.policy.dim[2].length = N;
   p.policy.dim[2].window = 15;
   for (int i = 0; i < 3; ++i) p.policy.tq[i] = p.policy.tk[i] = i == 2 ? 128 : 1;
-  p.add_k = p.add_v = n_add > 0 ? buf : nullptr;
+  p.add_k = p.add_v = n_add > 0 ? p.k : nullptr;  // the aligned buffer
   p.add_k_head_stride = p.add_v_head_stride = D;
   p.add_k_token_stride = p.add_v_token_stride = Hkv * D;
   p.add_k_batch_stride = p.add_v_batch_stride = n_add * Hkv * D;

@@ -391,29 +391,12 @@ int main(int argc, char** argv) {
 # runs without a GPU. Built for sm_80 only (the kernel body is the empty stub there), which keeps the build short.
 CODES_CHECKER = r"""
 #include <cstdio>
+
+#include "launcher_args.hpp"
 #include "natten_like/sm90/sm90_fmha_fwd_kernel.hpp"
 
 using namespace natten_like;
 using E = cutlass::bfloat16_t;
-
-template <class P>
-void fill(P& p, int64_t B, int64_t N, int64_t H, int64_t Hkv, int64_t D) {
-  static char buf[256] __attribute__((aligned(256)));
-  p.q = p.k = p.v = buf;
-  p.out = buf;
-  p.lse = nullptr;
-  p.q_head_stride = p.k_head_stride = p.v_head_stride = p.o_head_stride = D;
-  p.q_token_stride = p.o_token_stride = H * D;
-  p.k_token_stride = p.v_token_stride = Hkv * D;
-  p.q_batch_stride = p.o_batch_stride = N * H * D;
-  p.k_batch_stride = p.v_batch_stride = N * Hkv * D;
-  p.batch = B;
-  p.tokens = N;
-  p.heads = static_cast<int>(H);
-  p.kv_heads = static_cast<int>(Hkv);
-  p.head_dim = p.head_dim_v = static_cast<int>(D);
-  p.scale = 1.f;
-}
 
 int main() {
   int bad = 0;
@@ -425,7 +408,7 @@ int main() {
   };
   auto s2 = [](int64_t block, int split) {
     sm80::StridedShardFwdParams p{};
-    fill(p, 2, 1000, 4, 2, 128);
+    checkers::fill_contiguous_args(p, 2, 1000, 4, 2, 128);
     p.pattern.nq = p.pattern.nkv = 1000;
     p.pattern.block = block;
     p.pattern.local = 1;
@@ -467,7 +450,7 @@ int main() {
 
   auto bs = []() {
     sm80::BlockSparseFwdParams p{};
-    fill(p, 2, 1000, 4, 4, 128);
+    checkers::fill_contiguous_args(p, 2, 1000, 4, 4, 128);
     p.pattern.q_block = 64;
     p.pattern.kv_block = 256;
     p.q_split = 1;

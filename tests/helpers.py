@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, replace
 
 import natten_like
+import pytest
 import torch
 
 EXTENDED = os.environ.get("NATTEN_LIKE_EXTENDED_TESTS") == "1"
@@ -87,3 +88,12 @@ def max_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """Largest absolute difference relative to the largest magnitude of ``expected``."""
     diff = (actual.double() - expected.double()).abs().max().item()
     return diff / max(expected.double().abs().max().item(), 1e-30)
+
+
+def use_sm90(monkeypatch: pytest.MonkeyPatch, sm90: str) -> None:
+    """For a GPU test parametrized over the Hopper kernels (``sm90="on"``) and their sm80 fallback (``"off"``): sets
+    NATTEN_LIKE_SM90, which the bindings and the cuda backend read per call. Off Hopper the sm80 kernels run either way,
+    so the "off" run is skipped there."""
+    if sm90 == "off" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("not a Hopper GPU: the sm80 kernels run with or without NATTEN_LIKE_SM90=off")
+    monkeypatch.setenv("NATTEN_LIKE_SM90", sm90)

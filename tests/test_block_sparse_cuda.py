@@ -13,6 +13,7 @@ import random
 import natten_like
 import pytest
 import torch
+from helpers import use_sm90
 from natten_like.backends import cuda as cuda_backend
 
 
@@ -67,8 +68,10 @@ def _run_and_check(q, k, v, mask, dtype, **kw) -> None:
     assert lse_err <= 2e-3 * max(1.0, ref_lse[finite].abs().max().item()), f"lse error {lse_err:.2e} with {kw}"
 
 
+@pytest.mark.parametrize("sm90", ["on", "off"])
 @pytest.mark.parametrize("seed", range(8))
-def test_random_masks_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+def test_random_masks_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int, sm90: str) -> None:
+    use_sm90(monkeypatch, sm90)
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     rng = random.Random(seed)
     for dtype, dim, dim_v in sorted(cuda_backend.built_kernels("sm80_block_sparse_fwd"), key=str):

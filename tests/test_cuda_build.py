@@ -521,8 +521,8 @@ def test_sm90_kernels_use_wgmma_and_tma_without_spills() -> None:
     kinds, *_ = torch.ops.natten_like.cuda_kernels()
     if "sm90_gna_fwd" not in kinds:
         pytest.skip("extension built without 9.0a in NATTEN_LIKE_CUDA_ARCH")
-    # GNA through multi-dimensional boxes; block-sparse and S2 (built with it) through the 1-D run kernel.
-    names = ("sm90_gna_fwd_kernel", "sm90_seq_fwd_kernel")
+    # GNA through multi-dimensional boxes; block-sparse and S2 (built with it) through the 1-D run kernel; MLA decode.
+    names = ("sm90_gna_fwd_kernel", "sm90_seq_fwd_kernel", "sm90_latent_fwd_kernel")
     found = {k: body for k, body in sass.items() if k[0] == "sm_90a" and any(n in k[1] for n in names)}
     for n in names:
         assert any(n in name for _, name in found), f"no sm_90a {n} in the built library"

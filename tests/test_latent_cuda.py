@@ -13,6 +13,7 @@ import random
 
 import pytest
 import torch
+from helpers import use_sm90
 from natten_like.backends import cuda as cuda_backend
 from natten_like.latent import latent_attention
 
@@ -83,9 +84,11 @@ def _run_and_check(q, cache, seqlens, table, dtype, causal: bool, num_splits: in
     assert (out.cpu()[~finite] == 0).all()
 
 
+@pytest.mark.parametrize("sm90", ["on", "off"])
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("paged", [False, True])
-def test_random_caches_match_reference(monkeypatch: pytest.MonkeyPatch, paged: bool, seed: int) -> None:
+def test_random_caches_match_reference(monkeypatch: pytest.MonkeyPatch, paged: bool, seed: int, sm90: str) -> None:
+    use_sm90(monkeypatch, sm90)
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     rng = random.Random(seed * 2 + paged)
     g = torch.Generator().manual_seed(seed * 2 + paged)

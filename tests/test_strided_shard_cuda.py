@@ -12,6 +12,7 @@ import random
 import natten_like
 import pytest
 import torch
+from helpers import use_sm90
 from natten_like.backends import cuda as cuda_backend
 
 
@@ -40,8 +41,10 @@ def _case(rng: random.Random) -> dict:
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("sm90", ["on", "off"])
 @pytest.mark.parametrize("seed", range(8))
-def test_random_patterns_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+def test_random_patterns_match_reference(monkeypatch: pytest.MonkeyPatch, seed: int, sm90: str) -> None:
+    use_sm90(monkeypatch, sm90)
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     rng = random.Random(seed)
     for dtype, dim, dim_v in sorted(cuda_backend.built_kernels("sm80_s2_fwd"), key=str):

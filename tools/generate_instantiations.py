@@ -47,6 +47,9 @@ class Kind:
     head_dims: tuple[int | tuple[int, int], ...]
     # The launcher's template arguments; fields: element, head_dim, head_dim_v, block_m, block_n.
     template_args: str = "{element}, {head_dim}, {block_m}, {block_n}"
+    # The CTA block when the kernel fixes its own rather than taking the arch's tile table's (MLA decode: the 64 x 64 of
+    # sm80/latent_schedule.hpp).
+    block: tuple[int, int] | None = None
 
 
 KINDS = (
@@ -130,6 +133,20 @@ KINDS = (
         "kSm80LatentFwd",
         ((576, 512),),  # MLA: 512 latent + 64 rope columns; values are the latent columns
         "{element}",
+        (64, 64),
+    ),
+    Kind(
+        "sm90_latent_fwd",
+        "sm90",
+        "natten_like/sm90/sm90_latent_kernel.hpp",
+        "natten_like/sm80/sm80_latent_params.hpp",
+        "natten_like::sm90",
+        "launch_sm90_latent_fwd",
+        "natten_like::sm80::LatentFwdParams",
+        "kSm90LatentFwd",
+        ((576, 512),),
+        "{element}",
+        (64, 64),
     ),
     Kind(
         "sm90_gna_fwd",
@@ -180,6 +197,7 @@ MINIMAL = {
     ("sm80_gna_fwd", "bf16", (192, 128)),
     ("sm80_gna_fwd", "bf16", 256),
     ("sm90_gna_fwd", "bf16", 128),
+    ("sm90_latent_fwd", "bf16", (576, 512)),
     ("sm90_block_sparse_fwd", "bf16", 128),
     ("sm90_s2_fwd", "bf16", 64),
 }
@@ -197,7 +215,7 @@ def render() -> dict[str, str]:
     files: dict[str, str] = {}
     decls, tables, sources = [], [], {"sm80": [], "sm90": []}
     for kind in KINDS:
-        block_m, block_n = blocks(kind.arch)
+        block_m, block_n = kind.block or blocks(kind.arch)
         rows = []
         for dtype, element, torch_name in DTYPES:
             for entry in kind.head_dims:

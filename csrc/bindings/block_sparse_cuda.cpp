@@ -72,7 +72,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
   p.total_q_tiles = plan.q_tiles.back();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 #if NATTEN_LIKE_WITH_SM90
-  if (major == 9) {
+  if (major == 9 && sm90_enabled()) {
     const auto launch90 = find_instance(generated::kSm90BlockSparseFwd, q.scalar_type(), q.size(-1), v.size(-1));
     sm80::BlockSparseFwdParams p90 = p;
     p90.q_split = split_if_divides(q_block, generated::kSm90BlockSparseFwdBlockM);

@@ -62,6 +62,16 @@ inline int compute_capability_major(const at::Tensor& t) {
   return major;
 }
 
+// NATTEN_LIKE_SM90=off keeps every family on its sm80 kernel even on a Hopper GPU (tests and benchmarks of the fallback
+// path); unset or "on": the sm90 kernels run where built and where they accept the problem. An explicit kernel="sm90"
+// request (the GNA op's argument) is not affected. Read per call.
+inline bool sm90_enabled() {
+  const char* v = std::getenv("NATTEN_LIKE_SM90");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "on") == 0) return true;
+  TORCH_CHECK(std::strcmp(v, "off") == 0, "NATTEN_LIKE_SM90 must be on or off, got '", v, "'");
+  return false;
+}
+
 // How the sm90 kernels schedule their work tiles (Sm90Persistence), from NATTEN_LIKE_SM90_PERSISTENT: "auto" (or
 // unset: persistent from four waves of work tiles on), "off" (one CTA per work tile) or "on" (persistent). A knob for
 // tests and benchmarks; read per call, so a test can flip it.

@@ -134,7 +134,7 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 
 #if NATTEN_LIKE_WITH_SM90
-  if (kernel != "sm80") {
+  if (kernel == "sm90" || (kernel == "auto" && sm90_enabled())) {
     const auto launch = find_instance(generated::kSm90GnaFwd, q.scalar_type(), head_dim, head_dim_v);
     const bool fit = fits(p.policy, generated::kSm90GnaFwdBlockM, generated::kSm90GnaFwdBlockN);
     if (kernel == "sm90") {
@@ -238,7 +238,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
 
 // Every CUDA kernel of this build, one entry per instantiation: (family, dtype name, head dim of Q/K, of V). Families:
 // "sm80_gna_fwd", "sm80_gna_bwd", "sm80_block_sparse_fwd", "sm80_block_sparse_bwd", "sm80_s2_fwd", "sm80_s2_bwd",
-// "sm80_latent_fwd", "sm90_gna_fwd", "sm90_block_sparse_fwd", "sm90_s2_fwd".
+// "sm80_latent_fwd", "sm90_gna_fwd", "sm90_block_sparse_fwd", "sm90_s2_fwd", "sm90_latent_fwd".
 std::tuple<std::vector<std::string>, std::vector<std::string>, std::vector<int64_t>, std::vector<int64_t>>
 cuda_kernels() {
   std::vector<std::string> kinds, dtypes;
@@ -260,6 +260,7 @@ cuda_kernels() {
   add("sm80_latent_fwd", generated::kSm80LatentFwd);
 #if NATTEN_LIKE_WITH_SM90
   add("sm90_gna_fwd", generated::kSm90GnaFwd);
+  add("sm90_latent_fwd", generated::kSm90LatentFwd);
   add("sm90_block_sparse_fwd", generated::kSm90BlockSparseFwd);
   add("sm90_s2_fwd", generated::kSm90S2Fwd);
 #endif

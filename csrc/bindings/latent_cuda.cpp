@@ -1,5 +1,7 @@
-// CUDA implementation of latent_forward (compressed-latent / MLA decode): the sm80 split-KV kernel and its combine step
-// (sm80/sm80_latent_kernel.hpp), contiguous or paged cache. Forward only; D = 576 (latent 512 + rope 64) only.
+// CUDA implementation of latent_forward (compressed-latent / MLA decode): the split-KV kernel and its combine step,
+// contiguous or paged cache; on compute capability 9.x the sm90 kernel (sm90/sm90_latent_kernel.hpp: TMA + wgmma) where
+// built and where its TMA views express the problem, else the sm80 one (sm80/sm80_latent_kernel.hpp). Forward only;
+// D = 576 (latent 512 + rope 64) only.
 // Validation mirrors latent_cpu.cpp; cache_seqlens and block_table are checked on the host (one small copy and sync
 // per call), which also gives the max length the split count is chosen from.
 #include <ATen/ATen.h>
@@ -49,7 +51,7 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
   const bool paged = block_table_.has_value();
   TORCH_CHECK(!paged || seqlens_.has_value(), "natten_like::latent (cuda): a paged cache needs cache_seqlens");
   const c10::cuda::CUDAGuard guard(q_.device());
-  compute_capability_major(q_);
+  [[maybe_unused]] const int major = compute_capability_major(q_);
   auto launch = find_instance(generated::kSm80LatentFwd, q_.scalar_type(), kDim, kDimV);
   TORCH_CHECK(launch != nullptr, "natten_like::latent (cuda): no kernel for dtype ", q_.scalar_type(),
               " (built: ", list_instances(generated::kSm80LatentFwd), ")");
@@ -132,7 +134,23 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
   p.causal = causal;
   p.num_splits = static_cast<int>(splits);
   p.max_seqlen = max_len;
-  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+#if NATTEN_LIKE_WITH_SM90
+  if (major == 9 && sm90_enabled()) {
+    const auto launch90 = find_instance(generated::kSm90LatentFwd, q.scalar_type(), kDim, kDimV);
+    if (launch90 != nullptr) {
+      const cudaError_t err = launch90(p, stream);
+      // cudaErrorNotSupported comes before any launch, for what its TMA views cannot express (a page size that is not
+      // a multiple of 64, misaligned rows): the sm80 kernel runs those.
+      if (err != cudaErrorNotSupported) {
+        TORCH_CHECK(err == cudaSuccess, "natten_like::latent (cuda): sm90 kernel: ", cudaGetErrorString(err));
+        return {out, lse};
+      }
+      (void)cudaGetLastError();
+    }
+  }
+#endif
+  const cudaError_t err = launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::latent (cuda): kernel launch failed: ", cudaGetErrorString(err),
               err == cudaErrorInvalidConfiguration ? " (the kernel needs ~154 KB of shared memory per block: sm80 / "
                                                      "sm90 class GPUs, not sm86 / sm89)"

@@ -75,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
   p.dense_heads = static_cast<int>(dense_heads);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 #if NATTEN_LIKE_WITH_SM90
-  if (major == 9) {
+  if (major == 9 && sm90_enabled()) {
     const auto launch90 = find_instance(generated::kSm90S2Fwd, q.scalar_type(), q.size(3), v.size(3));
     sm80::StridedShardFwdParams p90 = p;
     p90.q_split = split_if_divides(block, generated::kSm90S2FwdBlockM);

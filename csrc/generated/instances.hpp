@@ -77,6 +77,8 @@ cudaError_t sm80_s2_bwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardB
 cudaError_t sm80_s2_bwd_bf16_hd128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_latent_fwd_fp16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_latent_fwd_bf16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_latent_fwd_fp16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_latent_fwd_bf16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
@@ -266,6 +268,19 @@ inline constexpr Instance<natten_like::sm80::LatentFwdParams> kSm80LatentFwd[] =
     {"bfloat16", 576, 512, &sm80_latent_fwd_bf16_hd576x512_m64_n64},
     {nullptr, 0, 0, nullptr},
 };
+
+#if NATTEN_LIKE_WITH_SM90
+// sm90_latent_fwd: query rows 64, key rows 64 per CTA block.
+constexpr int kSm90LatentFwdBlockM = 64;
+constexpr int kSm90LatentFwdBlockN = 64;
+inline constexpr Instance<natten_like::sm80::LatentFwdParams> kSm90LatentFwd[] = {
+#if !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 576, 512, &sm90_latent_fwd_fp16_hd576x512_m64_n64},
+#endif
+    {"bfloat16", 576, 512, &sm90_latent_fwd_bf16_hd576x512_m64_n64},
+    {nullptr, 0, 0, nullptr},
+};
+#endif
 
 #if NATTEN_LIKE_WITH_SM90
 // sm90_gna_fwd: query rows 128, key rows 128 per CTA block.

@@ -7,7 +7,8 @@ backend refuses with "no CUDA kernels are built yet"):
 - ``sm80_gna_bwd``: its backward (dQ, dK, dV; deterministic), used by autograd after any forward kernel;
 - ``sm80_block_sparse_fwd``, ``sm80_s2_fwd`` and ``_bwd``: block-sparse and strided-shard forward and backward (the
   same kernels, other schedules);
-- ``sm80_latent_fwd``: MLA decode (D 576 / D_v 512, split-KV, paged);
+- ``sm80_latent_fwd``: MLA decode (D 576 / D_v 512, split-KV, paged); ``sm90_latent_fwd`` its Hopper version (TMA +
+  wgmma), taken on compute capability 9.x where its TMA views express the problem;
 - ``sm90_gna_fwd``: the Hopper GNA / dense forward (TMA + wgmma, warp-specialised), built when the arch list names
   ``9.0a``; taken on compute capability 9.x when it has a kernel for the dtype and head dim and the problem fits its
   TMA boxes, otherwise the sm80 kernel runs.
@@ -37,6 +38,8 @@ from .._validation import AttentionParams, GnaParams
 from . import BackendNotSupportedError, Problem, register_backend
 
 EXPERIMENTAL_ENV = "NATTEN_LIKE_EXPERIMENTAL_CUDA"
+# "off": the sm80 kernels run even on Hopper (the bindings read it too, for every family); tests and benchmarks.
+SM90_ENV = "NATTEN_LIKE_SM90"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
 MIN_CAPABILITY = (8, 0)
 # The sm90 kernel's TMA boxes (sm90/tma_gna_box.hpp): a dilated tile is one box of extent tile * dilation (at most 256)
@@ -128,6 +131,8 @@ def check_device(problem: Problem, device: torch.device) -> None:
 def sm90_reasons(params: GnaParams, dtype: torch.dtype, batch: int, device: torch.device | None = None) -> list[str]:
     """Why the sm90 forward kernel would not take this problem (empty: it would); the sm80 kernel runs instead."""
     reasons = []
+    if os.environ.get(SM90_ENV) == "off":
+        reasons.append(f"{SM90_ENV}=off keeps every family on the sm80 kernels")
     if (dtype, params.head_dim, params.head_dim_v) not in built_kernels("sm90_gna_fwd"):
         reasons.append(f"no sm90 kernel built for {dtype} and head dims {params.head_dim} / {params.head_dim_v}")
     if torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] != 9:

@@ -6,6 +6,8 @@ Environment:
                           kernels only when 9.0a is named. The lowest arch's PTX is embedded for newer GPUs.
   NATTEN_LIKE_MINIMAL_INSTANCES=1   build only the kernel instantiations marked minimal in csrc/generated/sources.txt
                           (bfloat16, few head dims): what CI uses to compile-check every arch path in minutes.
+  NATTEN_LIKE_DTYPES      comma-separated kernel dtypes to build, of "bf16" and "fp16" (default both); the GPU check
+                          builds bf16 only, to fit its time.
   MAX_JOBS                parallel compile jobs (ninja); keep it at 1-2 on small machines, CUDA units are heavy.
 
 Install with ``pip install --no-build-isolation .`` so the build uses the torch already installed (never a second one).
@@ -20,12 +22,22 @@ from pathlib import Path
 from setuptools import setup
 
 ROOT = Path(__file__).parent.resolve()
+DTYPES = ("bf16", "fp16")  # kernel dtypes, as csrc/generated/sources.txt marks them
 
 
-def read_sources(path: Path, minimal: bool = False) -> dict[str, list[str]]:
-    """Parse a sources list ("[section]" lines, "#" comments, "path [minimal]" entries) into {section: [paths]}.
+def kernel_dtypes() -> frozenset[str]:
+    value = os.environ.get("NATTEN_LIKE_DTYPES", "").replace(";", ",")
+    chosen = frozenset(d.strip() for d in value.split(",") if d.strip()) or frozenset(DTYPES)
+    if not chosen <= set(DTYPES):
+        raise RuntimeError(f"NATTEN_LIKE_DTYPES={value!r}: the kernel dtypes are {', '.join(DTYPES)}")
+    return chosen
 
-    With ``minimal``, entries not marked minimal are left out of sections that mark any entry minimal.
+
+def read_sources(path: Path, minimal: bool = False, dtypes: frozenset[str] | None = None) -> dict[str, list[str]]:
+    """Parse a sources list ("[section]" lines, "#" comments, "path [dtype] [minimal]" entries) into {section: [paths]}.
+
+    With ``minimal``, entries not marked minimal are left out of sections that mark any entry minimal; with ``dtypes``,
+    entries marked with another dtype are left out.
     """
     groups: dict[str, list[tuple[str, bool]]] = {}
     current = None
@@ -40,6 +52,8 @@ def read_sources(path: Path, minimal: bool = False) -> dict[str, list[str]]:
         if current is None:
             raise RuntimeError(f"{path}: '{line}' is not under a [section]")
         name, *flags = line.split()
+        if dtypes is not None and any(f in DTYPES and f not in dtypes for f in flags):
+            continue
         groups[current].append((name, "minimal" in flags))
     result = {}
     for section, entries in groups.items():
@@ -67,7 +81,8 @@ def extensions():
 
     sources = read_sources(ROOT / "csrc" / "sources.txt")
     minimal = os.environ.get("NATTEN_LIKE_MINIMAL_INSTANCES", "") == "1"
-    generated = read_sources(ROOT / "csrc" / "generated" / "sources.txt", minimal)
+    dtypes = kernel_dtypes()
+    generated = read_sources(ROOT / "csrc" / "generated" / "sources.txt", minimal, dtypes)
     include_dirs = [str(ROOT / "csrc" / "include")]
     cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
     archs = cuda_archs()
@@ -83,6 +98,7 @@ def extensions():
         cuda_sources = sources["cuda"] + generated.get("sm80", []) + (generated.get("sm90", []) if with_sm90 else [])
         macros = [("NATTEN_LIKE_WITH_CUDA", "1"), ("NATTEN_LIKE_WITH_SM90", "1" if with_sm90 else "0")]
         macros.append(("NATTEN_LIKE_MINIMAL_INSTANCES", "1" if minimal else "0"))
+        macros += [(f"NATTEN_LIKE_WITH_{d.upper()}", "1" if d in dtypes else "0") for d in DTYPES]
         return [
             CUDAExtension(
                 "natten_like._C",

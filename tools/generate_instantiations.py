@@ -238,8 +238,11 @@ def render() -> dict[str, str]:
                 )
                 decls.append(f"cudaError_t {name}(const {kind.params}& p, cudaStream_t stream);\n")
                 row = f'    {{"{torch_name}", {head_dim}, {head_dim_v}, &{name}}},\n'
-                rows.append(row if minimal else f"#if !NATTEN_LIKE_MINIMAL_INSTANCES\n{row}#endif\n")
-                sources[kind.arch].append(f"csrc/generated/{name}.cu" + (" minimal" if minimal else ""))
+                # A row exists where its unit is built: in its dtype's builds (NATTEN_LIKE_DTYPES), and in full builds
+                # unless it is minimal.
+                cond = f"NATTEN_LIKE_WITH_{dtype.upper()}" + ("" if minimal else " && !NATTEN_LIKE_MINIMAL_INSTANCES")
+                rows.append(f"#if {cond}\n{row}#endif\n")
+                sources[kind.arch].append(f"csrc/generated/{name}.cu {dtype}" + (" minimal" if minimal else ""))
         table = (
             f"// {kind.name}: query rows {block_m}, key rows {block_n} per CTA block.\n"
             + f"constexpr int {kind.table}BlockM = {block_m};\n"
@@ -252,15 +255,18 @@ def render() -> dict[str, str]:
             table = f"#if NATTEN_LIKE_WITH_SM90\n{table}#endif\n"
         tables.append(table)
     includes = sorted({f'#include "{k.params_header}"\n' for k in KINDS})
+    dtype_macros = [f"NATTEN_LIKE_WITH_{d.upper()}" for d, _, _ in DTYPES]
     files["instances.hpp"] = (
         HEADER
         + "// Declarations of the CUDA kernel instantiations and the tables the bindings dispatch on. Each table\n"
         + "// ends with a null row; rows outside the minimal set exist only in full builds\n"
-        + "// (NATTEN_LIKE_MINIMAL_INSTANCES unset or 0).\n"
+        + "// (NATTEN_LIKE_MINIMAL_INSTANCES unset or 0), and rows of a dtype only in builds of it\n"
+        + "// (NATTEN_LIKE_WITH_<DTYPE>, from NATTEN_LIKE_DTYPES).\n"
         + "#pragma once\n\n"
         + "#include <cuda_runtime_api.h>\n\n"
         + "".join(includes)
         + "\n#ifndef NATTEN_LIKE_MINIMAL_INSTANCES\n#define NATTEN_LIKE_MINIMAL_INSTANCES 0\n#endif\n"
+        + "".join(f"#ifndef {m}\n#define {m} 1\n#endif\n" for m in dtype_macros)
         + "#ifndef NATTEN_LIKE_WITH_SM90\n#define NATTEN_LIKE_WITH_SM90 0\n#endif\n\n"
         + "namespace natten_like::generated {\n\n"
         + "template <class Params>\n"
@@ -279,7 +285,7 @@ def render() -> dict[str, str]:
         HEADER.replace("//", "#")
         + "# The generated kernel sources, read by setup.py: [sm80] units are built for every requested arch,\n"
         + "# [sm90] units only when 9.0a is requested; a minimal build (NATTEN_LIKE_MINIMAL_INSTANCES=1) takes\n"
-        + "# the lines marked minimal.\n"
+        + "# the lines marked minimal; NATTEN_LIKE_DTYPES keeps the lines of the dtypes it names.\n"
         + "".join(f"[{arch}]\n" + "".join(f"{line}\n" for line in lines) for arch, lines in sources.items() if lines)
     )
     return files

@@ -252,7 +252,6 @@ BLOCK_SPARSE_CHECKER = r"""
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
-#include <numeric>
 #include <random>
 #include <set>
 #include <utility>
@@ -268,61 +267,19 @@ int check(std::mt19937& rng, long& checks) {
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   const int64_t kernel_block = 64;
   const bool packed = pick(0, 2) == 0;
-  const int64_t batch = pick(1, 2), heads = pick(1, 3), seqs = packed ? pick(1, 3) : 1;
-  const std::vector<int64_t> sizes{16, 64, 128};
-  const int64_t qbs = sizes[pick(0, 2)], kbs = sizes[pick(0, 2)];
-  std::vector<int64_t> q_seq{0}, kv_seq{0}, q_tiles{0}, kv_tiles{0};
-  int64_t max_q = 0, max_kv = 0;
-  for (int64_t s = 0; s < (packed ? seqs : 1); ++s) {
-    const int64_t nq = pick(0, 300), nkv = pick(1, 300);
-    q_seq.push_back(q_seq.back() + nq);
-    kv_seq.push_back(kv_seq.back() + nkv);
-    q_tiles.push_back(q_tiles.back() + policy::ceil_div(nq, qbs));
-    kv_tiles.push_back(kv_tiles.back() + policy::ceil_div(nkv, kbs));
-    max_q = std::max(max_q, nq);
-    max_kv = std::max(max_kv, nkv);
-  }
-  const int64_t QB = policy::ceil_div(max_q, qbs), KB = policy::ceil_div(max_kv, kbs);
-  const int64_t lb = packed ? seqs : (pick(0, 1) ? batch : 1), lh = pick(0, 1) ? heads : 1, cap = KB;
-  std::vector<int64_t> pnum(lb * lh * QB), pidx(lb * lh * QB * cap), fnum(lb * lh * QB), fidx(lb * lh * QB * cap);
-  for (int64_t g = 0; g < lb * lh * QB; ++g) {
-    std::vector<int64_t> cols(KB);
-    std::iota(cols.begin(), cols.end(), 0);
-    std::shuffle(cols.begin(), cols.end(), rng);
-    const int64_t n = pick(0, KB), nf = pick(0, n);
-    fnum[g] = nf;
-    pnum[g] = n - nf;
-    for (int64_t i = 0; i < nf; ++i) fidx[g * cap + i] = cols[i];
-    for (int64_t i = nf; i < n; ++i) pidx[g * cap + i - nf] = cols[i];
-  }
-  auto array = [&](const std::vector<int64_t>& num, const std::vector<int64_t>& idx) {
-    policy::BlockListArray a;
-    a.num = num.data();
-    a.idx = idx.data();
-    a.num_stride_b = lb > 1 ? lh * QB : 0;
-    a.num_stride_h = lh > 1 ? QB : 0;
-    a.idx_stride_b = lb > 1 ? lh * QB * cap : 0;
-    a.idx_stride_h = lh > 1 ? QB * cap : 0;
-    a.cap = cap;
-    return a;
-  };
+  const int64_t batch = packed ? 1 : pick(1, 2), heads = pick(1, 3);
+  const checkers::RandomBlockSparse bs(rng, packed, batch, heads, {16, 64, 128}, 300);
+  const std::vector<int64_t>& q_seq = bs.q_seq;
   sm80::BlockSparseFwdParams p{};
   p.heads = static_cast<int>(heads);
-  p.pattern.q_block = qbs;
-  p.pattern.kv_block = kbs;
-  p.pattern.causal = pick(0, 1) == 1;
-  p.pattern.num_seqs = packed ? seqs : 1;
-  p.pattern.q_seq = q_seq.data();
-  p.pattern.kv_seq = kv_seq.data();
-  p.pattern.q_tiles = q_tiles.data();
-  p.pattern.kv_tiles = kv_tiles.data();
-  p.kv_partial = array(pnum, pidx);
-  if (pick(0, 1)) p.kv_full = array(fnum, fidx);
+  bs.set_pattern(p.pattern, pick(0, 1) == 1);
+  p.kv_partial = bs.partial();
+  if (pick(0, 1)) p.kv_full = bs.full();
   p.packed = packed;
-  p.total_q_tiles = q_tiles.back();
-  p.q_split = qbs > kernel_block ? static_cast<int>(qbs / kernel_block) : 1;
-  p.kv_split = kbs > kernel_block ? static_cast<int>(kbs / kernel_block) : 1;
-  for (int64_t b = 0; b < (packed ? 1 : batch); ++b)
+  p.total_q_tiles = bs.q_tiles.back();
+  p.q_split = bs.qbs > kernel_block ? static_cast<int>(bs.qbs / kernel_block) : 1;
+  p.kv_split = bs.kbs > kernel_block ? static_cast<int>(bs.kbs / kernel_block) : 1;
+  for (int64_t b = 0; b < batch; ++b)
     for (int h = 0; h < heads; ++h) {
       policy::BlockSparsePolicy pol = p.pattern;
       pol.kv_partial = p.kv_partial.at(b, h, packed);

@@ -162,75 +162,32 @@ void transpose(const std::vector<int64_t>& num, const std::vector<int64_t>& idx,
 int check(std::mt19937& rng, long& checks) {
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   const bool packed = pick(0, 2) == 0;
-  const int64_t batch = packed ? 1 : pick(1, 2), kv_heads = pick(1, 2), seqs = packed ? pick(1, 3) : 1;
+  const int64_t batch = packed ? 1 : pick(1, 2), kv_heads = pick(1, 2);
   const int group = static_cast<int>(pick(1, 3));
   const int64_t heads = kv_heads * group;
-  const std::vector<int64_t> sizes{16, 64, 128};
-  const int64_t qbs = sizes[pick(0, 2)], kbs = sizes[pick(0, 2)];
-  std::vector<int64_t> q_seq{0}, kv_seq{0}, q_tiles{0}, kv_tiles{0};
-  int64_t max_q = 0, max_kv = 0;
-  for (int64_t s = 0; s < seqs; ++s) {
-    const int64_t nq = pick(0, 300), nkv = pick(1, 300);
-    q_seq.push_back(q_seq.back() + nq);
-    kv_seq.push_back(kv_seq.back() + nkv);
-    q_tiles.push_back(q_tiles.back() + policy::ceil_div(nq, qbs));
-    kv_tiles.push_back(kv_tiles.back() + policy::ceil_div(nkv, kbs));
-    max_q = std::max(max_q, nq);
-    max_kv = std::max(max_kv, nkv);
-  }
-  const int64_t QB = policy::ceil_div(max_q, qbs), KB = policy::ceil_div(max_kv, kbs);
-  const int64_t lb = packed ? seqs : (pick(0, 1) ? batch : 1), lh = pick(0, 1) ? heads : 1, cap = KB;
-  std::vector<int64_t> pnum(lb * lh * QB), pidx(lb * lh * QB * cap), fnum(lb * lh * QB), fidx(lb * lh * QB * cap);
-  for (int64_t g = 0; g < lb * lh * QB; ++g) {
-    std::vector<int64_t> cols(KB);
-    std::iota(cols.begin(), cols.end(), 0);
-    std::shuffle(cols.begin(), cols.end(), rng);
-    const int64_t n = pick(0, KB), nf = pick(0, n);
-    fnum[g] = nf;
-    pnum[g] = n - nf;
-    for (int64_t i = 0; i < nf; ++i) fidx[g * cap + i] = cols[i];
-    for (int64_t i = nf; i < n; ++i) pidx[g * cap + i - nf] = cols[i];
-  }
+  const checkers::RandomBlockSparse bs(rng, packed, batch, heads, {16, 64, 128}, 300);
+  const std::vector<int64_t>& kv_seq = bs.kv_seq;
   const bool with_full = pick(0, 1) == 1;
   std::vector<int64_t> tpnum, tpidx, tfnum, tfidx;
   int64_t tcap = 1;
-  transpose(pnum, pidx, lb * lh, QB, cap, KB, tpnum, tpidx, tcap);
-  transpose(fnum, fidx, lb * lh, QB, cap, KB, tfnum, tfidx, tcap);
-  // rows x cols lists of [lb, lh] (broadcast dims stride 0), as block_sparse_plan.hpp's list_array.
-  auto array = [&](const std::vector<int64_t>& num, const std::vector<int64_t>& idx, int64_t rows, int64_t c) {
-    policy::BlockListArray a;
-    a.num = num.data();
-    a.idx = idx.data();
-    a.num_stride_b = lb > 1 ? lh * rows : 0;
-    a.num_stride_h = lh > 1 ? rows : 0;
-    a.idx_stride_b = lb > 1 ? lh * rows * c : 0;
-    a.idx_stride_h = lh > 1 ? rows * c : 0;
-    a.cap = c;
-    return a;
-  };
+  transpose(bs.pnum, bs.pidx, bs.lb * bs.lh, bs.QB, bs.cap, bs.KB, tpnum, tpidx, tcap);
+  transpose(bs.fnum, bs.fidx, bs.lb * bs.lh, bs.QB, bs.cap, bs.KB, tfnum, tfidx, tcap);
   sm80::BlockSparseBwdParams p{};
   auto& f = p.fwd;
   f.heads = static_cast<int>(heads);
   f.kv_heads = static_cast<int>(kv_heads);
-  f.pattern.q_block = qbs;
-  f.pattern.kv_block = kbs;
-  f.pattern.causal = pick(0, 1) == 1;
-  f.pattern.num_seqs = seqs;
-  f.pattern.q_seq = q_seq.data();
-  f.pattern.kv_seq = kv_seq.data();
-  f.pattern.q_tiles = q_tiles.data();
-  f.pattern.kv_tiles = kv_tiles.data();
-  f.kv_partial = array(pnum, pidx, QB, cap);
-  p.q_partial = array(tpnum, tpidx, KB, tcap);
+  bs.set_pattern(f.pattern, pick(0, 1) == 1);
+  f.kv_partial = bs.partial();
+  p.q_partial = bs.array(tpnum, tpidx, bs.KB, tcap);
   if (with_full) {
-    f.kv_full = array(fnum, fidx, QB, cap);
-    p.q_full = array(tfnum, tfidx, KB, tcap);
+    f.kv_full = bs.full();
+    p.q_full = bs.array(tfnum, tfidx, bs.KB, tcap);
   }
   f.packed = packed;
-  f.total_q_tiles = q_tiles.back();
-  p.total_kv_tiles = kv_tiles.back();
-  f.q_split = qbs > kBlock ? static_cast<int>(qbs / kBlock) : 1;
-  f.kv_split = kbs > kBlock ? static_cast<int>(kbs / kBlock) : 1;
+  f.total_q_tiles = bs.q_tiles.back();
+  p.total_kv_tiles = bs.kv_tiles.back();
+  f.q_split = bs.qbs > kBlock ? static_cast<int>(bs.qbs / kBlock) : 1;
+  f.kv_split = bs.kbs > kBlock ? static_cast<int>(bs.kbs / kBlock) : 1;
   for (int64_t b = 0; b < batch; ++b)
     for (int h_kv = 0; h_kv < kv_heads; ++h_kv) {
       Triples want, got;

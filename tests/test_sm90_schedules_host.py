@@ -179,61 +179,21 @@ int check_s2(std::mt19937& rng, long& checks) {
 int check_bs(std::mt19937& rng, long& checks) {
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   const bool packed = pick(0, 2) == 0;
-  const int64_t batch = packed ? 1 : pick(1, 2), heads = pick(1, 3), seqs = packed ? pick(1, 3) : 1;
-  const std::vector<int64_t> sizes{16, 64, 128, 256};
-  const int64_t qbs = sizes[pick(0, 3)], kbs = sizes[pick(0, 3)];
-  std::vector<int64_t> q_seq{0}, kv_seq{0}, q_tiles{0}, kv_tiles{0};
-  int64_t max_q = 0, max_kv = 0;
-  for (int64_t s = 0; s < seqs; ++s) {
-    const int64_t nq = pick(0, 400), nkv = pick(1, 400);
-    q_seq.push_back(q_seq.back() + nq);
-    kv_seq.push_back(kv_seq.back() + nkv);
-    q_tiles.push_back(q_tiles.back() + policy::ceil_div(nq, qbs));
-    kv_tiles.push_back(kv_tiles.back() + policy::ceil_div(nkv, kbs));
-    max_q = std::max(max_q, nq);
-    max_kv = std::max(max_kv, nkv);
-  }
-  const int64_t QB = std::max<int64_t>(1, policy::ceil_div(max_q, qbs)), KB = policy::ceil_div(max_kv, kbs);
-  const int64_t lb = packed ? seqs : (pick(0, 1) ? batch : 1), lh = pick(0, 1) ? heads : 1, cap = KB;
-  std::vector<int64_t> pnum(lb * lh * QB), pidx(lb * lh * QB * cap), fnum(lb * lh * QB), fidx(lb * lh * QB * cap);
-  for (int64_t g = 0; g < lb * lh * QB; ++g) {
-    std::vector<int64_t> cols(KB);
-    std::iota(cols.begin(), cols.end(), 0);
-    std::shuffle(cols.begin(), cols.end(), rng);
-    const int64_t n = pick(0, KB), nf = pick(0, n);
-    fnum[g] = nf;
-    pnum[g] = n - nf;
-    for (int64_t i = 0; i < nf; ++i) fidx[g * cap + i] = cols[i];
-    for (int64_t i = nf; i < n; ++i) pidx[g * cap + i - nf] = cols[i];
-  }
-  auto array = [&](const std::vector<int64_t>& num, const std::vector<int64_t>& idx) {
-    policy::BlockListArray a;
-    a.num = num.data();
-    a.idx = idx.data();
-    a.num_stride_b = lb > 1 ? lh * QB : 0;
-    a.num_stride_h = lh > 1 ? QB : 0;
-    a.idx_stride_b = lb > 1 ? lh * QB * cap : 0;
-    a.idx_stride_h = lh > 1 ? QB * cap : 0;
-    a.cap = cap;
-    return a;
-  };
+  const int64_t batch = packed ? 1 : pick(1, 2), heads = pick(1, 3);
+  const checkers::RandomBlockSparse bs(rng, packed, batch, heads, {16, 64, 128, 256}, 400);
+  const std::vector<int64_t>& q_seq = bs.q_seq;
+  const std::vector<int64_t>& kv_seq = bs.kv_seq;
+  const int64_t seqs = bs.seqs, qbs = bs.qbs, kbs = bs.kbs;
   sm80::BlockSparseFwdParams p{};
   p.heads = static_cast<int>(heads);
   p.kv_heads = 1;
   p.batch = batch;
   p.tokens = q_seq.back();
-  p.pattern.q_block = qbs;
-  p.pattern.kv_block = kbs;
-  p.pattern.causal = pick(0, 1) == 1;
-  p.pattern.num_seqs = seqs;
-  p.pattern.q_seq = q_seq.data();
-  p.pattern.kv_seq = kv_seq.data();
-  p.pattern.q_tiles = q_tiles.data();
-  p.pattern.kv_tiles = kv_tiles.data();
-  p.kv_partial = array(pnum, pidx);
-  if (pick(0, 1)) p.kv_full = array(fnum, fidx);
+  bs.set_pattern(p.pattern, pick(0, 1) == 1);
+  p.kv_partial = bs.partial();
+  if (pick(0, 1)) p.kv_full = bs.full();
   p.packed = packed;
-  p.total_q_tiles = q_tiles.back();
+  p.total_q_tiles = bs.q_tiles.back();
   p.q_split = static_cast<int>(split_for(qbs));
   p.kv_split = static_cast<int>(split_for(kbs));
   if (!sm90::seq_split_matches(qbs, p.q_split, kBlock) || !sm90::seq_split_matches(kbs, p.kv_split, kBlock)) return 1;

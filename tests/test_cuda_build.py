@@ -163,6 +163,7 @@ S2_CHECKER = r"""
 
 #include "natten_like/sm80/fmha_schedules.hpp"
 #include "random_problems.hpp"
+#include "random_s2.hpp"
 
 using namespace natten_like;
 
@@ -170,21 +171,8 @@ int check(std::mt19937& rng, long& checks) {
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   const int64_t kernel_block = 64;
   sm80::StridedShardFwdParams p{};
-  const int64_t block = std::vector<int64_t>{8, 16, 64, 128, 192}[pick(0, 4)];
-  p.kv_heads = static_cast<int>(pick(1, 3));
-  p.heads = p.kv_heads * static_cast<int>(pick(1, 2));
-  p.pattern.nkv = pick(1, 6 * block);
-  p.pattern.nq = pick(1, p.pattern.nkv);
-  p.pattern.block = block;
-  p.pattern.local = pick(1, 3);
-  p.pattern.vert_stride = pick(1, 5);
-  p.pattern.causal = pick(0, 1) == 1;
-  const bool homo = pick(0, 3) == 0;
-  p.head_step = homo ? 0 : std::max<int64_t>(1, p.pattern.vert_stride / p.heads);
-  p.sliding_offset = pick(0, 3);
-  p.dense_heads = static_cast<int>(pick(0, p.kv_heads));
-  p.q_split = block > kernel_block ? static_cast<int>(block / kernel_block) : 1;
-  p.kv_split = p.q_split;
+  checkers::random_s2_problem(rng, p, static_cast<int>(pick(1, 2)), kernel_block);
+  const int64_t block = p.pattern.block;
   for (int h = 0; h < p.heads; ++h) {
     // The policy of head h, built as the CPU binding builds it.
     policy::StridedShardPolicy pol = p.pattern;

@@ -38,6 +38,7 @@ COMMON = r"""
 #include <vector>
 
 #include "random_problems.hpp"
+#include "random_s2.hpp"
 #include "natten_like/sm80/fmha_bwd_schedules.hpp"
 
 using namespace natten_like;
@@ -102,22 +103,9 @@ int check(std::mt19937& rng, long& checks) {
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   sm80::StridedShardBwdParams p{};
   auto& f = p.fwd;
-  const int64_t block = std::vector<int64_t>{8, 16, 64, 128, 192}[pick(0, 4)];
-  f.kv_heads = static_cast<int>(pick(1, 3));
   const int group = static_cast<int>(pick(1, 3));
-  f.heads = f.kv_heads * group;
-  f.pattern.nkv = pick(1, 6 * block);
-  f.pattern.nq = pick(1, f.pattern.nkv);
-  f.pattern.block = block;
-  f.pattern.local = pick(1, 3);
-  f.pattern.vert_stride = pick(1, 5);
-  f.pattern.causal = pick(0, 1) == 1;
-  const bool homo = pick(0, 3) == 0;
-  f.head_step = homo ? 0 : std::max<int64_t>(1, f.pattern.vert_stride / f.heads);
-  f.sliding_offset = pick(0, 3);
-  f.dense_heads = static_cast<int>(pick(0, f.kv_heads));
-  f.q_split = block > kBlock ? static_cast<int>(block / kBlock) : 1;
-  f.kv_split = f.q_split;
+  checkers::random_s2_problem(rng, f, group, kBlock);
+  const int64_t block = f.pattern.block;
   for (int h_kv = 0; h_kv < f.kv_heads; ++h_kv) {
     Triples want, got;
     for (int h = h_kv * group; h < (h_kv + 1) * group; ++h) {

@@ -4,7 +4,7 @@ Every figure is a GPU time or a ratio against a baseline measured in the same ru
 
 - dense forward, bf16, head dim 128, 16K tokens: TFLOP/s of each forward kernel family this build runs on this GPU
   (sm80, and sm90 on Hopper) and of torch SDPA (FlashAttention / cuDNN inside torch), and each family's forward +
-  backward against SDPA's;
+  backward against SDPA's; causal forward + backward at D 192 / D_v 128 (MLA prefill shapes) against SDPA's;
 - fully block-sparse GNA configs: each family's speedup over its own dense kernel against the simulator's tile bound
   (the issue targets >= 90% (sm80) / 95% (sm90) of it);
 - on Hopper, the two NATTEN reference configs (FLUX 4K and HunyuanVideo GNA) in ms, beside NATTEN's published H100
@@ -134,6 +134,19 @@ def main() -> None:
         tflops = f"{3.5 * flops / t_ours / 1e9:.0f} TFLOP/s"
         ratio = f"{t_sdpa / t_ours:.2f}x SDPA ({t_ours:.1f} vs {t_sdpa:.1f} ms)"
         rows.append(("dense fwd+bwd bf16 hd128 N=16384", f"{targets[-1]} fwd + sm80 bwd", tflops, ratio))
+
+    if (torch.bfloat16, 192, 128) in cuda_backend.built_kernels("sm80_gna_bwd"):
+        # DeepSeek-style MLA prefill / training shapes: D 192 (nope + rope) / D_v 128, causal, the sm80 kernels.
+        n = 8192
+        qkv = [torch.randn(B, n, H, d, device=DEV, dtype=torch.bfloat16) for d in (192, 192, 128)]
+        leaves = [t.clone().requires_grad_() for t in qkv]
+        leaves_t = [t.transpose(1, 2).contiguous().requires_grad_() for t in qkv]
+        ours = fwd_bwd(lambda: natten_like.attention(*leaves, is_causal=True, backend="cuda"), leaves)
+        sdpa = fwd_bwd(lambda: F.scaled_dot_product_attention(*leaves_t, is_causal=True), leaves_t)
+        t_ours, t_sdpa = median_ms([ours, sdpa], max(3, args.reps // 2))
+        causal_flops = 3.5 * 2 * B * H * n * n * (192 + 128) / 2
+        rows.append(("causal fwd+bwd bf16 D192/Dv128 N=8192", "sm80 fwd + bwd", f"{causal_flops / t_ours / 1e9:.0f} "
+                     "TFLOP/s", f"{t_sdpa / t_ours:.2f}x SDPA ({t_ours:.1f} vs {t_sdpa:.1f} ms)"))  # fmt: skip
 
     for shape, window in (((16384,), (512,)), ((128, 128), (16, 16)), ((32, 32, 16), (8, 8, 8))):
         stride = window  # blocked: every visited tile full

@@ -111,8 +111,11 @@ int main(int argc, char** argv) {
 # - each S^T chunk of the dK/dV kernel (keys x kQChunk queries) and each S tile of the dQ kernel keeps a row in one warp
 #   and one lane quad, and its accumulator reinterpreted as the A operand holds exactly the coordinates the MMA expects
 #   (so P^T / dS^T / dS feed dV, dK, dQ without smem);
-# - a chunk of kQChunk query rows of the gathered (kBlockM, D) tile is the chunk layout at offset chunk * kQChunk * D;
-# - the transposed views (D, rows) address the same element as the row views.
+# - a chunk of kQChunk query rows (dK/dV kernel) or kKvChunk key rows (dQ kernel) of a gathered (64, cols) tile is the
+#   chunk layout at offset chunk * rows * row stride, for the swizzled and the row-padded (D + D_v > 256) layouts, with
+#   D_v != D too; the padded rows keep 16-byte chunks contiguous and an ldmatrix's 8 rows in 8 distinct bank groups;
+# - the transposed views (cols, rows) address the same element as the row views;
+# - the tiles fit the storage the kernels declare for them.
 LAYOUT_CHECKER = r"""
 #include <cstdio>
 
@@ -142,32 +145,62 @@ int check_acc(Mma& mma, int threads) {
   return bad;
 }
 
-template <class Element, int D>
-int check() {
-  using T = nl::Sm80FmhaBwdTraits<Element, D, 64, 64>;
-  typename T::TiledMma mma;
-  int bad = check_acc<decltype(mma), T::kBlockN, T::kQChunk>(mma, T::kThreads);
-  bad += check_acc<decltype(mma), T::kBlockM, T::kBlockN>(mma, T::kThreads);
-  typename T::SmemLayoutQ q;
-  typename T::SmemLayoutQc qc;
-  typename T::SmemLayoutQct qct;
-  typename T::SmemLayoutKV kv;
-  typename T::SmemLayoutKt kt;
-  bad += cosize(q) != T::kBlockM * D || cosize(kv) != T::kBlockN * D;
-  for (int r = 0; r < T::kBlockM; ++r) {
-    for (int d = 0; d < D; ++d) {
-      const int c = r / T::kQChunk, rc = r % T::kQChunk;
-      bad += q(r, d) != c * T::kQChunk * D + qc(rc, d);
-      bad += qct(d, rc) != qc(rc, d);
-      bad += kt(d, r) != kv(r, d);
+// A (64, kCols) tile of layout L and its chunks of kRows rows (layout C).
+template <class T, int kCols, int kRows, class L, class C>
+int check_chunks(L tile, C chunk) {
+  constexpr int kStride = T::template kRowStride<kCols>;
+  int bad = cosize(tile) > 64 * kStride;
+  for (int r = 0; r < 64; ++r) {
+    for (int d = 0; d < kCols; ++d) {
+      const int c = r / kRows, rc = r % kRows;
+      bad += tile(r, d) != c * kRows * kStride + chunk(rc, d);
+      if (d % 8 == 0) {
+        bad += tile(r, d) % 8 != 0;  // 16-byte chunks: 8 contiguous elements at 16-byte aligned offsets
+        for (int j = 1; j < 8; ++j) bad += tile(r, d + j) != tile(r, d) + j;
+      }
+    }
+    if (r % 8 == 0) {  // the 16-byte bank group of column 0 of rows r .. r + 7 (one ldmatrix): all distinct
+      int seen = 0;
+      for (int j = 0; j < 8; ++j) seen |= 1 << ((tile(r + j, 0) * 2 / 16) % 8);
+      bad += seen != 0xff;
     }
   }
   return bad;
 }
 
+// A transposed (kCols, kRows) view Ct of a (kRows, kCols) layout C.
+template <int kRows, int kCols, class C, class Ct>
+int check_transposed(C chunk, Ct chunk_t) {
+  int bad = 0;
+  for (int r = 0; r < kRows; ++r) {
+    for (int d = 0; d < kCols; ++d) bad += chunk_t(d, r) != chunk(r, d);
+  }
+  return bad;
+}
+
+template <class Element, int D, int DV = D>
+int check() {
+  using T = nl::Sm80FmhaBwdTraits<Element, D, 64, 64, DV>;
+  typename T::TiledMma mma;
+  int bad = check_acc<decltype(mma), T::kBlockN, T::kQChunk>(mma, T::kThreads);
+  bad += check_acc<decltype(mma), T::kBlockM, T::kKvChunk>(mma, T::kThreads);
+  bad += T::kPadded != (D + DV > 256) || T::kDkDvGroups != (D + DV > 256 ? 2 : 1);
+  bad += cosize(typename T::SmemLayoutQ{}) > T::kTileElems || cosize(typename T::SmemLayoutK{}) > T::kTileElems;
+  bad += cosize(typename T::SmemLayoutDO{}) > T::kTileElemsV || cosize(typename T::SmemLayoutV{}) > T::kTileElemsV;
+  bad += check_chunks<T, D, T::kQChunk>(typename T::SmemLayoutQ{}, typename T::SmemLayoutQc{});
+  bad += check_chunks<T, DV, T::kQChunk>(typename T::SmemLayoutDO{}, typename T::SmemLayoutDOc{});
+  bad += check_chunks<T, D, T::kKvChunk>(typename T::SmemLayoutK{}, typename T::SmemLayoutKc{});
+  bad += check_chunks<T, DV, T::kKvChunk>(typename T::SmemLayoutV{}, typename T::SmemLayoutVc{});
+  bad += check_transposed<T::kQChunk, D>(typename T::SmemLayoutQc{}, typename T::SmemLayoutQct{});
+  bad += check_transposed<T::kQChunk, DV>(typename T::SmemLayoutDOc{}, typename T::SmemLayoutDOct{});
+  bad += check_transposed<T::kKvChunk, D>(typename T::SmemLayoutKc{}, typename T::SmemLayoutKct{});
+  return bad;
+}
+
 int main() {
   const int bad = check<cutlass::half_t, 32>() + check<cutlass::bfloat16_t, 32>() + check<cutlass::half_t, 64>() +
-                  check<cutlass::bfloat16_t, 64>() + check<cutlass::half_t, 128>() + check<cutlass::bfloat16_t, 128>();
+                  check<cutlass::bfloat16_t, 64>() + check<cutlass::half_t, 128>() + check<cutlass::bfloat16_t, 128>() +
+                  check<cutlass::bfloat16_t, 192, 128>() + check<cutlass::half_t, 256>();
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }

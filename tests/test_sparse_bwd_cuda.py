@@ -32,12 +32,12 @@ def _skip_reason(kind: str) -> str | None:
     return None
 
 
-def _require(kind: str) -> list[tuple[torch.dtype, int]]:
-    """(dtype, head dim) of the built kernels of ``kind`` (all have D_v == D)."""
+def _require(kind: str) -> list[tuple[torch.dtype, int, int]]:
+    """(dtype, head dim D, head dim D_v) of the built kernels of ``kind``."""
     reason = _skip_reason(kind)
     if reason is not None:
         pytest.skip(reason)
-    return sorted(((dt, hd) for dt, hd, _ in cuda_backend.built_kernels(kind)), key=str)
+    return sorted(cuda_backend.built_kernels(kind), key=str)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -120,7 +120,7 @@ def test_block_sparse_backward_matches_reference(monkeypatch: pytest.MonkeyPatch
     built = _require(BS_KIND)
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     rng = random.Random(seed)
-    for dtype, dim in built:
+    for dtype, dim, dim_v in built:
         g = torch.Generator().manual_seed(seed)
         b, kv_heads = rng.randint(1, 2), rng.randint(1, 2)
         h = kv_heads * rng.randint(1, 3)
@@ -132,14 +132,15 @@ def test_block_sparse_backward_matches_reference(monkeypatch: pytest.MonkeyPatch
         mask[0, 0, 0] = False  # an empty query block: lse -inf, zero gradients
         full = torch.rand(shape, generator=g) < 0.5
         q = torch.randn(b, nq, h, dim, generator=g, dtype=torch.float64)
-        k, v = (torch.randn(b, nkv, kv_heads, dim, generator=g, dtype=torch.float64) for _ in "kv")
+        k = torch.randn(b, nkv, kv_heads, dim, generator=g, dtype=torch.float64)
+        v = torch.randn(b, nkv, kv_heads, dim_v, generator=g, dtype=torch.float64)
         lists = _split_lists(mask, full)
         _block_sparse_case(q, k, v, lists, dtype, qbs, kbs, rng.random() < 0.5, seed=seed)
 
 
 @pytest.mark.parametrize("causal", [False, True])
 def test_block_sparse_backward_packed_varlen(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
-    dtype, dim = _require(BS_KIND)[-1]
+    dtype, dim, dim_v = _require(BS_KIND)[-1]
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     g = torch.Generator().manual_seed(5)
     lens_q, lens_kv = [130, 0, 200, 80], [210, 60, 200, 30]
@@ -149,7 +150,8 @@ def test_block_sparse_backward_packed_varlen(monkeypatch: pytest.MonkeyPatch, ca
     mask = torch.rand(shape, generator=g) < 0.6
     full = torch.rand(shape, generator=g) < 0.4
     q = torch.randn(int(cu_q[-1]), h, dim, generator=g, dtype=torch.float64)
-    k, v = (torch.randn(int(cu_kv[-1]), hk, dim, generator=g, dtype=torch.float64) for _ in "kv")
+    k = torch.randn(int(cu_kv[-1]), hk, dim, generator=g, dtype=torch.float64)
+    v = torch.randn(int(cu_kv[-1]), hk, dim_v, generator=g, dtype=torch.float64)
     _block_sparse_case(q, k, v, _split_lists(mask, full), dtype, qbs, kbs, causal, cu_q, cu_kv, seed=7)
 
 
@@ -182,7 +184,7 @@ def test_strided_shard_backward_matches_reference(monkeypatch: pytest.MonkeyPatc
     built = _require(S2_KIND)
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     rng = random.Random(100 + seed)
-    for dtype, dim in built:
+    for dtype, dim, dim_v in built:
         block = rng.choice([16, 64, 128])
         nkv = rng.randint(1, 4 * block)
         kv_heads = rng.randint(1, 2)
@@ -194,5 +196,6 @@ def test_strided_shard_backward_matches_reference(monkeypatch: pytest.MonkeyPatc
         )  # fmt: skip
         g = torch.Generator().manual_seed(seed)
         q = torch.randn(batch, nq, heads, dim, generator=g, dtype=torch.float64)
-        k, v = (torch.randn(batch, nkv, kv_heads, dim, generator=g, dtype=torch.float64) for _ in "kv")
+        k = torch.randn(batch, nkv, kv_heads, dim, generator=g, dtype=torch.float64)
+        v = torch.randn(batch, nkv, kv_heads, dim_v, generator=g, dtype=torch.float64)
         _strided_shard_case(q, k, v, pattern, dtype, seed)

@@ -98,7 +98,8 @@ KINDS = (
         "launch_sm80_gna_bwd",
         "natten_like::sm80::GnaBwdParams",
         "kSm80GnaBwd",
-        (32, 64, 128),
+        (32, 64, 128, 256, (192, 128)),
+        "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
         "sm80_block_sparse_bwd",
@@ -109,7 +110,8 @@ KINDS = (
         "launch_sm80_block_sparse_bwd",
         "natten_like::sm80::BlockSparseBwdParams",
         "kSm80BlockSparseBwd",
-        (32, 64, 128),
+        (32, 64, 128, 256, (192, 128)),
+        "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
         "sm80_s2_bwd",
@@ -120,7 +122,8 @@ KINDS = (
         "launch_sm80_s2_bwd",
         "natten_like::sm80::StridedShardBwdParams",
         "kSm80S2Bwd",
-        (32, 64, 128),
+        (32, 64, 128, 256, (192, 128)),
+        "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
         "sm80_latent_fwd",
@@ -195,6 +198,7 @@ MINIMAL = {
     ("sm80_gna_bwd", "fp16", 32),
     ("sm80_latent_fwd", "bf16", (576, 512)),
     ("sm80_gna_fwd", "bf16", (192, 128)),
+    ("sm80_gna_bwd", "bf16", (192, 128)),
     ("sm80_gna_fwd", "bf16", 256),
     ("sm90_gna_fwd", "bf16", 128),
     ("sm90_latent_fwd", "bf16", (576, 512)),

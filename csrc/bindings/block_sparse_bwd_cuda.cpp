@@ -34,20 +34,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
   TORCH_CHECK(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device() &&
                   out_.device() == q_.device() && grad_out_.device() == q_.device() && lse_.device() == q_.device(),
               kName, ": grad_out, q, k, v, out, lse must be on one CUDA device");
-  TORCH_CHECK(v_.size(-1) == q_.size(-1) && k_.size(-1) == q_.size(-1), kName, ": q, k, v head dims differ (D_v != D "
-              "has no kernel)");
+  TORCH_CHECK(k_.size(-1) == q_.size(-1), kName, ": q and k head dims differ");
   const Plan plan = make_plan(q_, k_, v_, kv_num.cpu(), kv_idx.cpu(), on_host(full_num), on_host(full_idx),
                               on_host(cu_q), on_host(cu_kv), q_block, kv_block, causal, true);
   TORCH_CHECK(plan.q_seq.back() < (int64_t{1} << 31) && plan.kv_seq.back() < (int64_t{1} << 31), kName,
               ": token counts must be below 2^31 (int32 key positions)");
-  TORCH_CHECK(out_.sizes() == q_.sizes() && grad_out_.sizes() == q_.sizes() &&
-                  lse_.sizes() == q_.sizes().slice(0, q_.dim() - 1),
-              kName, ": out / grad_out must be shaped like q and lse like q without its head dim");
+  check_bwd_shapes(kName, q_, v_, out_, grad_out_, lse_);
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80BlockSparseBwd, q_.scalar_type(), q_.size(-1), q_.size(-1));
-  TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dim ",
-              q_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseBwd), ")");
+  const auto launch = find_instance(generated::kSm80BlockSparseBwd, q_.scalar_type(), q_.size(-1), v_.size(-1));
+  TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dims ",
+              q_.size(-1), " / ", v_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseBwd), ")");
 
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
   const at::Tensor out = aligned_contiguous(out_.to(q.scalar_type()));

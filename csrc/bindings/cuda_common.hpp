@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "../generated/instances.hpp"
 
@@ -122,6 +123,18 @@ inline void fill_bwd_args(sm80::FmhaBwdArgs& p, const at::Tensor& grad_out, cons
   p.dk_batch_stride = dk.stride(0), p.dk_token_stride = dk.stride(-3), p.dk_head_stride = dk.stride(-2);
   p.dv_batch_stride = dv.stride(0), p.dv_token_stride = dv.stride(-3), p.dv_head_stride = dv.stride(-2);
   p.delta = delta.data_ptr<float>();
+}
+
+// The backward's out and grad_out are shaped like q with v's head dim D_v, lse like q without its head dim.
+inline void check_bwd_shapes(const char* name, const at::Tensor& q, const at::Tensor& v, const at::Tensor& out,
+                             const at::Tensor& grad_out, const at::Tensor& lse) {
+  std::vector<int64_t> out_shape(q.sizes().begin(), q.sizes().end());
+  out_shape.back() = v.size(-1);
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(out_shape) && grad_out.sizes() == at::IntArrayRef(out_shape) &&
+                  lse.sizes() == q.sizes().slice(0, q.dim() - 1),
+              name, ": out / grad_out must be shaped like q with v's head dim (", at::IntArrayRef(out_shape),
+              "), lse like q without its head dim; got out ", out.sizes(), ", grad_out ", grad_out.sizes(), ", lse ",
+              lse.sizes());
 }
 
 // Kernel blocks per pattern block (strided-shard, block-sparse): 1 when the pattern block fits the kernel's block, else

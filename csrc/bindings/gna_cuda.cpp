@@ -184,18 +184,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
   TORCH_CHECK(kernel == "auto" || kernel == "sm80", "natten_like::gna_backward (cuda): the backward kernels are sm80's "
               "(kernel 'auto' or 'sm80'), got '", kernel, "'");
   check_qkv(q_, k_, v_);
-  TORCH_CHECK(k_.size(-1) == q_.size(-1) && v_.size(-1) == q_.size(-1),
-              "natten_like::gna_backward (cuda): q, k, v head dims differ (the backward kernels have D_v == D)");
+  TORCH_CHECK(k_.size(-1) == q_.size(-1), "natten_like::gna_backward (cuda): q and k head dims differ");
   const auto [ak, av] = additional_kv(add_k, add_v, q_, k_, v_, "natten_like::gna_backward (cuda)");
-  TORCH_CHECK(out_.sizes() == q_.sizes() && grad_out_.sizes() == q_.sizes() &&
-                  lse_.sizes() == q_.sizes().slice(0, q_.dim() - 1),
-              "natten_like::gna_backward (cuda): out / grad_out must be shaped like q and lse like q without its head dim");
+  check_bwd_shapes("natten_like::gna_backward (cuda)", q_, v_, out_, grad_out_, lse_);
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
-  const int64_t head_dim = q_.size(-1);
-  const auto launch = find_instance(generated::kSm80GnaBwd, q_.scalar_type(), head_dim, head_dim);
+  const int64_t head_dim = q_.size(-1), head_dim_v = v_.size(-1);
+  const auto launch = find_instance(generated::kSm80GnaBwd, q_.scalar_type(), head_dim, head_dim_v);
   TORCH_CHECK(launch != nullptr, "natten_like::gna_backward (cuda): no sm80 backward kernel built for dtype ",
-              q_.scalar_type(), " and head dim ", head_dim, " (built: ", list_instances(generated::kSm80GnaBwd), ")");
+              q_.scalar_type(), " and head dims ", head_dim, " / ", head_dim_v, " (built: ",
+              list_instances(generated::kSm80GnaBwd), ")");
 
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
   const at::Tensor out = aligned_contiguous(out_.to(q.scalar_type()));

@@ -27,14 +27,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
   TORCH_CHECK(k_.size(0) == q_.size(0) && v_.size(0) == q_.size(0) && v_.size(1) == k_.size(1) &&
                   v_.size(2) == k_.size(2),
               kName, ": q/k/v batch, token or head dims differ");
-  TORCH_CHECK(k_.size(3) == q_.size(3) && v_.size(3) == q_.size(3), kName, ": q, k, v head dims differ (D_v != D has "
-              "no kernel)");
+  TORCH_CHECK(k_.size(3) == q_.size(3), kName, ": q and k head dims differ");
   TORCH_CHECK(q_.scalar_type() == k_.scalar_type() && q_.scalar_type() == v_.scalar_type(), kName, ": dtypes differ");
   TORCH_CHECK(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device() &&
                   out_.device() == q_.device() && grad_out_.device() == q_.device() && lse_.device() == q_.device(),
               kName, ": grad_out, q, k, v, out, lse must be on one CUDA device");
-  TORCH_CHECK(out_.sizes() == q_.sizes() && grad_out_.sizes() == q_.sizes() && lse_.sizes() == q_.sizes().slice(0, 3),
-              kName, ": out / grad_out must be shaped like q and lse like q without its head dim");
+  check_bwd_shapes(kName, q_, v_, out_, grad_out_, lse_);
   const int64_t heads = q_.size(2), kv_heads = k_.size(2), nq = q_.size(1), nkv = k_.size(1);
   TORCH_CHECK(kv_heads >= 1 && heads % kv_heads == 0, kName, ": query heads must be a multiple of KV heads");
   TORCH_CHECK(nq <= nkv, kName, ": N_q must be <= N_kv (queries align to the end of the keys)");
@@ -47,9 +45,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
 
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80S2Bwd, q_.scalar_type(), q_.size(3), q_.size(3));
-  TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dim ", q_.size(3),
-              " (built: ", list_instances(generated::kSm80S2Bwd), ")");
+  const auto launch = find_instance(generated::kSm80S2Bwd, q_.scalar_type(), q_.size(3), v_.size(3));
+  TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dims ", q_.size(3),
+              " / ", v_.size(3), " (built: ", list_instances(generated::kSm80S2Bwd), ")");
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
   const at::Tensor out = aligned_contiguous(out_.to(q.scalar_type()));
   const at::Tensor grad_out = aligned_contiguous(grad_out_.to(q.scalar_type()));

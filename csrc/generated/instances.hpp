@@ -67,21 +67,33 @@ cudaError_t sm80_s2_fwd_bf16_hd192x128_m64_n64(const natten_like::sm80::StridedS
 cudaError_t sm80_gna_bwd_fp16_hd32_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_fp16_hd128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_bwd_fp16_hd256_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_bwd_fp16_hd192x128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_bf16_hd32_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_bf16_hd64_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_gna_bwd_bf16_hd128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_bwd_bf16_hd256_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_gna_bwd_bf16_hd192x128_m64_n64(const natten_like::sm80::GnaBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_fp16_hd32_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_fp16_hd64_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_fp16_hd128_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_fp16_hd256_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_fp16_hd192x128_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_bf16_hd32_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_bf16_hd64_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_block_sparse_bwd_bf16_hd128_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_bf16_hd256_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_block_sparse_bwd_bf16_hd192x128_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_fp16_hd32_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_fp16_hd64_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_fp16_hd128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_fp16_hd256_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_fp16_hd192x128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_bf16_hd32_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_s2_bwd_bf16_hd128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_bf16_hd256_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
+cudaError_t sm80_s2_bwd_bf16_hd192x128_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream);
 cudaError_t sm80_latent_fwd_fp16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm80_latent_fwd_bf16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_latent_fwd_fp16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
@@ -223,6 +235,12 @@ inline constexpr Instance<natten_like::sm80::GnaBwdParams> kSm80GnaBwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, 128, &sm80_gna_bwd_fp16_hd128_m64_n64},
 #endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 256, 256, &sm80_gna_bwd_fp16_hd256_m64_n64},
+#endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, &sm80_gna_bwd_fp16_hd192x128_m64_n64},
+#endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 32, 32, &sm80_gna_bwd_bf16_hd32_m64_n64},
 #endif
@@ -231,6 +249,12 @@ inline constexpr Instance<natten_like::sm80::GnaBwdParams> kSm80GnaBwd[] = {
 #endif
 #if NATTEN_LIKE_WITH_BF16
     {"bfloat16", 128, 128, &sm80_gna_bwd_bf16_hd128_m64_n64},
+#endif
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 256, 256, &sm80_gna_bwd_bf16_hd256_m64_n64},
+#endif
+#if NATTEN_LIKE_WITH_BF16
+    {"bfloat16", 192, 128, &sm80_gna_bwd_bf16_hd192x128_m64_n64},
 #endif
     {nullptr, 0, 0, nullptr},
 };
@@ -248,6 +272,12 @@ inline constexpr Instance<natten_like::sm80::BlockSparseBwdParams> kSm80BlockSpa
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, 128, &sm80_block_sparse_bwd_fp16_hd128_m64_n64},
 #endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 256, 256, &sm80_block_sparse_bwd_fp16_hd256_m64_n64},
+#endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, &sm80_block_sparse_bwd_fp16_hd192x128_m64_n64},
+#endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 32, 32, &sm80_block_sparse_bwd_bf16_hd32_m64_n64},
 #endif
@@ -256,6 +286,12 @@ inline constexpr Instance<natten_like::sm80::BlockSparseBwdParams> kSm80BlockSpa
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 128, 128, &sm80_block_sparse_bwd_bf16_hd128_m64_n64},
+#endif
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 256, 256, &sm80_block_sparse_bwd_bf16_hd256_m64_n64},
+#endif
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 192, 128, &sm80_block_sparse_bwd_bf16_hd192x128_m64_n64},
 #endif
     {nullptr, 0, 0, nullptr},
 };
@@ -273,6 +309,12 @@ inline constexpr Instance<natten_like::sm80::StridedShardBwdParams> kSm80S2Bwd[]
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, 128, &sm80_s2_bwd_fp16_hd128_m64_n64},
 #endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 256, 256, &sm80_s2_bwd_fp16_hd256_m64_n64},
+#endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, &sm80_s2_bwd_fp16_hd192x128_m64_n64},
+#endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 32, 32, &sm80_s2_bwd_bf16_hd32_m64_n64},
 #endif
@@ -281,6 +323,12 @@ inline constexpr Instance<natten_like::sm80::StridedShardBwdParams> kSm80S2Bwd[]
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 128, 128, &sm80_s2_bwd_bf16_hd128_m64_n64},
+#endif
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 256, 256, &sm80_s2_bwd_bf16_hd256_m64_n64},
+#endif
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 192, 128, &sm80_s2_bwd_bf16_hd192x128_m64_n64},
 #endif
     {nullptr, 0, 0, nullptr},
 };

@@ -5,7 +5,7 @@
 namespace natten_like::generated {
 
 cudaError_t sm80_block_sparse_bwd_bf16_hd128_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream) {
-  return natten_like::sm80::launch_sm80_block_sparse_bwd<cutlass::bfloat16_t, 128, 64, 64>(p, stream);
+  return natten_like::sm80::launch_sm80_block_sparse_bwd<cutlass::bfloat16_t, 128, 64, 64, 128>(p, stream);
 }
 
 }  // namespace natten_like::generated

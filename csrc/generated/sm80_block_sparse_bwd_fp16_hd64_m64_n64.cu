@@ -5,7 +5,7 @@
 namespace natten_like::generated {
 
 cudaError_t sm80_block_sparse_bwd_fp16_hd64_m64_n64(const natten_like::sm80::BlockSparseBwdParams& p, cudaStream_t stream) {
-  return natten_like::sm80::launch_sm80_block_sparse_bwd<cutlass::half_t, 64, 64, 64>(p, stream);
+  return natten_like::sm80::launch_sm80_block_sparse_bwd<cutlass::half_t, 64, 64, 64, 64>(p, stream);
 }
 
 }  // namespace natten_like::generated

@@ -5,7 +5,7 @@
 namespace natten_like::generated {
 
 cudaError_t sm80_s2_bwd_bf16_hd64_m64_n64(const natten_like::sm80::StridedShardBwdParams& p, cudaStream_t stream) {
-  return natten_like::sm80::launch_sm80_s2_bwd<cutlass::bfloat16_t, 64, 64, 64>(p, stream);
+  return natten_like::sm80::launch_sm80_s2_bwd<cutlass::bfloat16_t, 64, 64, 64, 64>(p, stream);
 }
 
 }  // namespace natten_like::generated

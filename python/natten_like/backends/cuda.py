@@ -15,11 +15,10 @@ backend refuses with "no CUDA kernels are built yet"):
 
 None of them has been verified on a GPU yet (issues 5 and 7), so the backend accepts a problem only when
 ``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is set; otherwise it refuses, saying so, and the flex / reference backends take CUDA
-tensors. What the kernels run: float16 / bfloat16, the built head dims (``D_v == D``, and for the sm80 forwards also
-D 192 / D_v 128), GQA, and for GNA additional KV, fused into the same softmax (sm80 and sm90 forward,
-sm80 backward). The
-compute capability of the tensors' own GPU is checked when a kernel is about to run (the problem names only the device
-type); an opted-in call it rules out raises ``BackendNotSupportedError``.
+tensors. What the kernels run: float16 / bfloat16, the built head dims (``D_v == D``, and for the sm80 kernels, forward
+and backward, also D 192 / D_v 128), GQA, and for GNA additional KV, fused into the same softmax (sm80 and sm90
+forward, sm80 backward). The compute capability of the tensors' own GPU is checked when a kernel is about to run (the
+problem names only the device type); an opted-in call it rules out raises ``BackendNotSupportedError``.
 
 Tile shapes come from the one table, ``simulator/tile_configs.py`` (``GNA_TILES["sm80"]`` / ``["sm90"]``), clamped to
 the problem; the 1-D families run on the same CTA block (``cta_block``).
@@ -46,9 +45,11 @@ MIN_CAPABILITY = (8, 0)
 # with element stride = dilation (at most 8); batch and the outermost token dim share one int32 coordinate.
 SM90_MAX_DILATION = 8
 SM90_MAX_BOX_EXTENT = 256
-# Shared memory per block of the sm80 forward at head dim 256 (Q, K, V tiles of 64 x 256, K/V rows padded; the size of
-# FwdSmem in sm80_fmha_fwd_kernel.hpp, rounded up): more than sm86 / sm89 / sm120 GPUs allow a block.
+# Shared memory per block of the sm80 kernels at head dim 256, rounded up: the forward (Q, K, V tiles of 64 x 256, K/V
+# rows padded; FwdSmem in sm80_fmha_fwd_kernel.hpp) and the backward's dK/dV kernel (K, V, Q, dO tiles, rows padded,
+# and the P^T hand-over; DkDvSmem in sm80_fmha_bwd_kernel.hpp). More than sm86 / sm89 / sm120 GPUs allow a block.
 SM80_HD256_SMEM = 105 * 1024
+SM80_HD256_BWD_SMEM = 147 * 1024
 
 
 def _built_kernels() -> frozenset[tuple[str, torch.dtype, int, int]]:
@@ -105,10 +106,11 @@ def _head_dim_reasons(problem: Problem, kind: str = "sm80_gna_fwd") -> list[str]
     if dims not in built:
         reasons.append(f"head dims (D, D_v) = {dims} have no kernel (built for {problem.dtype}: {built})")
     if params.head_dim >= 256 and torch.cuda.is_available():
+        need = SM80_HD256_BWD_SMEM if problem.requires_grad else SM80_HD256_SMEM
         optin = torch.cuda.get_device_properties().shared_memory_per_block_optin
-        if optin < SM80_HD256_SMEM:
-            reasons.append(f"head dim {params.head_dim} needs {SM80_HD256_SMEM} bytes of shared memory per block; this "
-                           f"GPU allows {optin} (sm80 / sm90 class GPUs have enough)")  # fmt: skip
+        if optin < need:
+            reasons.append(f"head dim {params.head_dim} needs {need} bytes of shared memory per block; this GPU "
+                           f"allows {optin} (sm80 / sm90 class GPUs have enough)")  # fmt: skip
     if problem.requires_grad and kind == "sm80_gna_fwd":
         built_bwd = sorted((hd, hd_v) for dt, hd, hd_v in built_kernels("sm80_gna_bwd") if dt == problem.dtype)
         if dims not in built_bwd:

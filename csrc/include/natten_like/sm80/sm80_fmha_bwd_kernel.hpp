@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstddef>
 #include <new>
 
 #include <cute/tensor.hpp>
@@ -138,7 +139,7 @@ CUTE_DEVICE auto to_a_operand(const Acc& acc) {
   return r;
 }
 
-// Stages an fp32 (kRows, kHeadDim) accumulator, times `scale`, as Element in smem tile `s` (layout of the tile's rows),
+// Stages an fp32 (kRows, kCols) accumulator, times `scale`, as Element in smem tile `s` (layout of the tile's rows),
 // for row-wise 16-byte stores.
 template <class Traits, class Acc, class SmemTensor, class TiledMma>
 CUTE_DEVICE void acc_to_smem(Acc& acc, float scale, SmemTensor& s, TiledMma& mma, int tid) {
@@ -151,17 +152,19 @@ CUTE_DEVICE void acc_to_smem(Acc& acc, float scale, SmemTensor& s, TiledMma& mma
   copy(copy_o, thr.retile_S(r), thr.partition_D(s));
 }
 
-// Writes rows [0, rows) of a staged smem tile to base + token[r] * token_stride (16 bytes per thread per step).
-template <class Traits, int kRows, class SmemTensor>
+// Writes rows [0, rows) of a staged (kRows, kCols) smem tile to base + token[r] * token_stride (16 bytes per thread per
+// step).
+template <class Traits, int kRows, int kCols, class SmemTensor>
 CUTE_DEVICE void store_rows(const SmemTensor& s, typename Traits::Element* base, int64_t token_stride,
                             const int64_t* token, int rows, int tid) {
-  constexpr int kChunks = kRows * Traits::kChunksPerRow;
+  constexpr int kChunksPerRow = kCols / Traits::kChunk;
+  constexpr int kChunks = kRows * kChunksPerRow;
   static_assert(kChunks % Traits::kThreads == 0);
   CUTE_UNROLL
   for (int i = 0; i < kChunks / Traits::kThreads; ++i) {
     const int idx = tid + i * Traits::kThreads;
-    const int r = idx / Traits::kChunksPerRow;
-    const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
+    const int r = idx / kChunksPerRow;
+    const int c = (idx % kChunksPerRow) * Traits::kChunk;
     if (r < rows) {
       *reinterpret_cast<uint128_t*>(base + token[r] * token_stride + c) = *reinterpret_cast<const uint128_t*>(&s(r, c));
     }
@@ -171,11 +174,11 @@ CUTE_DEVICE void store_rows(const SmemTensor& s, typename Traits::Element* base,
 }  // namespace detail
 
 // delta[row] = sum_d dO[row, d] * O[row, d] - grad_lse[row] for every (batch, token, query head) row, float32.
-// kHeadDim / (16 / sizeof(Element)) lanes per row, one 16-byte chunk of O and dO each.
-template <class Element, int kHeadDim, class Params>
+// kHeadDimV / (16 / sizeof(Element)) lanes per row, one 16-byte chunk of O and dO each.
+template <class Element, int kHeadDimV, class Params>
 __global__ void __launch_bounds__(256) sm80_fmha_bwd_delta_kernel(__grid_constant__ const Params p) {
   constexpr int kChunk = 16 / sizeof(Element);
-  constexpr int kLanes = kHeadDim / kChunk;  // power of two, at most 32: the row's lanes sit in one warp
+  constexpr int kLanes = kHeadDimV / kChunk;  // power of two, at most 32: the row's lanes sit in one warp
   static_assert(kLanes <= 32 && (kLanes & (kLanes - 1)) == 0);
   constexpr int kRowsPerBlock = 256 / kLanes;
   const FmhaFwdArgs& f = p.fwd;
@@ -205,14 +208,202 @@ __global__ void __launch_bounds__(256) sm80_fmha_bwd_delta_kernel(__grid_constan
 
 namespace detail {
 
-// The dK/dV mainloop of one CTA (KV tile blockIdx.x of KV head blockIdx.y, batch blockIdx.z), over the steps of the
-// key-side schedule.
+// Roles of a thread group of the dK/dV kernel. kRoleAll: one group of 4 warps computes S^T, dP^T, P^T, dS^T and
+// accumulates dV and dK. The wide configurations (Traits::kDkDvGroups == 2) split the work over two groups, each with
+// one accumulator, so that neither holds both (D + D_v columns of fp32 over 16 key rows per warp would not fit 255
+// registers): kRoleP computes S^T, the masked P^T and dV += P^T dO and hands P^T (fp32) to kRoleDs through smem, which
+// computes dP^T, dS^T = P^T (dP^T - delta) and dK += dS^T Q. The two halves do equal work at D 192 / D_v 128 and 256.
+enum : int { kRoleAll = 0, kRoleP = 1, kRoleDs = 2 };
+
+// Named barriers of the P^T hand-over (ids above __syncthreads' 0): kXchgFull, the P^T chunk is in smem (kRoleP
+// arrives, kRoleDs waits); kXchgEmpty, kRoleDs has read it (kRoleDs arrives, kRoleP waits before the next write).
+constexpr int kXchgFull = 1;
+constexpr int kXchgEmpty = 2;
+
+// bar.sync waits until kThreads threads arrived at barrier kId, bar.arrive counts the caller without waiting; both
+// order the caller's prior smem accesses before the waiters' later ones.
+template <int kId, int kThreads>
+CUTE_DEVICE void named_barrier_sync() {
+  asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
+}
+template <int kId, int kThreads>
+CUTE_DEVICE void named_barrier_arrive() {
+  asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
+}
+
+// Traits with another thread count, for the row gathers and stores of the dK/dV kernel's kDkDvThreads.
+template <class Traits, int kThreads_>
+struct WithThreads : Traits {
+  static constexpr int kThreads = kThreads_;
+};
+
+// The steps of the dK/dV mainloop for one role (above), with the thread index `gtid` within its group of 4 warps;
+// the accumulators a role does not own are nullptr. Every thread of the CTA runs the same steps: the gathers and
+// __syncthreads are shared, the math is the role's.
+template <class Traits, class KeySchedule, int kRole, class AccDk, class AccDv, class GatherQ>
+CUTE_DEVICE void dkdv_steps(DkDvSmem<Traits, KeySchedule>& smem_all, const typename KeySchedule::Params& p,
+                            const KeySchedule& sched, int steps, int64_t b, int tid, int gtid, AccDk& acc_dk,
+                            AccDv& acc_dv, GatherQ&& gather_q) {
+  using namespace cute;
+  using Element = typename Traits::Element;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim, kHeadDimV = Traits::kHeadDimV;
+  constexpr int kQChunk = Traits::kQChunk, kStages = Traits::kStages;
+  constexpr int kChunks = kBlockM / kQChunk;
+  constexpr bool kWithP = kRole != kRoleDs;   // computes S^T and P^T, accumulates dV
+  constexpr bool kWithDs = kRole != kRoleP;   // computes dP^T and dS^T, accumulates dK
+  auto& smem = smem_all.s;
+  const auto& f = p.fwd;
+
+  Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutV{});
+  typename Traits::TiledMma tiled_mma;
+  auto thr_mma = tiled_mma.get_slice(gtid);
+  auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);             // K, V
+  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);             // Q, dO (rows = queries)
+  auto copy_bt = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);  // Q^T, dO^T
+  Tensor tSsK = copy_a.get_slice(gtid).partition_S(sK);
+  Tensor tSsV = copy_a.get_slice(gtid).partition_S(sV);
+  Tensor rK = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
+  Tensor rV = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDimV>>{}));
+  Tensor rQ = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kQChunk>, Int<kHeadDim>>{}));
+  Tensor rdO = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kQChunk>, Int<kHeadDimV>>{}));
+  Tensor rQt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDim>, Int<kQChunk>>{}));
+  Tensor rdOt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDimV>, Int<kQChunk>>{}));
+
+  // Each thread's (key, query) coordinates of an S^T chunk.
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kQChunk>>{}));
+  Tensor tScS_rc = make_tensor(tScS.data(), detail::acc_rowcol(tScS.layout()));
+  constexpr int kRowsPerThread = size<0>(decltype(tScS_rc.layout()){});
+  constexpr int kColsPerThread = size<1>(decltype(tScS_rc.layout()){});
+
+  const float scale_log2 = f.scale * static_cast<float>(M_LOG2E);
+
+  for (int e = 0; e < steps; ++e) {
+    const int st = e & 1;
+    const int ts = kStages == 2 ? st : 0;
+    cp_async_wait<0>();
+    __syncthreads();  // Q/dO of step e in smem; every warp is done with step e - 1 (its tiles and geometry)
+    if (e + 1 < steps) load_q_geometry<Traits>(smem, st ^ 1, p, sched, e + 1, b, tid);
+    if constexpr (kStages == 2) {
+      if (e + 1 < steps) {
+        __syncthreads();  // geometry of e + 1 visible
+        gather_q(ts ^ 1, st ^ 1);
+        cp_async_fence();
+      }
+    }
+    const bool need_mask = smem.q_need_mask[st] != 0;
+
+#pragma unroll 1
+    for (int c = 0; c < kChunks; ++c) {
+      Element* q_ptr = smem.q[ts] + c * kQChunk * Traits::template kRowStride<kHeadDim>;
+      Element* do_ptr = smem.d_out[ts] + c * kQChunk * Traits::template kRowStride<kHeadDimV>;
+      Tensor sQc = make_tensor(make_smem_ptr(q_ptr), typename Traits::SmemLayoutQc{});
+      Tensor sdOc = make_tensor(make_smem_ptr(do_ptr), typename Traits::SmemLayoutDOc{});
+      Tensor sQct = make_tensor(make_smem_ptr(q_ptr), typename Traits::SmemLayoutQct{});
+      Tensor sdOct = make_tensor(make_smem_ptr(do_ptr), typename Traits::SmemLayoutDOct{});
+
+      // S^T = K Q^T and dP^T = V dO^T: rows are this CTA's keys, columns the chunk's queries.
+      Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kQChunk>>{});
+      Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kQChunk>>{});
+      Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
+      Tensor dp = make_tensor(acc_dp.data(), detail::acc_rowcol(acc_dp.layout()));
+      if constexpr (kWithP) {
+        clear(acc_s);
+        detail::gemm_ss(acc_s, rK, rQ, tSsK, copy_b.get_slice(gtid).partition_S(sQc), tiled_mma, copy_a, copy_b);
+        // P^T = exp2(scale_log2 S^T - lse_log2) (masked pairs: S = -inf first), in place.
+        int32_t kx[kRowsPerThread][kRank];
+        if (need_mask) {
+          CUTE_UNROLL
+          for (int mi = 0; mi < kRowsPerThread; ++mi) {
+            const int r = get<0>(tScS_rc(mi, 0));
+            for (int i = 0; i < kRank; ++i) kx[mi][i] = smem.kv_x[i][r];
+          }
+        }
+        CUTE_UNROLL
+        for (int ni = 0; ni < kColsPerThread; ++ni) {
+          const int col = c * kQChunk + get<1>(tScS_rc(0, ni));
+          const float lse_log2 = smem.lse_log2[st][col];
+          int32_t wb[kRank], we[kRank];
+          if (need_mask) {
+            for (int i = 0; i < kRank; ++i) {
+              wb[i] = smem.q_begin[st][i][col];
+              we[i] = smem.q_end[st][i][col];
+            }
+          }
+          CUTE_UNROLL
+          for (int mi = 0; mi < kRowsPerThread; ++mi) {
+            float x = s(mi, ni) * scale_log2;
+            if (need_mask) {
+              bool inside = true;
+              for (int i = 0; i < kRank; ++i) inside = inside && wb[i] <= kx[mi][i] && kx[mi][i] < we[i];
+              if (!inside) x = -INFINITY;
+            }
+            s(mi, ni) = exp2f(x - lse_log2);
+          }
+        }
+      }
+      if constexpr (kRole == kRoleP) {
+        // Hand P^T over: kRoleDs's thread gtid (the same MMA slice) reads element i of the fragment back for the
+        // same (key, query).
+        const int chunk = e * kChunks + c;
+        if (chunk > 0) named_barrier_sync<kXchgEmpty, Traits::kDkDvThreads>();
+        CUTE_UNROLL
+        for (int i = 0; i < size(acc_s); ++i) smem.p_xchg[i * Traits::kThreads + gtid] = acc_s(i);
+        named_barrier_arrive<kXchgFull, Traits::kDkDvThreads>();
+      }
+      if constexpr (kWithDs) {
+        clear(acc_dp);
+        detail::gemm_ss(acc_dp, rV, rdO, tSsV, copy_b.get_slice(gtid).partition_S(sdOc), tiled_mma, copy_a, copy_b);
+        if constexpr (kRole == kRoleDs) {
+          const int chunk = e * kChunks + c;
+          named_barrier_sync<kXchgFull, Traits::kDkDvThreads>();
+          CUTE_UNROLL
+          for (int i = 0; i < size(acc_s); ++i) acc_s(i) = smem.p_xchg[i * Traits::kThreads + gtid];
+          // No arrival after the last chunk: kRoleP waits for none, and no barrier is left half-arrived.
+          if (chunk + 1 < steps * kChunks) named_barrier_arrive<kXchgEmpty, Traits::kDkDvThreads>();
+        }
+        // dS^T = P^T (dP^T - delta), in place.
+        CUTE_UNROLL
+        for (int ni = 0; ni < kColsPerThread; ++ni) {
+          const float delta = smem.delta[st][c * kQChunk + get<1>(tScS_rc(0, ni))];
+          CUTE_UNROLL
+          for (int mi = 0; mi < kRowsPerThread; ++mi) dp(mi, ni) = s(mi, ni) * (dp(mi, ni) - delta);
+        }
+      }
+
+      // dV += P^T dO and dK += dS^T Q: the accumulators' rows (keys) are the A operand's rows.
+      if constexpr (kWithP) {
+        Tensor rP = detail::to_a_operand<Element>(acc_s);
+        detail::gemm_rs(acc_dv, rP, rdOt, copy_bt.get_slice(gtid).partition_S(sdOct), tiled_mma, copy_bt);
+      }
+      if constexpr (kWithDs) {
+        Tensor rdS = detail::to_a_operand<Element>(acc_dp);
+        detail::gemm_rs(acc_dk, rdS, rQt, copy_bt.get_slice(gtid).partition_S(sQct), tiled_mma, copy_bt);
+      }
+    }
+
+    if constexpr (kStages == 1) {
+      if (e + 1 < steps) {
+        __syncthreads();  // every warp is done with the Q/dO buffer; geometry of e + 1 visible
+        gather_q(0, st ^ 1);
+        cp_async_fence();
+      }
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done reading K and V: their buffers may take dK and dV
+}
+
+// The dK/dV kernel of one CTA (KV tile blockIdx.x of KV head blockIdx.y, batch blockIdx.z), over the steps of the
+// key-side schedule, with Traits::kDkDvGroups groups of 4 warps (dkdv_steps' roles).
 template <class Traits, class KeySchedule>
 CUTE_DEVICE void bwd_dkdv(const typename KeySchedule::Params& p) {
   using namespace cute;
   using Element = typename Traits::Element;
-  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
-  constexpr int kQChunk = Traits::kQChunk, kStages = Traits::kStages;
+  using GatherTraits = WithThreads<Traits, Traits::kDkDvThreads>;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim, kHeadDimV = Traits::kHeadDimV;
 
   extern __shared__ __align__(128) char smem_raw[];
   auto& smem_all = *reinterpret_cast<DkDvSmem<Traits, KeySchedule>*>(smem_raw);
@@ -248,152 +439,66 @@ CUTE_DEVICE void bwd_dkdv(const typename KeySchedule::Params& p) {
   if (steps > 0) load_q_geometry<Traits>(smem, 0, p, sched, 0, b, tid);
   __syncthreads();
 
-  Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});
-  Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutKV{});
+  Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutV{});
   // Gathers Q and dO of the step whose geometry is in stage st into tile buffer ts.
   auto gather_q = [&](int ts, int st) {
     const int h = smem.q_head[st];
     const auto* q_base = static_cast<const Element*>(f.q) + b * f.q_batch_stride + h * f.q_head_stride;
     const auto* do_base = static_cast<const Element*>(p.d_out) + b * p.do_batch_stride + h * p.do_head_stride;
     Tensor sQ = make_tensor(make_smem_ptr(smem.q[ts]), typename Traits::SmemLayoutQ{});
-    Tensor sdO = make_tensor(make_smem_ptr(smem.d_out[ts]), typename Traits::SmemLayoutQ{});
-    detail::gather_rows_async<Traits, kBlockM>(sQ, q_base, f.q_token_stride, smem.q_token[st], smem.q_rows[st], tid);
-    detail::gather_rows_async<Traits, kBlockM>(sdO, do_base, p.do_token_stride, smem.q_token[st], smem.q_rows[st], tid);
+    Tensor sdO = make_tensor(make_smem_ptr(smem.d_out[ts]), typename Traits::SmemLayoutDO{});
+    detail::gather_rows_async<GatherTraits, kBlockM>(sQ, q_base, f.q_token_stride, smem.q_token[st], smem.q_rows[st],
+                                                     tid);
+    detail::gather_rows_async<GatherTraits, kBlockM, kHeadDimV>(sdO, do_base, p.do_token_stride, smem.q_token[st],
+                                                                smem.q_rows[st], tid);
   };
   if (steps > 0) {
     const auto* k_base = static_cast<const Element*>(f.k) + b * f.k_batch_stride + h_kv * f.k_head_stride;
     const auto* v_base = static_cast<const Element*>(f.v) + b * f.v_batch_stride + h_kv * f.v_head_stride;
-    detail::gather_rows_async<Traits, kBlockN>(sK, k_base, f.k_token_stride, smem.kv_token, kv_rows, tid);
-    detail::gather_rows_async<Traits, kBlockN>(sV, v_base, f.v_token_stride, smem.kv_token, kv_rows, tid);
+    detail::gather_rows_async<GatherTraits, kBlockN>(sK, k_base, f.k_token_stride, smem.kv_token, kv_rows, tid);
+    detail::gather_rows_async<GatherTraits, kBlockN, kHeadDimV>(sV, v_base, f.v_token_stride, smem.kv_token, kv_rows,
+                                                                tid);
     gather_q(0, 0);
     cp_async_fence();
   }
 
+  // Each group stages its accumulator (dK times scale) in the K or V buffer; threadIdx.x is read afresh there.
   typename Traits::TiledMma tiled_mma;
-  auto thr_mma = tiled_mma.get_slice(tid);
-  Tensor acc_dk = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{});
-  Tensor acc_dv = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{});
-  clear(acc_dk);
-  clear(acc_dv);
-
-  auto copy_a = make_tiled_copy_A(typename Traits::SmemCopyAtom{}, tiled_mma);             // K, V
-  auto copy_b = make_tiled_copy_B(typename Traits::SmemCopyAtom{}, tiled_mma);             // Q, dO (rows = queries)
-  auto copy_bt = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);  // Q^T, dO^T
-  Tensor tSsK = copy_a.get_slice(tid).partition_S(sK);
-  Tensor tSsV = copy_a.get_slice(tid).partition_S(sV);
-  Tensor rKV = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-  Tensor rQ = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kQChunk>, Int<kHeadDim>>{}));
-  Tensor rQt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDim>, Int<kQChunk>>{}));
-
-  // Each thread's (key, query) coordinates of an S^T chunk.
-  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockN>, Int<kQChunk>>{}));
-  Tensor tScS_rc = make_tensor(tScS.data(), detail::acc_rowcol(tScS.layout()));
-  constexpr int kRowsPerThread = size<0>(decltype(tScS_rc.layout()){});
-  constexpr int kColsPerThread = size<1>(decltype(tScS_rc.layout()){});
-
-  const float scale_log2 = f.scale * static_cast<float>(M_LOG2E);
-
-  for (int e = 0; e < steps; ++e) {
-    const int st = e & 1;
-    const int ts = kStages == 2 ? st : 0;
-    cp_async_wait<0>();
-    __syncthreads();  // Q/dO of step e in smem; every warp is done with step e - 1 (its tiles and geometry)
-    if (e + 1 < steps) load_q_geometry<Traits>(smem, st ^ 1, p, sched, e + 1, b, tid);
-    if constexpr (kStages == 2) {
-      if (e + 1 < steps) {
-        __syncthreads();  // geometry of e + 1 visible
-        gather_q(ts ^ 1, st ^ 1);
-        cp_async_fence();
-      }
-    }
-    const bool need_mask = smem.q_need_mask[st] != 0;
-
-#pragma unroll 1
-    for (int c = 0; c < kBlockM / kQChunk; ++c) {
-      Element* q_ptr = smem.q[ts] + c * kQChunk * kHeadDim;
-      Element* do_ptr = smem.d_out[ts] + c * kQChunk * kHeadDim;
-      Tensor sQc = make_tensor(make_smem_ptr(q_ptr), typename Traits::SmemLayoutQc{});
-      Tensor sdOc = make_tensor(make_smem_ptr(do_ptr), typename Traits::SmemLayoutQc{});
-      Tensor sQct = make_tensor(make_smem_ptr(q_ptr), typename Traits::SmemLayoutQct{});
-      Tensor sdOct = make_tensor(make_smem_ptr(do_ptr), typename Traits::SmemLayoutQct{});
-      Tensor tSsQ = copy_b.get_slice(tid).partition_S(sQc);
-      Tensor tSsdO = copy_b.get_slice(tid).partition_S(sdOc);
-      Tensor tSsQt = copy_bt.get_slice(tid).partition_S(sQct);
-      Tensor tSsdOt = copy_bt.get_slice(tid).partition_S(sdOct);
-
-      // S^T = K Q^T and dP^T = V dO^T: rows are this CTA's keys, columns the chunk's queries.
-      Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kQChunk>>{});
-      Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kQChunk>>{});
-      clear(acc_s);
-      clear(acc_dp);
-      detail::gemm_ss(acc_s, rKV, rQ, tSsK, tSsQ, tiled_mma, copy_a, copy_b);
-      detail::gemm_ss(acc_dp, rKV, rQ, tSsV, tSsdO, tiled_mma, copy_a, copy_b);
-
-      // P^T = exp2(scale_log2 S^T - lse_log2) (masked pairs: S = -inf first), dS^T = P^T (dP^T - delta), in place.
-      Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
-      Tensor dp = make_tensor(acc_dp.data(), detail::acc_rowcol(acc_dp.layout()));
-      int32_t kx[kRowsPerThread][kRank];
-      if (need_mask) {
-        CUTE_UNROLL
-        for (int mi = 0; mi < kRowsPerThread; ++mi) {
-          const int r = get<0>(tScS_rc(mi, 0));
-          for (int i = 0; i < kRank; ++i) kx[mi][i] = smem.kv_x[i][r];
-        }
-      }
-      CUTE_UNROLL
-      for (int ni = 0; ni < kColsPerThread; ++ni) {
-        const int col = c * kQChunk + get<1>(tScS_rc(0, ni));
-        const float lse_log2 = smem.lse_log2[st][col];
-        const float delta = smem.delta[st][col];
-        int32_t wb[kRank], we[kRank];
-        if (need_mask) {
-          for (int i = 0; i < kRank; ++i) {
-            wb[i] = smem.q_begin[st][i][col];
-            we[i] = smem.q_end[st][i][col];
-          }
-        }
-        CUTE_UNROLL
-        for (int mi = 0; mi < kRowsPerThread; ++mi) {
-          float x = s(mi, ni) * scale_log2;
-          if (need_mask) {
-            bool inside = true;
-            for (int i = 0; i < kRank; ++i) inside = inside && wb[i] <= kx[mi][i] && kx[mi][i] < we[i];
-            if (!inside) x = -INFINITY;
-          }
-          const float pv = exp2f(x - lse_log2);
-          s(mi, ni) = pv;
-          dp(mi, ni) = pv * (dp(mi, ni) - delta);
-        }
-      }
-
-      // dV += P^T dO and dK += dS^T Q: the accumulators' rows (keys) are the A operand's rows.
-      Tensor rP = detail::to_a_operand<Element>(acc_s);
-      detail::gemm_rs(acc_dv, rP, rQt, tSsdOt, tiled_mma, copy_bt);
-      Tensor rdS = detail::to_a_operand<Element>(acc_dp);
-      detail::gemm_rs(acc_dk, rdS, rQt, tSsQt, tiled_mma, copy_bt);
-    }
-
-    if constexpr (kStages == 1) {
-      if (e + 1 < steps) {
-        __syncthreads();  // every warp is done with the Q/dO buffer; geometry of e + 1 visible
-        gather_q(0, st ^ 1);
-        cp_async_fence();
-      }
-    }
+  auto mainloop = [&]<int kRole>(auto& acc_dk, auto& acc_dv, int gtid) {
+    dkdv_steps<Traits, KeySchedule, kRole>(smem_all, p, sched, steps, b, tid, gtid, acc_dk, acc_dv, gather_q);
+  };
+  auto new_acc = [&]<int kCols>() {
+    Tensor acc = partition_fragment_C(tiled_mma, Shape<Int<kBlockN>, Int<kCols>>{});
+    clear(acc);
+    return acc;
+  };
+  std::nullptr_t none = nullptr;
+  if constexpr (Traits::kDkDvGroups == 1) {
+    auto acc_dk = new_acc.template operator()<kHeadDim>();
+    auto acc_dv = new_acc.template operator()<kHeadDimV>();
+    mainloop.template operator()<kRoleAll>(acc_dk, acc_dv, tid);
+    const int tid_e = fresh_thread_index();
+    detail::acc_to_smem<Traits>(acc_dk, f.scale, sK, tiled_mma, tid_e);
+    detail::acc_to_smem<Traits>(acc_dv, 1.f, sV, tiled_mma, tid_e);
+  } else if (tid < Traits::kThreads) {
+    auto acc_dv = new_acc.template operator()<kHeadDimV>();
+    mainloop.template operator()<kRoleP>(none, acc_dv, tid);
+    detail::acc_to_smem<Traits>(acc_dv, 1.f, sV, tiled_mma, fresh_thread_index());
+  } else {
+    auto acc_dk = new_acc.template operator()<kHeadDim>();
+    mainloop.template operator()<kRoleDs>(acc_dk, none, tid - Traits::kThreads);
+    detail::acc_to_smem<Traits>(acc_dk, f.scale, sK, tiled_mma, fresh_thread_index() - Traits::kThreads);
   }
-
-  // Epilogue: dK (times scale) and dV through the K and V buffers, then their rows to their tokens.
-  cp_async_wait<0>();
-  __syncthreads();  // every warp is done reading K and V
-  const int tid_e = fresh_thread_index();
-  detail::acc_to_smem<Traits>(acc_dk, f.scale, sK, tiled_mma, tid_e);
-  detail::acc_to_smem<Traits>(acc_dv, 1.f, sV, tiled_mma, tid_e);
   __syncthreads();
+  const int tid_e = fresh_thread_index();
   auto* dk_base = static_cast<Element*>(p.dk) + b * p.dk_batch_stride + h_kv * p.dk_head_stride;
   auto* dv_base = static_cast<Element*>(p.dv) + b * p.dv_batch_stride + h_kv * p.dv_head_stride;
   // The key row count is re-read from smem rather than held in a register across the mainloop.
-  detail::store_rows<Traits, kBlockN>(sK, dk_base, p.dk_token_stride, smem.kv_token, smem.kv_rows, tid_e);
-  detail::store_rows<Traits, kBlockN>(sV, dv_base, p.dv_token_stride, smem.kv_token, smem.kv_rows, tid_e);
+  detail::store_rows<GatherTraits, kBlockN, kHeadDim>(sK, dk_base, p.dk_token_stride, smem.kv_token, smem.kv_rows,
+                                                      tid_e);
+  detail::store_rows<GatherTraits, kBlockN, kHeadDimV>(sV, dv_base, p.dv_token_stride, smem.kv_token, smem.kv_rows,
+                                                       tid_e);
 }
 
 // The dQ mainloop of one CTA (kernel Q tile blockIdx.x of query head blockIdx.y, batch blockIdx.z), over the KV tiles
@@ -402,8 +507,9 @@ template <class Traits, class Params, class Schedule>
 CUTE_DEVICE void bwd_dq(const Params& p) {
   using namespace cute;
   using Element = typename Traits::Element;
-  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
-  constexpr int kStages = Traits::kStages;
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+  constexpr int kHeadDim = Traits::kHeadDim, kHeadDimV = Traits::kHeadDimV;
+  constexpr int kKvChunk = Traits::kKvChunk, kStages = Traits::kStages;
 
   extern __shared__ __align__(128) char smem_raw[];
   auto& smem_all = *reinterpret_cast<DqSmem<Traits, Schedule>*>(smem_raw);
@@ -441,18 +547,19 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
   const auto* q_base = static_cast<const Element*>(f.q) + b * f.q_batch_stride + h * f.q_head_stride;
   const auto* do_base = static_cast<const Element*>(p.d_out) + b * p.do_batch_stride + h * p.do_head_stride;
   Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
-  Tensor sdO = make_tensor(make_smem_ptr(smem.d_out), typename Traits::SmemLayoutQ{});
+  Tensor sdO = make_tensor(make_smem_ptr(smem.d_out), typename Traits::SmemLayoutDO{});
   // Gathers K and V of the KV tile whose geometry is in stage st into tile buffer ts.
   auto gather_kv = [&](int ts, int st) {
-    Tensor sK = make_tensor(make_smem_ptr(smem.k[ts]), typename Traits::SmemLayoutKV{});
-    Tensor sV = make_tensor(make_smem_ptr(smem.v[ts]), typename Traits::SmemLayoutKV{});
+    Tensor sK = make_tensor(make_smem_ptr(smem.k[ts]), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v[ts]), typename Traits::SmemLayoutV{});
     const KvSource<Element>& src = smem_all.src[st];
     detail::gather_rows_async<Traits, kBlockN>(sK, src.k, src.k_stride, smem.kv_token[st], smem.kv_rows[st], tid);
-    detail::gather_rows_async<Traits, kBlockN>(sV, src.v, src.v_stride, smem.kv_token[st], smem.kv_rows[st], tid);
+    detail::gather_rows_async<Traits, kBlockN, kHeadDimV>(sV, src.v, src.v_stride, smem.kv_token[st],
+                                                          smem.kv_rows[st], tid);
   };
   if (kv_tiles > 0) {
     detail::gather_rows_async<Traits, kBlockM>(sQ, q_base, f.q_token_stride, smem.q_token, q_rows, tid);
-    detail::gather_rows_async<Traits, kBlockM>(sdO, do_base, p.do_token_stride, smem.q_token, q_rows, tid);
+    detail::gather_rows_async<Traits, kBlockM, kHeadDimV>(sdO, do_base, p.do_token_stride, smem.q_token, q_rows, tid);
     gather_kv(0, 0);
     cp_async_fence();
   }
@@ -467,11 +574,14 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
   auto copy_bt = make_tiled_copy_B(typename Traits::SmemCopyAtomTransposed{}, tiled_mma);  // K^T
   Tensor tSsQ = copy_a.get_slice(tid).partition_S(sQ);
   Tensor tSsdO = copy_a.get_slice(tid).partition_S(sdO);
-  Tensor rA = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-  Tensor rB = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kBlockN>, Int<kHeadDim>>{}));
-  Tensor rKt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDim>, Int<kBlockN>>{}));
+  Tensor rQ = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDim>>{}));
+  Tensor rdO = make_tensor<Element>(partition_shape_A(tiled_mma, Shape<Int<kBlockM>, Int<kHeadDimV>>{}));
+  Tensor rK = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kKvChunk>, Int<kHeadDim>>{}));
+  Tensor rV = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kKvChunk>, Int<kHeadDimV>>{}));
+  Tensor rKt = make_tensor<Element>(partition_shape_B(tiled_mma, Shape<Int<kHeadDim>, Int<kKvChunk>>{}));
 
-  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
+  // Each thread's (query, key) coordinates of an S chunk.
+  Tensor tScS = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kKvChunk>>{}));
   Tensor tScS_rc = make_tensor(tScS.data(), detail::acc_rowcol(tScS.layout()));
   constexpr int kRowsPerThread = size<0>(decltype(tScS_rc.layout()){});
   constexpr int kColsPerThread = size<1>(decltype(tScS_rc.layout()){});
@@ -505,55 +615,61 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
       }
     }
 
-    Tensor sK = make_tensor(make_smem_ptr(smem.k[ts]), typename Traits::SmemLayoutKV{});
-    Tensor sV = make_tensor(make_smem_ptr(smem.v[ts]), typename Traits::SmemLayoutKV{});
-    Tensor sKt = make_tensor(make_smem_ptr(smem.k[ts]), typename Traits::SmemLayoutKt{});
-    Tensor tSsK = copy_b.get_slice(tid).partition_S(sK);
-    Tensor tSsV = copy_b.get_slice(tid).partition_S(sV);
-    Tensor tSsKt = copy_bt.get_slice(tid).partition_S(sKt);
-
-    Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
-    Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kBlockN>>{});
-    clear(acc_s);
-    clear(acc_dp);
-    detail::gemm_ss(acc_s, rA, rB, tSsQ, tSsK, tiled_mma, copy_a, copy_b);
-    detail::gemm_ss(acc_dp, rA, rB, tSsdO, tSsV, tiled_mma, copy_a, copy_b);
-
-    Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
-    Tensor dp = make_tensor(acc_dp.data(), detail::acc_rowcol(acc_dp.layout()));
     const int32_t mask = smem.kv_need_mask[st];
     const bool need_mask = mask == kMaskWindow;
-    CUTE_UNROLL
-    for (int mi = 0; mi < kRowsPerThread; ++mi) {
-      int32_t wb[kRank], we[kRank];
-      if (need_mask) {
-        const int r = get<0>(tScS_rc(mi, 0));
-        for (int i = 0; i < kRank; ++i) {
-          wb[i] = smem.q_begin[i][r];
-          we[i] = smem.q_end[i][r];
-        }
-      }
-      CUTE_UNROLL
-      for (int ni = 0; ni < kColsPerThread; ++ni) {
-        float x = s(mi, ni) * scale_log2;
-        if (mask == kMaskAll && smem.kv_x[st][0][get<1>(tScS_rc(0, ni))] < 0) x = -INFINITY;
-        if (need_mask) {
-          const int c = get<1>(tScS_rc(0, ni));
-          bool inside = true;
-          for (int i = 0; i < kRank; ++i) {
-            const int32_t y = smem.kv_x[st][i][c];
-            inside = inside && wb[i] <= y && y < we[i];
-          }
-          if (!inside) x = -INFINITY;
-        }
-        const float pv = exp2f(x - lse_log2[mi]);
-        dp(mi, ni) = pv * (dp(mi, ni) - delta[mi]);
-      }
-    }
+#pragma unroll 1
+    for (int c = 0; c < kBlockN / kKvChunk; ++c) {
+      Element* k_ptr = smem.k[ts] + c * kKvChunk * Traits::template kRowStride<kHeadDim>;
+      Element* v_ptr = smem.v[ts] + c * kKvChunk * Traits::template kRowStride<kHeadDimV>;
+      Tensor sKc = make_tensor(make_smem_ptr(k_ptr), typename Traits::SmemLayoutKc{});
+      Tensor sVc = make_tensor(make_smem_ptr(v_ptr), typename Traits::SmemLayoutVc{});
+      Tensor sKct = make_tensor(make_smem_ptr(k_ptr), typename Traits::SmemLayoutKct{});
+      Tensor tSsK = copy_b.get_slice(tid).partition_S(sKc);
+      Tensor tSsV = copy_b.get_slice(tid).partition_S(sVc);
+      Tensor tSsKt = copy_bt.get_slice(tid).partition_S(sKct);
 
-    // dQ += dS K.
-    Tensor rdS = detail::to_a_operand<Element>(acc_dp);
-    detail::gemm_rs(acc_dq, rdS, rKt, tSsKt, tiled_mma, copy_bt);
+      // S = Q K^T and dP = dO V^T over the chunk's keys.
+      Tensor acc_s = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kKvChunk>>{});
+      Tensor acc_dp = partition_fragment_C(tiled_mma, Shape<Int<kBlockM>, Int<kKvChunk>>{});
+      clear(acc_s);
+      clear(acc_dp);
+      detail::gemm_ss(acc_s, rQ, rK, tSsQ, tSsK, tiled_mma, copy_a, copy_b);
+      detail::gemm_ss(acc_dp, rdO, rV, tSsdO, tSsV, tiled_mma, copy_a, copy_b);
+
+      Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
+      Tensor dp = make_tensor(acc_dp.data(), detail::acc_rowcol(acc_dp.layout()));
+      CUTE_UNROLL
+      for (int mi = 0; mi < kRowsPerThread; ++mi) {
+        int32_t wb[kRank], we[kRank];
+        if (need_mask) {
+          const int r = get<0>(tScS_rc(mi, 0));
+          for (int i = 0; i < kRank; ++i) {
+            wb[i] = smem.q_begin[i][r];
+            we[i] = smem.q_end[i][r];
+          }
+        }
+        CUTE_UNROLL
+        for (int ni = 0; ni < kColsPerThread; ++ni) {
+          const int col = c * kKvChunk + get<1>(tScS_rc(0, ni));
+          float x = s(mi, ni) * scale_log2;
+          if (mask == kMaskAll && smem.kv_x[st][0][col] < 0) x = -INFINITY;
+          if (need_mask) {
+            bool inside = true;
+            for (int i = 0; i < kRank; ++i) {
+              const int32_t y = smem.kv_x[st][i][col];
+              inside = inside && wb[i] <= y && y < we[i];
+            }
+            if (!inside) x = -INFINITY;
+          }
+          const float pv = exp2f(x - lse_log2[mi]);
+          dp(mi, ni) = pv * (dp(mi, ni) - delta[mi]);
+        }
+      }
+
+      // dQ += dS K.
+      Tensor rdS = detail::to_a_operand<Element>(acc_dp);
+      detail::gemm_rs(acc_dq, rdS, rKt, tSsKt, tiled_mma, copy_bt);
+    }
 
     if constexpr (kStages == 1) {
       if (e + 1 < kv_tiles) {
@@ -570,7 +686,7 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
   detail::acc_to_smem<Traits>(acc_dq, f.scale, sQ, tiled_mma, tid);
   __syncthreads();
   auto* dq_base = static_cast<Element*>(p.dq) + b * p.dq_batch_stride + h * p.dq_head_stride;
-  detail::store_rows<Traits, kBlockM>(sQ, dq_base, p.dq_token_stride, smem.q_token, q_rows, tid);
+  detail::store_rows<Traits, kBlockM, kHeadDim>(sQ, dq_base, p.dq_token_stride, smem.q_token, q_rows, tid);
 }
 
 }  // namespace detail
@@ -578,7 +694,7 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
 // The kernels of each family: thin entry points over the shared mainloops, named per family.
 #define NL_SM80_BWD_KERNELS(family, KeySchedule)                                                                    \
   template <class Traits>                                                                                           \
-  __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)                                      \
+  __global__ void __launch_bounds__(Traits::kDkDvThreads, Traits::kMinBlocksPerSm)                                  \
       sm80_##family##_bwd_dkdv_kernel(__grid_constant__ const typename KeySchedule::Params p) {                     \
     detail::bwd_dkdv<Traits, KeySchedule>(p);                                                                       \
   }                                                                                                                 \
@@ -590,7 +706,7 @@ CUTE_DEVICE void bwd_dq(const Params& p) {
 NL_SM80_BWD_KERNELS(gna, GnaKeySchedule)
 // dK / dV of GNA's additional KV (the dQ kernel covers them through the forward's schedule).
 template <class Traits>
-__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
+__global__ void __launch_bounds__(Traits::kDkDvThreads, Traits::kMinBlocksPerSm)
     sm80_gna_bwd_additional_dkdv_kernel(__grid_constant__ const GnaBwdParams p) {
   detail::bwd_dkdv<Traits, GnaAdditionalKeySchedule<Traits::kBlockM>>(p);
 }
@@ -605,36 +721,36 @@ NL_SM80_BWD_KERNELS(block_sparse, BlockSparseKeySchedule)
 template <class Traits, class KeySchedule, class Params>
 cudaError_t launch_sm80_fmha_bwd(const Params& p, void (*dkdv)(Params), void (*dq)(Params), cudaStream_t stream) {
   using QSchedule = typename KeySchedule::QSchedule;
-  constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr int kHeadDimV = Traits::kHeadDimV;
   const auto& f = p.fwd;
-  if (f.head_dim != kHeadDim || f.head_dim_v != kHeadDim) return cudaErrorInvalidValue;
+  if (f.head_dim != Traits::kHeadDim || f.head_dim_v != kHeadDimV) return cudaErrorInvalidValue;
   if (f.batch == 0 || f.heads == 0 || f.tokens == 0) return cudaSuccess;
   if (f.kv_heads <= 0 || f.heads % f.kv_heads != 0) return cudaErrorInvalidValue;
   const int64_t q_tiles = QSchedule::num_q_tiles(f);
   const int64_t kv_tiles = KeySchedule::num_kv_tiles(p);
   if (q_tiles == 0 || kv_tiles == 0) return cudaSuccess;
-  constexpr int kDeltaRowsPerBlock = 256 / (kHeadDim / Traits::kChunk);
+  constexpr int kDeltaRowsPerBlock = 256 / (kHeadDimV / Traits::kChunk);
   const int64_t delta_blocks = (f.batch * f.tokens * f.heads + kDeltaRowsPerBlock - 1) / kDeltaRowsPerBlock;
   if (q_tiles > 0x7fffffff || kv_tiles > 0x7fffffff || delta_blocks > 0x7fffffff || f.heads > 65535 ||
       f.batch > 65535) {
     return cudaErrorInvalidConfiguration;
   }
 
-  sm80_fmha_bwd_delta_kernel<typename Traits::Element, kHeadDim, Params>
+  sm80_fmha_bwd_delta_kernel<typename Traits::Element, kHeadDimV, Params>
       <<<static_cast<unsigned>(delta_blocks), 256, 0, stream>>>(p);
   cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
   constexpr int kSmemDkDv = sizeof(detail::DkDvSmem<Traits, KeySchedule>);
-  err = cudaFuncSetAttribute(dkdv, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemDkDv);
+  err = set_dynamic_smem(dkdv, kSmemDkDv);
   if (err != cudaSuccess) return err;
   dim3 grid_kv(static_cast<unsigned>(kv_tiles), static_cast<unsigned>(f.kv_heads), static_cast<unsigned>(f.batch));
-  dkdv<<<grid_kv, Traits::kThreads, kSmemDkDv, stream>>>(p);
+  dkdv<<<grid_kv, Traits::kDkDvThreads, kSmemDkDv, stream>>>(p);
   err = cudaGetLastError();
   if (err != cudaSuccess) return err;
 
   constexpr int kSmemDq = sizeof(detail::DqSmem<Traits, QSchedule>);
-  err = cudaFuncSetAttribute(dq, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmemDq);
+  err = set_dynamic_smem(dq, kSmemDq);
   if (err != cudaSuccess) return err;
   dim3 grid_q(static_cast<unsigned>(q_tiles), static_cast<unsigned>(f.heads), static_cast<unsigned>(f.batch));
   dq<<<grid_q, Traits::kThreads, kSmemDq, stream>>>(p);
@@ -664,18 +780,18 @@ cudaError_t launch_sm80_gna_additional_dkdv(const GnaBwdParams& p, cudaStream_t 
   if (tiles > 0x7fffffff || steps > 0x7fffffff) return cudaErrorInvalidConfiguration;
   constexpr int kSmem = sizeof(detail::DkDvSmem<Traits, KeySchedule>);
   auto kernel = sm80_gna_bwd_additional_dkdv_kernel<Traits>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  cudaError_t err = set_dynamic_smem(kernel, kSmem);
   if (err != cudaSuccess) return err;
   dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(a.fwd.kv_heads), static_cast<unsigned>(a.fwd.batch));
-  kernel<<<grid, Traits::kThreads, kSmem, stream>>>(a);
+  kernel<<<grid, Traits::kDkDvThreads, kSmem, stream>>>(a);
   return cudaGetLastError();
 }
 
 // Additional KV is visited in tiles of the kernel's KV block, by the dQ kernel (the forward's schedule) and by its own
 // dK/dV kernel.
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm80_gna_bwd(const GnaBwdParams& p, cudaStream_t stream) {
-  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV>;
   if (p.fwd.policy.max_q_rows() > kBlockM || p.fwd.policy.max_kv_rows() > kBlockN) return cudaErrorInvalidValue;
   const bool additional = p.fwd.num_additional > 0;
   if (p.fwd.num_additional < 0 || (additional && (p.fwd.add_k == nullptr || p.fwd.add_v == nullptr ||
@@ -691,9 +807,9 @@ cudaError_t launch_sm80_gna_bwd(const GnaBwdParams& p, cudaStream_t stream) {
 }
 
 // Pattern blocks larger than the kernel's blocks run as q_split x kv_split kernel blocks, as in the forward.
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm80_s2_bwd(const StridedShardBwdParams& p, cudaStream_t stream) {
-  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV>;
   const StridedShardFwdParams& f = p.fwd;
   const int64_t block = f.pattern.block;
   if (f.q_split < 1 || f.kv_split < 1 || block % f.q_split || block % f.kv_split || block / f.q_split > kBlockM ||
@@ -704,9 +820,9 @@ cudaError_t launch_sm80_s2_bwd(const StridedShardBwdParams& p, cudaStream_t stre
                                                                sm80_s2_bwd_dq_kernel<Traits>, stream);
 }
 
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm80_block_sparse_bwd(const BlockSparseBwdParams& p, cudaStream_t stream) {
-  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  using Traits = Sm80FmhaBwdTraits<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV>;
   const BlockSparseFwdParams& f = p.fwd;
   const int64_t qb = f.pattern.q_block, kb = f.pattern.kv_block;
   if (f.q_split < 1 || f.kv_split < 1 || qb % f.q_split || kb % f.kv_split || qb / f.q_split > kBlockM ||

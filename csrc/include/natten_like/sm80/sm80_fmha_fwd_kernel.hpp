@@ -19,6 +19,7 @@
 #include "natten_like/sm80/fmha_schedules.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_traits.hpp"
+#include "natten_like/sm80/smem_opt_in.hpp"
 
 namespace natten_like::sm80 {
 
@@ -404,15 +405,7 @@ cudaError_t launch_sm80_fmha_fwd(const typename Schedule::Params& p, cudaStream_
   if (q_tiles > 0x7fffffff || p.heads > 65535 || p.batch > 65535) return cudaErrorInvalidConfiguration;
   constexpr int kSmem = sizeof(detail::FwdSmem<Traits, Schedule>);
   auto kernel = sm80_fmha_fwd_kernel<Traits, Schedule>;
-  cudaError_t err;
-  if constexpr (kSmem > 99 * 1024) {  // head dim 256: sm80 / sm87 / sm90 class GPUs, not sm86 / sm89 / sm120
-    int device = 0, smem_optin = 0;
-    err = cudaGetDevice(&device);
-    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (err != cudaSuccess) return err;
-    if (smem_optin < kSmem) return cudaErrorInvalidConfiguration;
-  }
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  const cudaError_t err = set_dynamic_smem(kernel, kSmem);  // head dim 256: above 99 KB
   if (err != cudaSuccess) return err;
   dim3 grid(static_cast<unsigned>(q_tiles), static_cast<unsigned>(p.heads), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, kSmem, stream>>>(p);

@@ -382,14 +382,8 @@ cudaError_t launch_sm80_latent_fwd(const LatentFwdParams& p, cudaStream_t stream
     return cudaErrorInvalidConfiguration;
   }
   constexpr int kSmem = sizeof(typename Traits::SharedStorage);
-  int device = 0, smem_optin = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  err = cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  if (err != cudaSuccess) return err;
-  if (smem_optin < kSmem) return cudaErrorInvalidConfiguration;  // sm86 / sm89: 99 KB
   auto kernel = sm80_latent_fwd_kernel<Traits>;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  cudaError_t err = set_dynamic_smem(kernel, kSmem);  // above 99 KB: not on sm86 / sm89
   if (err != cudaSuccess) return err;
   dim3 grid(static_cast<unsigned>(m_tiles), static_cast<unsigned>(p.num_splits), static_cast<unsigned>(p.batch));
   kernel<<<grid, Traits::kThreads, kSmem, stream>>>(p);

@@ -5,11 +5,15 @@
 // - warpgroup 0, one warp: TMA loads of Q once and of K, V per visited KV tile into a 2-stage smem ring, straight from
 //   the heads-last [B, X0, X1, X2, H, D] tensors viewed as 5-D (D, H, X2, X1, B * X0): a tile of any rank, dilated or
 //   not, is one box per 64 head-dim columns (sm90/tma_gna_box.hpp); it also writes each stage's key geometry
-//   (group-local coordinates, whether the tile needs the element mask) next to the data;
+//   (group-local coordinates, whether the tile needs the element mask) next to the data. A stage's K half (with the
+//   geometry) and V half are released apart (k_empty, v_empty), and each load waits for its own half only;
 // - warpgroups 1 and 2, 64 query rows each: S = Q K^T (wgmma, smem operands), fp32 online softmax in registers (full
 //   tiles unmasked, partial ones by the window test per dim, as sm80), O += P V (wgmma, P from registers, V read
-//   MN-major from the same smem); the two warpgroups take turns on S = Q K^T (FlashAttention-3's ping-pong), so one's
-//   softmax runs under the other's GEMMs;
+//   MN-major from the same smem). The two warpgroups take turns to issue their GEMMs (FlashAttention-3's ping-pong),
+//   so one's softmax runs under the other's GEMMs; within a warpgroup, the softmax of KV tile e runs under its own
+//   P V of tile e - 1 (FlashAttention-3's intra-warpgroup overlap: one turn issues S_e and P_{e-1} V_{e-1}). K of a
+//   tile is released once its S is masked, V once its P V has completed, a tile later: the producer refills K without
+//   waiting for that P V;
 // - out and logsumexp (natural log, float32) written once per row; a row with no key gets 0 and -inf.
 // Additional KV (GnaFwdParams::add_k / add_v, keys every query attends in the same softmax): after its neighbourhood
 // tiles a CTA visits ceil(N_add / kBlockN) additional tiles through the same ring, each one box of kBlockN rows of the
@@ -128,10 +132,11 @@ CUTE_DEVICE void named_barrier_arrive() {
   asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
 }
 
-// acc (+)= A B over all k-blocks as one wgmma batch, waited for before returning: the caller reads acc next, and the
-// smem operands may be released afterwards.
+// acc (+)= A B over all k-blocks as one committed wgmma batch, not waited for: until a warpgroup_wait retires the
+// batch, the caller must neither touch acc nor write a register A operand (it fences both after the wait), nor release
+// the smem operands.
 template <bool kZeroInit, class TiledMma, class TA, class TB, class TC>
-CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tA, TB const& tB, TC& tC) {
+CUTE_DEVICE void wgmma_issue(TiledMma& mma, TA const& tA, TB const& tB, TC& tC) {
   warpgroup_fence_operand(tC);
   warpgroup_arrive();
   if constexpr (kZeroInit) mma.accumulate_ = GMMA::ScaleOut::Zero;
@@ -141,6 +146,14 @@ CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tA, TB const& tB, TC& tC) {
     mma.accumulate_ = GMMA::ScaleOut::One;
   }
   warpgroup_commit_batch();
+  warpgroup_fence_operand(tC);
+}
+
+// The same batch, waited for before returning: the caller reads acc next, and the smem operands may be released
+// afterwards.
+template <bool kZeroInit, class TiledMma, class TA, class TB, class TC>
+CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tA, TB const& tB, TC& tC) {
+  wgmma_issue<kZeroInit>(mma, tA, tB, tC);
   warpgroup_wait<0>();
   warpgroup_fence_operand(tC);
 }
@@ -171,11 +184,13 @@ struct ScheduleState<Sm90GnaSchedule> {
 
 // Issues the K and V rows [start, start + box rows) of (batch entry, KV head h_kv) into one stage through 4-D TMA views
 // (one box per kBoxCols head-dim columns), each of the stage's full barriers expecting `bytes`: the producer's load of
-// a 1-D run (block-sparse / S2 visits, GNA's additional KV).
+// a 1-D run (block-sparse / S2 visits, GNA's additional KV). The caller has waited for the stage's K half (k_empty:
+// it writes the stage's key geometry before); the V boxes wait here for the V half (v_empty, phase `empty_phase`),
+// released one KV tile later.
 template <class Traits, class Element>
 CUTE_DEVICE void load_kv_run_4d(const cute::TmaDescriptor* tma_k, const cute::TmaDescriptor* tma_v, uint64_t* k_full,
-                                uint64_t* v_full, Element* k_dst, Element* v_dst, uint32_t bytes, int h_kv,
-                                int32_t start, int32_t batch) {
+                                uint64_t* v_full, uint64_t* v_empty, uint32_t empty_phase, Element* k_dst,
+                                Element* v_dst, uint32_t bytes, int h_kv, int32_t start, int32_t batch) {
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
   constexpr uint64_t kCacheHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
   constexpr int kBlockN = Traits::kBlockN, kBoxCols = Traits::kBoxCols;
@@ -185,6 +200,7 @@ CUTE_DEVICE void load_kv_run_4d(const cute::TmaDescriptor* tma_k, const cute::Tm
     cute::SM90_TMA_LOAD_4D::copy(tma_k, k_full, kCacheHint, k_dst + j * kBlockN * kBoxCols, j * kBoxCols, h_kv, start,
                                  batch);
   }
+  cutlass::arch::ClusterBarrier::wait(v_empty, empty_phase);
   TxBarrier::arrive_and_expect_tx(v_full, bytes);
   CUTE_UNROLL
   for (int j = 0; j < Traits::kBoxesPerRow; ++j) {
@@ -290,7 +306,9 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&smem.k_full[s], 1);  // the producer's arrive_and_expect_tx; TMA completes the bytes
       Barrier::init(&smem.v_full[s], 1);
-      Barrier::init(&smem.kv_empty[s], kConsumerWarps);  // one arrival per consumer warp, after its P V wgmma
+      // One arrival per consumer warp: K after its mask of S, V after its P V wgmma.
+      Barrier::init(&smem.k_empty[s], kConsumerWarps);
+      Barrier::init(&smem.v_empty[s], kConsumerWarps);
     }
     if constexpr (kPersistent) {
       Barrier::init(&smem.persistent.q_empty, kConsumerWarps);  // one arrival per consumer warp, after its epilogue
@@ -474,9 +492,11 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           if (!q_first && e == kStages) load_q();
           const int st = stage_of(e);
           const uint32_t phase = phase_of(e);
-          // Wait until every consumer warp is done with the stage's previous tile (data and geometry); a fresh barrier
-          // counts its preceding phase as complete, so the first kStages waits pass at once.
-          Barrier::wait(&smem.kv_empty[st], phase ^ 1);
+          // Wait until every consumer warp is done with the K half of the stage's previous tile (K and the key
+          // geometry, written below); a fresh barrier counts its preceding phase as complete, so the first kStages
+          // waits pass at once. The V half is waited for by lane 0 just before the V boxes: it is released one KV
+          // tile later, and K should not wait for it.
+          Barrier::wait(&smem.k_empty[st], phase ^ 1);
           Element* k_dst = smem.k + st * kBlockN * kHeadDim;
           Element* v_dst = smem.v + st * kBlockN * kHeadDim;
           if (e >= kv_tiles) {
@@ -486,15 +506,18 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
               const SeqRun run = additional_run(p.num_additional, kBlockN, e - kv_tiles);
               smem.kv_mask[st] = kv_mask_of_additional(run, kBlockN);
               constexpr uint32_t kAddBytes = kBlockN * kHeadDim * sizeof(Element);
-              load_kv_run_4d<Traits>(&args.tma_add_k, &args.tma_add_v, &smem.k_full[st], &smem.v_full[st], k_dst,
-                                     v_dst, kAddBytes, kv_head(), static_cast<int32_t>(run.token),
-                                     static_cast<int32_t>(batch_entry()));
+              load_kv_run_4d<Traits>(&args.tma_add_k, &args.tma_add_v, &smem.k_full[st], &smem.v_full[st],
+                                     &smem.v_empty[st], phase ^ 1, k_dst, v_dst, kAddBytes, kv_head(),
+                                     static_cast<int32_t>(run.token), static_cast<int32_t>(batch_entry()));
             }
             continue;
           }
           int64_t u[kRank];
           bool full;
           const GnaTileBox<kRank> kv = sched.visit(pol, e, u, full);
+          // One row at a time: unrolled, the rows' divisions by runtime tile extents, next to what lane 0 keeps for
+          // the V half's wait below, overflow the producer's 56 registers.
+          CUTE_NO_UNROLL
           for (int r = lane; r < kBlockN; r += 32) {
             int32_t x[kRank];
             tma_box_row(kv, pol.tk, r, x);
@@ -514,6 +537,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
               SM90_TMA_LOAD_5D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
                                      j * kBoxCols, h_kv, start[2], start[1], bx0 + start[0]);
             }
+            Barrier::wait(&smem.v_empty[st], phase ^ 1);
             TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
             CUTE_UNROLL
             for (int j = 0; j < kBoxesPerRow; ++j) {
@@ -545,7 +569,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           if (!q_first && e == kStages) load_q();
           const int st = stage_of(e);
           const uint32_t phase = phase_of(e);
-          Barrier::wait(&smem.kv_empty[st], phase ^ 1);  // as above
+          Barrier::wait(&smem.k_empty[st], phase ^ 1);  // as above (the V half: in load_kv_run_4d)
           typename Schedule::KvTile kv;
           const SeqRun run = sched.kv_run(p, e, kv);
           for (int r = lane; r < kBlockN; r += 32) {
@@ -557,9 +581,10 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           if (lane == 0) smem.kv_mask[st] = kv_mask_of_tile(run.full, run.rows, kBlockN);
           __syncwarp();
           if (lane == 0) {
-            load_kv_run_4d<Traits>(&args.tma_k, &args.tma_v, &smem.k_full[st], &smem.v_full[st],
-                                   smem.k + st * kBlockN * kHeadDim, smem.v + st * kBlockN * kHeadDim, kv_bytes,
-                                   kv_head(), static_cast<int32_t>(run.token), static_cast<int32_t>(batch_entry()));
+            load_kv_run_4d<Traits>(&args.tma_k, &args.tma_v, &smem.k_full[st], &smem.v_full[st], &smem.v_empty[st],
+                                   phase ^ 1, smem.k + st * kBlockN * kHeadDim, smem.v + st * kBlockN * kHeadDim,
+                                   kv_bytes, kv_head(), static_cast<int32_t>(run.token),
+                                   static_cast<int32_t>(batch_entry()));
           }
         }
         if (!q_first && kv_tiles <= kStages) load_q();
@@ -576,14 +601,18 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   typename Traits::TiledMmaQK mma_qk;
   typename Traits::TiledMmaPV mma_pv;
   auto thr_qk = mma_qk.get_thread_slice(ctid);
-  auto thr_pv = mma_pv.get_thread_slice(ctid);
 
   Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});
   Tensor sVt = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutVt{});
-  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);  // GMMA descriptors of this warpgroup's 64 Q rows
-  Tensor tSrK = thr_qk.partition_fragment_B(sK);  // (MMA, MMA_N, MMA_K, stage)
-  Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
+  // The GMMA descriptors depend on the warpgroup only: taken from a warp-uniform index (a shuffle from lane 0, as
+  // FlashAttention-3 does), they live in uniform registers instead of taking 16 of the registers the accumulators need.
+  const int wg_thread0 = __shfl_sync(0xffffffff, ctid / 128, 0) * 128;
+  auto wg_qk = mma_qk.get_slice(wg_thread0);
+  auto wg_pv = mma_pv.get_slice(wg_thread0);
+  Tensor tSrQ = wg_qk.partition_fragment_A(sQ);  // GMMA descriptors of this warpgroup's 64 Q rows
+  Tensor tSrK = wg_qk.partition_fragment_B(sK);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = wg_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage)
 
   // Each thread's rows and columns of the S tile, from the MMA's own partition of an identity tensor.
   Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
@@ -634,18 +663,29 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
 
     Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
     clear(acc_o);
-    float row_max[kRowsPerThread], row_sum[kRowsPerThread];
+    Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
+    // Per row of this thread: the running max (log2 domain), the thread's partial sum, and the correction that moves O
+    // from the previous max to row_max, set by a tile's softmax and applied to O right before that tile's P V.
+    float row_max[kRowsPerThread], row_sum[kRowsPerThread], correction[kRowsPerThread];
     CUTE_UNROLL
     for (int mi = 0; mi < kRowsPerThread; ++mi) {
       row_max[mi] = -INFINITY;
       row_sum[mi] = 0.f;
     }
+    // S of one tile and P of the previous one in registers of their own: P_{e-1} is the A operand of the P V wgmma
+    // that is in flight while S_e is masked and exponentiated.
+    Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
+    Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
+    Tensor p_frag = make_tensor_like<Element>(acc_s);
+    Tensor tOrP = make_tensor(p_frag.data(), detail::acc_as_a_operand(p_frag.layout()));
 
     // Ping-pong turns: barrier 3 is warpgroup 1's turn, 4 is warpgroup 2's; each is a bar.sync of the warpgroup whose
-    // turn it is (128 threads) plus a bar.arrive of the other (128). Warpgroup 1 grants itself the first turn; a
-    // warpgroup hands the turn over after each S GEMM, except warpgroup 2 after the last tile (warpgroup 1 takes no
-    // further turn), so no barrier is left half-arrived at the end of the work tile. Both warpgroups visit the same
-    // tiles.
+    // turn it is (128 threads) plus a bar.arrive of the other (128). A turn issues the GEMMs of one KV tile e: S_e
+    // alone for e = 0, S_e and P_{e-1} V_{e-1} for e >= 1 (the last tile's P V is issued after the last turn), so each
+    // warpgroup takes `tiles` turns. Warpgroup 1 grants itself the first turn; a warpgroup hands the turn over after
+    // each, except warpgroup 2 after the last tile (warpgroup 1 takes no further turn), so no barrier is left
+    // half-arrived at the end of the work tile: barrier 3 sees 1 + (tiles - 1) arrivals and tiles syncs, barrier 4
+    // tiles of each; none at all for tiles = 0. Both warpgroups visit the same tiles.
     auto take_turn = [&] {
       if constexpr (Traits::kPingPong) {
         if (warpgroup == 1) {
@@ -668,17 +708,10 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
       if (warpgroup == 1 && tiles > 0) detail::named_barrier_arrive<3, 256>();
     }
 
-    Barrier::wait(&smem.q_full, kPersistent ? i & 1 : 0);
-    for (int64_t e = 0; e < tiles; ++e) {
-      const int st = stage_of(e);
-      const uint32_t phase = phase_of(e);
-      Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kBlockM>, Int<kBlockN>>{});
-      Barrier::wait(&smem.k_full[st], phase);
-      take_turn();
-      detail::wgmma_gemm<true>(mma_qk, tSrQ, tSrK(_, _, _, st), acc_s);
-      pass_turn(e);
-
-      Tensor s = make_tensor(acc_s.data(), detail::acc_rowcol(acc_s.layout()));
+    // S (completed, stage st) -> exponents in place: scale into the log2 domain, mask, release the stage's K half, then
+    // the online softmax (new running max per row over the 4 lanes sharing the row, exponents, partial sums and the
+    // correction of what came before).
+    auto mask_softmax = [&](int st) {
       CUTE_UNROLL
       for (int i = 0; i < size(acc_s); ++i) acc_s(i) *= scale_log2;
       const int32_t kv_mask = smem.kv_mask[st];
@@ -721,18 +754,21 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           }
         }
       }
+      // The S wgmma that read K has completed and every lane of this warp has read the key geometry: the producer may
+      // refill the K half while P V of the previous tile still reads the V half.
+      __syncwarp();
+      if (lane == 0) Barrier::arrive(&smem.k_empty[st]);
 
-      // Online softmax: new running max per row (over the 4 lanes sharing the row), rescale what came before.
-      Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
       CUTE_UNROLL
       for (int mi = 0; mi < kRowsPerThread; ++mi) {
         float m = row_max[mi];
         CUTE_UNROLL
         for (int ni = 0; ni < kColsPerThread; ++ni) m = fmaxf(m, s(mi, ni));
         m = detail::quad_max(m);
-        // A row that has seen no key yet keeps max -inf; exponents are taken against 0 then, giving exact zeros.
+        // A row that has seen no key yet keeps max -inf; exponents are taken against 0 then, giving exact zeros (and
+        // a correction of exactly 0 on an O that is still 0).
         const float m_ref = m == -INFINITY ? 0.f : m;
-        const float correction = exp2f(row_max[mi] - m_ref);
+        correction[mi] = exp2f(row_max[mi] - m_ref);
         row_max[mi] = m;
         float sum = 0.f;
         CUTE_UNROLL
@@ -741,20 +777,71 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           sum += s(mi, ni);
         }
         // Partial sums stay per thread; the 4 lanes reduce them once, in the epilogue.
-        row_sum[mi] = row_sum[mi] * correction + sum;
-        CUTE_UNROLL
-        for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= correction;
+        row_sum[mi] = row_sum[mi] * correction[mi] + sum;
       }
+    };
+    auto rescale_o = [&] {
+      CUTE_UNROLL
+      for (int mi = 0; mi < kRowsPerThread; ++mi) {
+        CUTE_UNROLL
+        for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= correction[mi];
+      }
+    };
 
-      Tensor p_frag = make_tensor_like<Element>(acc_s);
+    // Retires the P V wgmma in flight, if any (tile e - 2's: its V half is released), then turns tile e - 1's
+    // exponents into P, in the registers that P V read.
+    auto retire_pv = [&](int64_t e) {
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_o);
+      warpgroup_fence_operand(tOrP);
+      if (e >= 2 && lane == 0) Barrier::arrive(&smem.v_empty[stage_of(e - 2)]);
       CUTE_UNROLL
       for (int i = 0; i < size(acc_s); ++i) p_frag(i) = static_cast<Element>(acc_s(i));
-      Tensor tOrP = make_tensor(p_frag.data(), detail::acc_as_a_operand(p_frag.layout()));
+    };
+
+    // Intra-warpgroup overlap (FlashAttention-3's IntraWGOverlap): the softmax of tile e runs while this warpgroup's
+    // O += P_{e-1} V_{e-1} is in flight, so O_e = O_{e-1} * correction_e + P_e V_e is applied one tile late. The
+    // prologue (tile 0) issues S alone; step e >= 1 retires the previous P V and makes P_{e-1}, issues S_e and
+    // P_{e-1} V_{e-1} in one turn and runs the softmax of S_e; the tail issues the last P V. P V is retired at the top
+    // of the next step rather than right after the softmax: ptxas hoists a wgmma wait up to the last memory operation
+    // before it in its basic block, which there would leave the softmax's arithmetic behind the wait (MUFU.EX2 after
+    // WARPGROUP.DEPBAR.LE gsb0, 0x0 in the SASS); the loop's back-edge keeps the wait after the softmax. Each stage's
+    // K half is released after the mask of its S, its V half after its P V.
+    Barrier::wait(&smem.q_full, kPersistent ? i & 1 : 0);
+    if (tiles > 0) {
+      const int st0 = stage_of(0);
+      Barrier::wait(&smem.k_full[st0], phase_of(0));
+      take_turn();
+      detail::wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, st0), acc_s);
+      pass_turn(0);
+      warpgroup_wait<0>();
+      warpgroup_fence_operand(acc_s);
+      mask_softmax(st0);
+
+      for (int64_t e = 1; e < tiles; ++e) {
+        const int st = stage_of(e), st_v = stage_of(e - 1);
+        retire_pv(e);
+        Barrier::wait(&smem.k_full[st], phase_of(e));
+        take_turn();
+        detail::wgmma_issue<true>(mma_qk, tSrQ, tSrK(_, _, _, st), acc_s);
+        // O is no operand of the S wgmma in flight, and the P V that last wrote it has been retired.
+        rescale_o();
+        Barrier::wait(&smem.v_full[st_v], phase_of(e - 1));
+        warpgroup_fence_operand(tOrP);
+        detail::wgmma_issue<false>(mma_pv, tOrP, tOrV(_, _, _, st_v), acc_o);
+        pass_turn(e);
+        warpgroup_wait<1>();  // S_e, committed first, has completed; P V may still run
+        warpgroup_fence_operand(acc_s);
+        mask_softmax(st);
+      }
+
+      const int st_v = stage_of(tiles - 1);
+      retire_pv(tiles);
+      rescale_o();
+      Barrier::wait(&smem.v_full[st_v], phase_of(tiles - 1));
       warpgroup_fence_operand(tOrP);
-      Barrier::wait(&smem.v_full[st], phase);
-      detail::wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, st), acc_o);
-      // K, V and the geometry of this stage are no longer read by this warp.
-      if (lane == 0) Barrier::arrive(&smem.kv_empty[st]);
+      detail::wgmma_gemm<false>(mma_pv, tOrP, tOrV(_, _, _, st_v), acc_o);
+      if (lane == 0) Barrier::arrive(&smem.v_empty[st_v]);
     }
 
     // ---- Epilogue: normalise, lse, stage the output in this warpgroup's rows of the Q buffer, scatter rows ---------
@@ -769,7 +856,6 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
       h = grid_h;
       b = grid_b;
     }
-    Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
     CUTE_UNROLL
     for (int mi = 0; mi < kRowsPerThread; ++mi) {
       const float sum = detail::quad_sum(row_sum[mi]);
@@ -801,18 +887,23 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     }
 
     auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
-    constexpr int kChunks = 64 * Traits::kChunksPerRow;  // 16-byte chunks of this warpgroup's 64 rows
+    // Thread wtid copies the 16-byte chunk column c of rows r0 + k * kRowStep of this warpgroup's 64. The 128-byte
+    // swizzle permutes a row's chunks by row % 8 alone and kRowStep is a multiple of 8, so the thread's chunks lie
+    // kRowStep rows of 128 bytes apart in their box: one smem address (and one q_token address) serves every k. Taken
+    // per chunk, the swizzled addresses are hoisted out of the persistent work-tile loop and held across the KV loop,
+    // which the consumer's register budget does not afford.
+    constexpr int kRowStep = 128 / Traits::kChunksPerRow;
+    static_assert(kRowStep % 8 == 0 && 64 % kRowStep == 0, "a thread's chunks share their swizzle phase");
     const int wtid = tid % 128;
-    const int row0 = (warpgroup - 1) * 64;
+    const int r0 = (warpgroup - 1) * 64 + wtid / Traits::kChunksPerRow;
+    const int c = (wtid % Traits::kChunksPerRow) * Traits::kChunk;
+    const Element* o_smem = &sO(r0, c);
     CUTE_UNROLL
-    for (int i = 0; i < kChunks / 128; ++i) {
-      const int idx = wtid + i * 128;
-      const int r = row0 + idx / Traits::kChunksPerRow;
-      const int c = (idx % Traits::kChunksPerRow) * Traits::kChunk;
-      const int64_t token = smem.q_token[r];
+    for (int k = 0; k < 64 / kRowStep; ++k) {
+      const int64_t token = smem.q_token[r0 + k * kRowStep];
       if (token >= 0) {
         *reinterpret_cast<uint128_t*>(o_base + token * p.o_token_stride + c) =
-            *reinterpret_cast<const uint128_t*>(&sO(r, c));
+            *reinterpret_cast<const uint128_t*>(o_smem + k * kRowStep * kBoxCols);
       }
     }
     if constexpr (kPersistent) {

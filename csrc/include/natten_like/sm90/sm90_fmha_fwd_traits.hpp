@@ -1,7 +1,8 @@
 // Static configuration of the sm90 fused attention forward: CTA tile, GMMA atoms, shared-memory layouts and the shared
 // storage of the warp-specialised kernel (FlashAttention-3's Hopper design): warpgroup 0 loads Q once and K, V per
 // visited KV tile with TMA into a 2-stage ring; warpgroups 1 and 2 each own 64 of the 128 query rows and run
-// S = Q K^T (wgmma, both operands in smem), the online softmax in registers and O += P V (wgmma, P from registers).
+// S = Q K^T (wgmma, both operands in smem), the online softmax in registers and O += P V (wgmma, P from registers),
+// tile e's softmax under tile e - 1's P V (intra-warpgroup overlap), so a stage's K and V halves are released apart.
 // The KV ring also carries the GNA forward's additional KV tiles (same stage layout, the box of kBlockN rows). A
 // persistent CTA (sm90_tile_scheduler.hpp) adds a second schedule state, its work tiles and their barriers.
 #pragma once
@@ -37,8 +38,11 @@ struct Sm90FmhaFwdTraits {
   // 64512 of the SM's 65536).
   static constexpr int kProducerRegs = 56;
   static constexpr int kConsumerRegs = 224;
-  // Warpgroup ping-pong (FlashAttention-3's scheduler barriers): the consumer warpgroups take turns to run S = Q K^T,
-  // so one warpgroup's softmax runs under the other's GEMMs instead of both leaving the tensor cores idle together.
+  // Warpgroup ping-pong (FlashAttention-3's scheduler barriers): the consumer warpgroups take turns to issue their
+  // GEMMs (S = Q K^T of tile e with O += P V of tile e - 1), so one warpgroup's softmax runs under the other's GEMMs
+  // instead of both leaving the tensor cores idle together. Within a warpgroup the softmax of tile e also runs under
+  // its own P V of tile e - 1 (intra-warpgroup overlap, always on): the accumulator registers hold S, O and P at once,
+  // which kConsumerRegs has room for.
   static constexpr bool kPingPong = true;
   // One TMA box loads 64 head-dim elements: the 128-byte swizzle caps the box's inner extent at 128 bytes.
   static constexpr int kBoxCols = 128 / sizeof(Element);
@@ -121,7 +125,11 @@ struct Sm90FmhaFwdTraits {
     alignas(8) uint64_t q_full;
     uint64_t k_full[kStages];
     uint64_t v_full[kStages];
-    uint64_t kv_empty[kStages];
+    // A stage's halves are released apart: K (with kv_x / kv_mask) once the consumers have masked S of its tile, V once
+    // the P V GEMM of that tile has completed, one KV tile later; one barrier for both would keep the next K waiting
+    // on that P V.
+    uint64_t k_empty[kStages];
+    uint64_t v_empty[kStages];
     // Last, so that the non-persistent layout (every offset above) is the same with or without it.
     std::conditional_t<kPersistent, PersistentStorage<State>, NoStorage> persistent;
   };

@@ -39,32 +39,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
                               on_host(cu_q), on_host(cu_kv), q_block, kv_block, causal, true);
   TORCH_CHECK(plan.q_seq.back() < (int64_t{1} << 31) && plan.kv_seq.back() < (int64_t{1} << 31), kName,
               ": token counts must be below 2^31 (int32 key positions)");
-  check_bwd_shapes(kName, q_, v_, out_, grad_out_, lse_);
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
   const auto launch = find_instance(generated::kSm80BlockSparseBwd, q_.scalar_type(), q_.size(-1), v_.size(-1));
   TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dims ",
               q_.size(-1), " / ", v_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseBwd), ")");
 
-  const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
-  const at::Tensor out = aligned_contiguous(out_.to(q.scalar_type()));
-  const at::Tensor grad_out = aligned_contiguous(grad_out_.to(q.scalar_type()));
-  const at::Tensor lse = lse_.to(at::kFloat).contiguous();
-  at::Tensor grad_lse;
-  if (grad_lse_.has_value()) {
-    TORCH_CHECK(grad_lse_->sizes() == lse.sizes(), kName, ": grad_lse must be shaped like lse");
-    grad_lse = grad_lse_->to(at::kFloat).contiguous();
-  }
-  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  if (q.numel() == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
-  auto delta = at::empty(lse.sizes(), lse.options());
+  const BwdTensors t = bwd_tensors(kName, q_, k_, v_, out_, grad_out_, lse_, grad_lse_);
+  if (t.q.numel() == 0 || t.k.numel() == 0) return {t.dq.zero_(), t.dk.zero_(), t.dv.zero_()};
   // A packed batch [total, H, D] runs as batch 1 of [1, total, H, D].
-  auto batched = [&](const at::Tensor& t) { return plan.packed ? t.unsqueeze(0) : t; };
+  auto batched = [&](const at::Tensor& x) { return plan.packed ? x.unsqueeze(0) : x; };
 
-  const PlanOnDevice arrays(plan, q.device());
+  const PlanOnDevice arrays(plan, t.q.device());
   sm80::BlockSparseBwdParams p{};
   sm80::BlockSparseFwdParams& f = p.fwd;
-  fill_fwd_args(f, batched(q), batched(k), batched(v), batched(out), lse, scale);
+  fill_fwd_args(f, batched(t.q), batched(t.k), batched(t.v), batched(t.out), t.lse, scale);
   f.pattern = arrays.pattern(plan, q_block, kv_block, causal);
   f.kv_partial = arrays.list(plan, 0);
   f.kv_full = arrays.list(plan, 1);
@@ -78,10 +67,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
   f.kv_split =
       split_of(kv_block, generated::kSm80BlockSparseBwdBlockN, "natten_like::block_sparse_backward (cuda): kv_block");
 
-  fill_bwd_args(p, batched(grad_out), grad_lse, batched(dq), batched(dk), batched(dv), delta);
+  fill_bwd_args(p, t, plan.packed);
   const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, kName, ": sm80 kernel: ", cudaGetErrorString(err));
-  return {dq, dk, dv};
+  return {t.dq, t.dk, t.dv};
 }
 
 }  // namespace

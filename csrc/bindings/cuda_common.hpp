@@ -84,6 +84,37 @@ inline int sm90_persistence() {
   return 2;
 }
 
+// A backward's tensors as the sm80 kernels read and write them: q, k, v, out and grad_out contiguous with 16-byte
+// aligned rows in q's dtype, lse and grad_lse (undefined: none) float32; dq, dk, dv laid out like q, k, v (unwritten);
+// the delta workspace shaped like lse.
+struct BwdTensors {
+  at::Tensor q, k, v, out, grad_out, lse, grad_lse, dq, dk, dv, delta;
+};
+
+// Checks that out and grad_out are shaped like q with v's head dim D_v, lse like q without its head dim and grad_lse
+// like lse, then converts (BwdTensors). `name` prefixes the errors.
+inline BwdTensors bwd_tensors(const char* name, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                              const at::Tensor& out, const at::Tensor& grad_out, const at::Tensor& lse,
+                              const c10::optional<at::Tensor>& grad_lse) {
+  std::vector<int64_t> out_shape(q.sizes().begin(), q.sizes().end());
+  out_shape.back() = v.size(-1);
+  TORCH_CHECK(out.sizes() == at::IntArrayRef(out_shape) && grad_out.sizes() == at::IntArrayRef(out_shape) &&
+                  lse.sizes() == q.sizes().slice(0, q.dim() - 1),
+              name, ": out / grad_out must be shaped like q with v's head dim (", at::IntArrayRef(out_shape),
+              "), lse like q without its head dim; got out ", out.sizes(), ", grad_out ", grad_out.sizes(), ", lse ",
+              lse.sizes());
+  TORCH_CHECK(!grad_lse.has_value() || grad_lse->sizes() == lse.sizes(), name, ": grad_lse must be shaped like lse");
+  BwdTensors t;
+  t.q = aligned_contiguous(q), t.k = aligned_contiguous(k), t.v = aligned_contiguous(v);
+  t.out = aligned_contiguous(out.to(q.scalar_type()));
+  t.grad_out = aligned_contiguous(grad_out.to(q.scalar_type()));
+  t.lse = lse.to(at::kFloat).contiguous();
+  if (grad_lse.has_value()) t.grad_lse = grad_lse->to(at::kFloat).contiguous();
+  t.dq = at::empty_like(t.q), t.dk = at::empty_like(t.k), t.dv = at::empty_like(t.v);
+  t.delta = at::empty(t.lse.sizes(), t.lse.options());
+  return t;
+}
+
 // The arguments every forward shares, from contiguous heads-last q [B, *tokens, H, D], k / v [B, *kv tokens, H_kv,
 // D / D_v], out [B, *tokens, H, D_v] and lse [B, *tokens, H]: a flat token index steps by the last token dim's stride
 // (H * D elements for q).
@@ -109,9 +140,13 @@ inline void fill_fwd_args(sm80::FmhaFwdArgs& p, const at::Tensor& q, const at::T
 }
 
 // The arguments every backward shares: dO, the gradient through lse (undefined tensor: none), dq / dk / dv laid out
-// like the (batched, contiguous) q / k / v, and the delta workspace [B, *tokens, H] float32.
-inline void fill_bwd_args(sm80::FmhaBwdArgs& p, const at::Tensor& grad_out, const at::Tensor& grad_lse,
-                          const at::Tensor& dq, const at::Tensor& dk, const at::Tensor& dv, const at::Tensor& delta) {
+// like q / k / v, and the delta workspace [B, *tokens, H] float32 (bwd_tensors). `packed`: the tensors are a packed
+// batch [total, H, D], which the kernels run as batch 1 of [1, total, H, D].
+inline void fill_bwd_args(sm80::FmhaBwdArgs& p, const BwdTensors& t, bool packed = false) {
+  auto batched = [&](const at::Tensor& x) { return packed ? x.unsqueeze(0) : x; };
+  const at::Tensor grad_out = batched(t.grad_out), dq = batched(t.dq), dk = batched(t.dk), dv = batched(t.dv);
+  const at::Tensor& grad_lse = t.grad_lse;
+  const at::Tensor& delta = t.delta;
   p.d_out = grad_out.data_ptr();
   p.do_batch_stride = grad_out.stride(0), p.do_token_stride = grad_out.stride(-3);
   p.do_head_stride = grad_out.stride(-2);
@@ -123,18 +158,6 @@ inline void fill_bwd_args(sm80::FmhaBwdArgs& p, const at::Tensor& grad_out, cons
   p.dk_batch_stride = dk.stride(0), p.dk_token_stride = dk.stride(-3), p.dk_head_stride = dk.stride(-2);
   p.dv_batch_stride = dv.stride(0), p.dv_token_stride = dv.stride(-3), p.dv_head_stride = dv.stride(-2);
   p.delta = delta.data_ptr<float>();
-}
-
-// The backward's out and grad_out are shaped like q with v's head dim D_v, lse like q without its head dim.
-inline void check_bwd_shapes(const char* name, const at::Tensor& q, const at::Tensor& v, const at::Tensor& out,
-                             const at::Tensor& grad_out, const at::Tensor& lse) {
-  std::vector<int64_t> out_shape(q.sizes().begin(), q.sizes().end());
-  out_shape.back() = v.size(-1);
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(out_shape) && grad_out.sizes() == at::IntArrayRef(out_shape) &&
-                  lse.sizes() == q.sizes().slice(0, q.dim() - 1),
-              name, ": out / grad_out must be shaped like q with v's head dim (", at::IntArrayRef(out_shape),
-              "), lse like q without its head dim; got out ", out.sizes(), ", grad_out ", grad_out.sizes(), ", lse ",
-              lse.sizes());
 }
 
 // Kernel blocks per pattern block (strided-shard, block-sparse): 1 when the pattern block fits the kernel's block, else

@@ -186,7 +186,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
   check_qkv(q_, k_, v_);
   TORCH_CHECK(k_.size(-1) == q_.size(-1), "natten_like::gna_backward (cuda): q and k head dims differ");
   const auto [ak, av] = additional_kv(add_k, add_v, q_, k_, v_, "natten_like::gna_backward (cuda)");
-  check_bwd_shapes("natten_like::gna_backward (cuda)", q_, v_, out_, grad_out_, lse_);
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
   const int64_t head_dim = q_.size(-1), head_dim_v = v_.size(-1);
@@ -195,25 +194,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
               q_.scalar_type(), " and head dims ", head_dim, " / ", head_dim_v, " (built: ",
               list_instances(generated::kSm80GnaBwd), ")");
 
-  const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
-  const at::Tensor out = aligned_contiguous(out_.to(q.scalar_type()));
-  const at::Tensor grad_out = aligned_contiguous(grad_out_.to(q.scalar_type()));
-  const at::Tensor lse = lse_.to(at::kFloat).contiguous();
-  at::Tensor grad_lse;
-  if (grad_lse_.has_value()) {
-    TORCH_CHECK(grad_lse_->sizes() == lse.sizes(), "natten_like::gna_backward (cuda): grad_lse must be shaped like lse");
-    grad_lse = grad_lse_->to(at::kFloat).contiguous();
-  }
-  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
+  const BwdTensors t = bwd_tensors("natten_like::gna_backward (cuda)", q_, k_, v_, out_, grad_out_, lse_, grad_lse_);
+  const at::Tensor& q = t.q;  // shapes and options below
   // [0] tensors stand for "no additional KV" in the op's schema.
   auto d_ak = ak.defined() ? at::empty_like(ak) : at::empty({0}, q.options());
   auto d_av = av.defined() ? at::empty_like(av) : at::empty({0}, q.options());
-  if (q.numel() == 0) return {dq, dk.zero_(), dv.zero_(), d_ak.zero_(), d_av.zero_()};
-  auto delta = at::empty(lse.sizes(), lse.options());
+  if (q.numel() == 0) return {t.dq, t.dk.zero_(), t.dv.zero_(), d_ak.zero_(), d_av.zero_()};
 
   const int rank = static_cast<int>(q.dim()) - 3;
   sm80::GnaBwdParams p{};
-  fill_fwd_args(p.fwd, q, k, v, out, lse, scale);
+  fill_fwd_args(p.fwd, t.q, t.k, t.v, t.out, t.lse, scale);
   fill_additional(p.fwd, ak, av);
   if (ak.defined()) {
     p.d_add_k = d_ak.data_ptr();
@@ -228,10 +218,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
               "natten_like::gna_backward (cuda): tiles of ", p.fwd.policy.max_q_rows(), " query / ",
               p.fwd.policy.max_kv_rows(), " key rows exceed the sm80 block of ", generated::kSm80GnaBwdBlockM, " / ",
               generated::kSm80GnaBwdBlockN);
-  fill_bwd_args(p, grad_out, grad_lse, dq, dk, dv, delta);
+  fill_bwd_args(p, t);
   const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "natten_like::gna_backward (cuda): sm80 kernel: ", cudaGetErrorString(err));
-  return {dq, dk, dv, d_ak, d_av};
+  return {t.dq, t.dk, t.dv, d_ak, d_av};
 }
 
 // Every CUDA kernel of this build, one entry per instantiation: (family, dtype name, head dim of Q/K, of V). Families:

@@ -32,7 +32,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
   TORCH_CHECK(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device() &&
                   out_.device() == q_.device() && grad_out_.device() == q_.device() && lse_.device() == q_.device(),
               kName, ": grad_out, q, k, v, out, lse must be on one CUDA device");
-  check_bwd_shapes(kName, q_, v_, out_, grad_out_, lse_);
   const int64_t heads = q_.size(2), kv_heads = k_.size(2), nq = q_.size(1), nkv = k_.size(1);
   TORCH_CHECK(kv_heads >= 1 && heads % kv_heads == 0, kName, ": query heads must be a multiple of KV heads");
   TORCH_CHECK(nq <= nkv, kName, ": N_q must be <= N_kv (queries align to the end of the keys)");
@@ -48,22 +47,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
   const auto launch = find_instance(generated::kSm80S2Bwd, q_.scalar_type(), q_.size(3), v_.size(3));
   TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dims ", q_.size(3),
               " / ", v_.size(3), " (built: ", list_instances(generated::kSm80S2Bwd), ")");
-  const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
-  const at::Tensor out = aligned_contiguous(out_.to(q.scalar_type()));
-  const at::Tensor grad_out = aligned_contiguous(grad_out_.to(q.scalar_type()));
-  const at::Tensor lse = lse_.to(at::kFloat).contiguous();
-  at::Tensor grad_lse;
-  if (grad_lse_.has_value()) {
-    TORCH_CHECK(grad_lse_->sizes() == lse.sizes(), kName, ": grad_lse must be shaped like lse");
-    grad_lse = grad_lse_->to(at::kFloat).contiguous();
-  }
-  auto dq = at::empty_like(q), dk = at::empty_like(k), dv = at::empty_like(v);
-  if (q.numel() == 0 || k.numel() == 0) return {dq.zero_(), dk.zero_(), dv.zero_()};
-  auto delta = at::empty(lse.sizes(), lse.options());
+  const BwdTensors t = bwd_tensors(kName, q_, k_, v_, out_, grad_out_, lse_, grad_lse_);
+  if (t.q.numel() == 0 || t.k.numel() == 0) return {t.dq.zero_(), t.dk.zero_(), t.dv.zero_()};
 
   sm80::StridedShardBwdParams p{};
   sm80::StridedShardFwdParams& f = p.fwd;
-  fill_fwd_args(f, q, k, v, out, lse, scale);
+  fill_fwd_args(f, t.q, t.k, t.v, t.out, t.lse, scale);
   f.pattern.nq = nq;
   f.pattern.nkv = nkv;
   f.pattern.block = block;
@@ -77,10 +66,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
   f.q_split = split_of(block, generated::kSm80S2BwdBlockM, "natten_like::strided_shard_backward (cuda): block_size");
   f.kv_split = split_of(block, generated::kSm80S2BwdBlockN, "natten_like::strided_shard_backward (cuda): block_size");
 
-  fill_bwd_args(p, grad_out, grad_lse, dq, dk, dv, delta);
+  fill_bwd_args(p, t);
   const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, kName, ": sm80 kernel: ", cudaGetErrorString(err));
-  return {dq, dk, dv};
+  return {t.dq, t.dk, t.dv};
 }
 
 }  // namespace

@@ -21,6 +21,7 @@
 
 #include "natten_like/sm80/fmha_bwd_schedules.hpp"
 #include "natten_like/sm80/fmha_schedules.hpp"
+#include "natten_like/sm80/named_barrier.hpp"
 #include "natten_like/sm80/sm80_fmha_bwd_params.hpp"
 #include "natten_like/sm80/sm80_fmha_bwd_traits.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_kernel.hpp"
@@ -219,17 +220,6 @@ enum : int { kRoleAll = 0, kRoleP = 1, kRoleDs = 2 };
 // arrives, kRoleDs waits); kXchgEmpty, kRoleDs has read it (kRoleDs arrives, kRoleP waits before the next write).
 constexpr int kXchgFull = 1;
 constexpr int kXchgEmpty = 2;
-
-// bar.sync waits until kThreads threads arrived at barrier kId, bar.arrive counts the caller without waiting; both
-// order the caller's prior smem accesses before the waiters' later ones.
-template <int kId, int kThreads>
-CUTE_DEVICE void named_barrier_sync() {
-  asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
-}
-template <int kId, int kThreads>
-CUTE_DEVICE void named_barrier_arrive() {
-  asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
-}
 
 // Traits with another thread count, for the row gathers and stores of the dK/dV kernel's kDkDvThreads.
 template <class Traits, int kThreads_>

@@ -18,6 +18,7 @@
 
 #include "natten_like/sm80/fmha_schedules.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
+#include "natten_like/sm80/online_softmax.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_traits.hpp"
 #include "natten_like/sm80/smem_opt_in.hpp"
 
@@ -40,18 +41,6 @@ template <class Layout>
 CUTE_HOST_DEVICE constexpr auto acc_as_a_operand(Layout acc) {
   auto l = logical_divide(acc, Shape<Underscore, Underscore, _2>{});  // (4, MMA_M, (2, MMA_N / 2))
   return make_layout(make_layout(get<0>(l), get<2, 0>(l)), get<1>(l), get<2, 1>(l));
-}
-
-template <int kWidth>
-CUTE_DEVICE float quad_max(float x) {
-  for (int o = 1; o < kWidth; o *= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, o));
-  return x;
-}
-
-template <int kWidth>
-CUTE_DEVICE float quad_sum(float x) {
-  for (int o = 1; o < kWidth; o *= 2) x += __shfl_xor_sync(0xffffffff, x, o);
-  return x;
 }
 
 // 16-byte chunks per row of kCols elements, for the row gathers and the output scatter, which split idx = tid + i *
@@ -319,19 +308,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       float m = row_max[mi];
       CUTE_UNROLL
       for (int ni = 0; ni < kColsPerThread; ++ni) m = fmaxf(m, s(mi, ni));
-      m = detail::quad_max<4>(m);
-      // A row that has seen no key yet keeps max -inf; exponents are taken against 0 then, giving exact zeros.
-      const float m_ref = m == -INFINITY ? 0.f : m;
-      const float correction = exp2f(row_max[mi] - m_ref);
-      row_max[mi] = m;
-      float sum = 0.f;
-      CUTE_UNROLL
-      for (int ni = 0; ni < kColsPerThread; ++ni) {
-        s(mi, ni) = exp2f(s(mi, ni) - m_ref);
-        sum += s(mi, ni);
-      }
-      // Partial sums stay per thread; the quad reduces them once, in the epilogue.
-      row_sum[mi] = row_sum[mi] * correction + sum;
+      const float correction = detail::softmax_update_row(s, mi, detail::quad_max(m), row_max[mi], row_sum[mi]);
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= correction;
     }

@@ -43,6 +43,8 @@
 #include <cutlass/cuda_host_adapter.hpp>
 
 #include "natten_like/sm80/gna_tile_iterator.hpp"
+#include "natten_like/sm80/named_barrier.hpp"
+#include "natten_like/sm80/online_softmax.hpp"
 #include "natten_like/sm80/sm80_fmha_fwd_params.hpp"
 #include "natten_like/sm90/sm90_fmha_fwd_traits.hpp"
 #include "natten_like/sm90/sm90_schedules.hpp"
@@ -109,28 +111,12 @@ CUTE_HOST_DEVICE constexpr auto acc_as_a_operand(Layout acc) {
   return make_layout(make_layout(get<0, 0>(acc), get<0, 1>(acc), get<0, 0>(blocks)), get<1>(acc), get<0, 1>(blocks));
 }
 
-// Reduction over the 4 lanes that share an accumulator row.
-CUTE_DEVICE float quad_max(float x) {
-  x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
-  return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
-}
-
-CUTE_DEVICE float quad_sum(float x) {
-  x += __shfl_xor_sync(0xffffffff, x, 1);
-  return x + __shfl_xor_sync(0xffffffff, x, 2);
-}
-
-// Named barriers (id 0 is __syncthreads): bar.sync waits until kThreads threads arrived at barrier kId, bar.arrive
-// counts the caller without waiting.
-template <int kId, int kThreads>
-CUTE_DEVICE void named_barrier_sync() {
-  asm volatile("bar.sync %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
-}
-
-template <int kId, int kThreads>
-CUTE_DEVICE void named_barrier_arrive() {
-  asm volatile("bar.arrive %0, %1;\n" ::"n"(kId), "n"(kThreads) : "memory");
-}
+// The sm80 path's row reductions, online softmax row update and named barriers.
+using sm80::detail::named_barrier_arrive;
+using sm80::detail::named_barrier_sync;
+using sm80::detail::quad_max;
+using sm80::detail::quad_sum;
+using sm80::detail::softmax_update_row;
 
 // acc (+)= A B over all k-blocks as one committed wgmma batch, not waited for: until a warpgroup_wait retires the
 // batch, the caller must neither touch acc nor write a register A operand (it fences both after the wait), nor release
@@ -764,20 +750,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
         float m = row_max[mi];
         CUTE_UNROLL
         for (int ni = 0; ni < kColsPerThread; ++ni) m = fmaxf(m, s(mi, ni));
-        m = detail::quad_max(m);
-        // A row that has seen no key yet keeps max -inf; exponents are taken against 0 then, giving exact zeros (and
-        // a correction of exactly 0 on an O that is still 0).
-        const float m_ref = m == -INFINITY ? 0.f : m;
-        correction[mi] = exp2f(row_max[mi] - m_ref);
-        row_max[mi] = m;
-        float sum = 0.f;
-        CUTE_UNROLL
-        for (int ni = 0; ni < kColsPerThread; ++ni) {
-          s(mi, ni) = exp2f(s(mi, ni) - m_ref);
-          sum += s(mi, ni);
-        }
-        // Partial sums stay per thread; the 4 lanes reduce them once, in the epilogue.
-        row_sum[mi] = row_sum[mi] * correction[mi] + sum;
+        correction[mi] = detail::softmax_update_row(s, mi, detail::quad_max(m), row_max[mi], row_sum[mi]);
       }
     };
     auto rescale_o = [&] {

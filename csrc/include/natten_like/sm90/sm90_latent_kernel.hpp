@@ -337,19 +337,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     CUTE_UNROLL
     for (int mi = 0; mi < kRowsPerThread; ++mi) {
       const int r = get<0>(tScS_rc(mi, 0));
+      // Both warpgroups compute the same m, so their partial sums (reduced over quad and warpgroups in the epilogue)
+      // and outputs share one scale.
       const float m = fmaxf(row_max[mi], fmaxf(m_part[mi], smem.red_max[wg ^ 1][r]));
-      // A row that has seen no key yet keeps max -inf; exponents are taken against 0 then, giving exact zeros. Both
-      // warpgroups compute the same m, so their partial sums and outputs share one scale.
-      const float m_ref = m == -INFINITY ? 0.f : m;
-      const float correction = exp2f(row_max[mi] - m_ref);
-      row_max[mi] = m;
-      float sum = 0.f;
-      CUTE_UNROLL
-      for (int ni = 0; ni < kColsPerThread; ++ni) {
-        s(mi, ni) = exp2f(s(mi, ni) - m_ref);
-        sum += s(mi, ni);
-      }
-      row_sum[mi] = row_sum[mi] * correction + sum;  // per thread; reduced over quad and warpgroups in the epilogue
+      const float correction = detail::softmax_update_row(s, mi, m, row_max[mi], row_sum[mi]);
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= correction;
     }

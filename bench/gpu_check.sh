@@ -2,8 +2,10 @@
 # The GPU check of the CUDA paths (issues 5 and 7), in one run of a few minutes on a GPU machine: build the extension for this
 # GPU's arch, run the CUDA tests against the float64 reference, benchmark, print a short table last.
 #
-#   bash bench/gpu_check.sh            # logs under $OUT when set (the device tool's output folder), else bench/out
+#   bash bench/gpu_check.sh [all|build|test]   # logs under $OUT when set (the device tool's output folder), else bench/out
 #
+# `all` (the default) is one run; `build` then `test` split it in two device calls of a few minutes each (the build
+# stays on a warm machine between calls), so that a call that runs out of time costs half the run, not all of it.
 # Needs nvcc, torch with CUDA and the nvidia-cutlass==4.2.0.0 headers: installed, or as a wheel in .whl/ (a machine
 # without network: `pip download --no-deps nvidia-cutlass==4.2.0.0 -d .whl` beforehand). The benchmark: dense bf16
 # hd128 forward at 16K tokens against torch SDPA (FlashAttention / cuDNN inside torch), and fully block-sparse GNA
@@ -12,6 +14,8 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
 LOG="${OUT:-bench/out}"
+PHASE="${1:-all}"
+case "$PHASE" in all | build | test) ;; *) echo "gpu_check: phase must be all, build or test, got '$PHASE'" >&2; exit 2 ;; esac
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1 NATTEN_LIKE_EXPERIMENTAL_CUDA=1
 
@@ -35,15 +39,22 @@ export CUDA_HOME="${CUDA_HOME:-$(dirname "$(dirname "$(readlink -f "$NVCC")")")}
 export NATTEN_LIKE_DTYPES="${NATTEN_LIKE_DTYPES:-bf16}"
 jobs=$(nproc)
 [ "$jobs" -gt 12 ] && jobs=12
-echo "== build for sm_${ARCH/./}, every ${NATTEN_LIKE_DTYPES} instantiation (CUDA_HOME=$CUDA_HOME)"
-start=$(date +%s)
-if ! NATTEN_LIKE_CUDA_ARCH="$ARCH" MAX_JOBS="${MAX_JOBS:-$jobs}" "$PY" setup.py -q build_ext --inplace \
-  >"$LOG/build.log" 2>&1; then
-  tail -40 "$LOG/build.log"
+build_s=0
+if [ "$PHASE" != test ]; then
+  echo "== build for sm_${ARCH/./}, every ${NATTEN_LIKE_DTYPES} instantiation (CUDA_HOME=$CUDA_HOME)"
+  start=$(date +%s)
+  if ! NATTEN_LIKE_CUDA_ARCH="$ARCH" MAX_JOBS="${MAX_JOBS:-$jobs}" "$PY" setup.py -q build_ext --inplace \
+    >"$LOG/build.log" 2>&1; then
+    tail -40 "$LOG/build.log"
+    exit 1
+  fi
+  build_s=$(($(date +%s) - start))
+  echo "built in ${build_s}s"
+  [ "$PHASE" = build ] && exit 0
+elif ! compgen -G "python/natten_like/_C*.so" >/dev/null; then
+  echo "gpu_check: phase test needs the extension built in place (run phase build first, on the same machine)" >&2
   exit 1
 fi
-build_s=$(($(date +%s) - start))
-echo "built in ${build_s}s"
 export PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== CUDA tests"

@@ -14,10 +14,11 @@ pads them, and proves, for every Q tile and every KV tile it visits:
 - a tile the iterator calls full has no flagged row and every (query, key) pair attended, so running it unmasked is
   exact.
 
-A second check evaluates the kernel's CuTe layout algebra on the host (needs nvcc and the CUTLASS headers, no GPU). A
-third calls the GNA launcher (nvcc, no GPU) with problems it must refuse before any CUDA call, with additional KV among
-them: it runs fused now, so only what its TMA view cannot express is refused (cudaErrorNotSupported, the caller's cue
-to fall back to sm80), and a problem whose additional KV is fine gets as far as the grid check.
+A second check evaluates the kernel's CuTe layout algebra on the host (needs nvcc and the CUTLASS headers, no GPU),
+for the 128-byte swizzle of head dims 64 / 128 and the 64-byte swizzle of head dim 32. A third calls the GNA launcher
+(nvcc, no GPU) with problems it must refuse before any CUDA call, with additional KV among them: it runs fused now, so
+only what its TMA view cannot express is refused (cudaErrorNotSupported, the caller's cue to fall back to sm80), and a
+problem whose additional KV is fine gets as far as the grid check.
 """
 
 from __future__ import annotations
@@ -170,10 +171,16 @@ int main(int argc, char** argv) {
 # accumulators keeps each row in one warp and one group of 4 lanes (the softmax reductions' assumption) and gives O the
 # rows of S; the S accumulator reinterpreted as P holds exactly the (query, key) coordinates the P V wgmma's register A
 # operand expects; the epilogue's smem copy puts each O value at its own coordinate; the Q/K/V smem layouts put element
-# (row, col) where TMA's 128-byte swizzle writes it (box col / 64, row, Swizzle<3,4,3> on bytes) and the V^T view
-# addresses the same bytes as V.
+# (row, col) where TMA writes it and the V^T view addresses the same bytes as V. TMA's swizzle is emulated here from its
+# definition, not taken from the traits: rows of W bytes, W the widest swizzle span not past the head-dim row (128 bytes
+# for head dims 64 / 128, 64 for head dim 32), box j = columns [W/2 j, W/2 (j + 1)) at j * rows * W bytes, element
+# (row, col) of a box at byte row * W + 2 col, XORed by SWIZZLE_128B (bits [4:6] ^= bits [7:9], Swizzle<3,4,3>) or
+# SWIZZLE_64B (bits [4:5] ^= bits [7:8], Swizzle<2,4,3>); the traits must name that TMA mode and box width, and the
+# GMMA descriptors of the tiles that layout type (SW128 / SW64). The epilogue's chunk copy reads 16 contiguous bytes
+# per (row, chunk), one address plus steps of kOutRowStep rows of W bytes per thread.
 LAYOUT_CHECKER = r"""
 #include <cstdio>
+#include <vector>
 
 #include "natten_like/sm90/sm90_fmha_fwd_kernel.hpp"
 
@@ -218,29 +225,60 @@ int check() {
     bad += size(src) != size(dst) || size(src) != size(cO);
     for (int i = 0; i < size(dst); ++i) bad += src(i) != dst(i);
   }
+  // TMA's view of the smem tiles: W-byte box rows, box j of a tile of `rows` rows at j * rows * W bytes.
+  constexpr int W = D * 2 >= 128 ? 128 : 64, kCols = W / 2;
+  constexpr CUtensorMapSwizzle kMode = W == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+  bad += T::kTmaSwizzle != kMode || T::kBoxCols != kCols || T::kBoxesPerRow != D / kCols;
+  bad += T::kQBytesPerBox != T::kBlockM * W || T::kKVBytesPerBox != T::kBlockN * W;
+  bad += T::kKVStageBytes != T::kBlockN * D * 2;
+  auto swizzle = [](int lin) { return W == 128 ? lin ^ (((lin >> 7) & 7) << 4) : lin ^ (((lin >> 7) & 3) << 4); };
+  auto tma = [&](int rows, int r, int c) { return (c / kCols) * rows * W + swizzle(r * W + (c % kCols) * 2); };
   // A fake 1024-byte aligned smem address: the swizzle acts on address bits.
   Element* base = reinterpret_cast<Element*>(uintptr_t{1} << 20);
   Tensor kv = make_tensor(make_smem_ptr(base), typename T::SmemLayoutKV{});
   Tensor vt = make_tensor(make_smem_ptr(base), typename T::SmemLayoutVt{});
   Tensor q = make_tensor(make_smem_ptr(base), typename T::SmemLayoutQ{});
   auto off = [&](auto& ref) { return int(reinterpret_cast<const char*>(&ref) - reinterpret_cast<const char*>(base)); };
-  auto sw128 = [](int lin) { return lin ^ (((lin >> 7) & 7) << 4); };
   for (int s = 0; s < T::kStages; ++s) {
     for (int r = 0; r < T::kBlockN; ++r) {
       for (int c = 0; c < D; ++c) {
-        const int want = s * T::kKVStageBytes + (c / 64) * T::kKVBytesPerBox + sw128(r * 128 + (c % 64) * 2);
+        const int want = s * T::kKVStageBytes + tma(T::kBlockN, r, c);
         bad += off(kv(r, c, s)) != want || off(vt(c, r, s)) != want;
       }
     }
   }
   for (int r = 0; r < T::kBlockM; ++r) {
-    for (int c = 0; c < D; ++c) bad += off(q(r, c)) != (c / 64) * T::kQBytesPerBox + sw128(r * 128 + (c % 64) * 2);
+    for (int c = 0; c < D; ++c) bad += off(q(r, c)) != tma(T::kBlockM, r, c);
   }
+  // What GMMA is told: the descriptors' layout type is the swizzle's (the smem layouts' swizzle functor decides it).
+  constexpr auto kGmma = W == 128 ? SM90::GMMA::LayoutType::B128 : SM90::GMMA::LayoutType::B64;
+  bad += SM90::GMMA::layout_type(recast<uint128_t const>(q)) != kGmma;
+  bad += SM90::GMMA::layout_type(recast<uint128_t const>(kv)) != kGmma;
+  bad += SM90::GMMA::layout_type(recast<uint128_t const>(vt)) != kGmma;
+  // The epilogue (sm90_fmha_fwd_kernel.hpp): thread wtid of a warpgroup reads the 16-byte chunk at column c of rows
+  // r0 + k * kOutRowStep, each chunk contiguous, at the address of its first chunk plus k * kOutRowStep * kBoxCols
+  // elements, and the threads together read every chunk of the warpgroup's 64 rows once.
+  std::vector<int> seen(T::kBlockM * D, 0);
+  for (int wg = 0; wg < 2; ++wg) {
+    for (int wtid = 0; wtid < 128; ++wtid) {
+      const int r0 = wg * 64 + wtid / T::kChunksPerRow, c = (wtid % T::kChunksPerRow) * T::kChunk;
+      for (int k = 0; k < 64 / T::kOutRowStep; ++k) {
+        const int r = r0 + k * T::kOutRowStep;
+        bad += r >= (wg + 1) * 64 || off(q(r, c)) != off(q(r0, c)) + k * T::kOutRowStep * T::kBoxCols * 2;
+        for (int j = 0; j < T::kChunk; ++j) {
+          bad += off(q(r, c + j)) != off(q(r, c)) + j * 2;
+          ++seen[r * D + c + j];
+        }
+      }
+    }
+  }
+  for (int n : seen) bad += n != 1;
   return bad;
 }
 
 int main() {
-  const int bad = check<cutlass::bfloat16_t, 128>() + check<cutlass::half_t, 64>();
+  const int bad = check<cutlass::bfloat16_t, 128>() + check<cutlass::half_t, 64>() + check<cutlass::half_t, 32>() +
+                  check<cutlass::bfloat16_t, 32>();
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }

@@ -39,6 +39,7 @@ from toolchain import needs_cxx, needs_nvcc, run_host_checker, run_nvcc_checker
 
 CHECKER = r"""
 #include <algorithm>
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
@@ -231,7 +232,8 @@ int check_bs(std::mt19937& rng, long& checks) {
 // (b * batch_stride + h * head_stride + t * token_stride + d) * bytes; the TMA limits are enforced.
 int check_view(std::mt19937& rng, long& checks) {
   auto pick = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
-  const int64_t bytes = 2, D = pick(0, 1) ? 64 : 128, H = pick(1, 8), N = pick(1, 5000), B = pick(1, 3);
+  const int64_t bytes = 2, D = std::array<int64_t, 3>{32, 64, 128}[pick(0, 2)], H = pick(1, 8), N = pick(1, 5000);
+  const int64_t B = pick(1, 3);
   // Heads-last contiguous, sometimes with padded rows / batch gaps (multiples of 8 elements keep 16-byte strides).
   const int64_t hs = D + 8 * pick(0, 1), ts = H * hs + 8 * pick(0, 2), bs = N * ts + 8 * pick(0, 3);
   const int rows = static_cast<int>(pick(1, 128));
@@ -239,7 +241,11 @@ int check_view(std::mt19937& rng, long& checks) {
   if (!v.ok) return 30;
   if (v.dims[0] != uint64_t(D) || v.dims[1] != uint64_t(H) || v.dims[2] != uint64_t(N) || v.dims[3] != uint64_t(B))
     return 31;
-  if (v.box[0] * bytes != 128 || v.box[1] != 1 || v.box[2] != uint32_t(rows) || v.box[3] != 1) return 32;
+  // One swizzle span of head-dim columns: 128 bytes, or the whole row where it is shorter (head dim 32: 64 bytes).
+  if (v.box[0] * bytes != std::min<int64_t>(128, D * bytes) || v.box[1] != 1 || v.box[2] != uint32_t(rows) ||
+      v.box[3] != 1) {
+    return 32;
+  }
   for (int i = 0; i < 64; ++i) {
     const int64_t d = pick(0, D - 1), h = pick(0, H - 1), t = pick(0, N - 1), b = pick(0, B - 1);
     const uint64_t view = d * bytes + h * v.strides[0] + t * v.strides[1] + b * v.strides[2];

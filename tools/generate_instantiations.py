@@ -160,7 +160,7 @@ KINDS = (
         "launch_sm90_gna_fwd",
         "natten_like::sm80::GnaFwdParams",
         "kSm90GnaFwd",
-        (64, 128),
+        (32, 64, 128),
     ),
     Kind(
         "sm90_block_sparse_fwd",
@@ -171,7 +171,7 @@ KINDS = (
         "launch_sm90_block_sparse_fwd",
         "natten_like::sm80::BlockSparseFwdParams",
         "kSm90BlockSparseFwd",
-        (64, 128),
+        (32, 64, 128),
     ),
     Kind(
         "sm90_s2_fwd",
@@ -182,7 +182,7 @@ KINDS = (
         "launch_sm90_s2_fwd",
         "natten_like::sm80::StridedShardFwdParams",
         "kSm90S2Fwd",
-        (64, 128),
+        (32, 64, 128),
     ),
 )
 
@@ -201,6 +201,7 @@ MINIMAL = {
     ("sm80_gna_bwd", "bf16", (192, 128)),
     ("sm80_gna_fwd", "bf16", 256),
     ("sm90_gna_fwd", "bf16", 128),
+    ("sm90_gna_fwd", "bf16", 32),
     ("sm90_latent_fwd", "bf16", (576, 512)),
     ("sm90_block_sparse_fwd", "bf16", 128),
     ("sm90_s2_fwd", "bf16", 64),

@@ -98,16 +98,22 @@ cudaError_t sm80_latent_fwd_fp16_hd576x512_m64_n64(const natten_like::sm80::Late
 cudaError_t sm80_latent_fwd_bf16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_latent_fwd_fp16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_latent_fwd_bf16_hd576x512_m64_n64(const natten_like::sm80::LatentFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_gna_fwd_fp16_hd32_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_gna_fwd_bf16_hd32_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_fp16_hd32_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_fp16_hd64_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_fp16_hd128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_bf16_hd32_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_bf16_hd64_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_bf16_hd128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_fp16_hd32_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_fp16_hd64_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_fp16_hd128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_bf16_hd32_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_bf16_hd64_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_bf16_hd128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 
@@ -367,10 +373,16 @@ constexpr int kSm90GnaFwdBlockM = 128;
 constexpr int kSm90GnaFwdBlockN = 128;
 inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm90GnaFwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 32, 32, &sm90_gna_fwd_fp16_hd32_m128_n128},
+#endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 64, 64, &sm90_gna_fwd_fp16_hd64_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, 128, &sm90_gna_fwd_fp16_hd128_m128_n128},
+#endif
+#if NATTEN_LIKE_WITH_BF16
+    {"bfloat16", 32, 32, &sm90_gna_fwd_bf16_hd32_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 64, 64, &sm90_gna_fwd_bf16_hd64_m128_n128},
@@ -388,10 +400,16 @@ constexpr int kSm90BlockSparseFwdBlockM = 128;
 constexpr int kSm90BlockSparseFwdBlockN = 128;
 inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm90BlockSparseFwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 32, 32, &sm90_block_sparse_fwd_fp16_hd32_m128_n128},
+#endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 64, 64, &sm90_block_sparse_fwd_fp16_hd64_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, 128, &sm90_block_sparse_fwd_fp16_hd128_m128_n128},
+#endif
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 32, 32, &sm90_block_sparse_fwd_bf16_hd32_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 64, 64, &sm90_block_sparse_fwd_bf16_hd64_m128_n128},
@@ -409,10 +427,16 @@ constexpr int kSm90S2FwdBlockM = 128;
 constexpr int kSm90S2FwdBlockN = 128;
 inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm90S2Fwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 32, 32, &sm90_s2_fwd_fp16_hd32_m128_n128},
+#endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 64, 64, &sm90_s2_fwd_fp16_hd64_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, 128, &sm90_s2_fwd_fp16_hd128_m128_n128},
+#endif
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 32, 32, &sm90_s2_fwd_bf16_hd32_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16
     {"bfloat16", 64, 64, &sm90_s2_fwd_bf16_hd64_m128_n128},

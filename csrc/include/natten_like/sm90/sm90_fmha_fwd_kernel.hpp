@@ -4,7 +4,7 @@
 // with its pipeline running on from one to the next (sm90_fmha_fwd_body), warp-specialised:
 // - warpgroup 0, one warp: TMA loads of Q once and of K, V per visited KV tile into a 2-stage smem ring, straight from
 //   the heads-last [B, X0, X1, X2, H, D] tensors viewed as 5-D (D, H, X2, X1, B * X0): a tile of any rank, dilated or
-//   not, is one box per 64 head-dim columns (sm90/tma_gna_box.hpp); it also writes each stage's key geometry
+//   not, is one box per kBoxCols head-dim columns (sm90/tma_gna_box.hpp); it also writes each stage's key geometry
 //   (group-local coordinates, whether the tile needs the element mask) next to the data. A stage's K half (with the
 //   geometry) and V half are released apart (k_empty, v_empty), and each load waits for its own half only;
 // - warpgroups 1 and 2, 64 query rows each: S = Q K^T (wgmma, smem operands), fp32 online softmax in registers (full
@@ -23,6 +23,8 @@
 // The strided-shard and block-sparse families (sm90_seq_fwd_kernel) run the same body with the sm80 schedules wrapped
 // in sm90_schedules.hpp: Q tiles and KV visits are runs of consecutive tokens, one box each of the 4-D view
 // (D, H, tokens, B); the consumers are unchanged (the 1-D row geometry uses the same windows / coordinates).
+// Head dims 64 and 128 run on 128-byte swizzled smem rows (boxes of 64 columns), head dim 32 on 64-byte ones (one box
+// of 32 columns per row); the traits choose the swizzle (sm90_fmha_fwd_traits.hpp), the code here is the same.
 // Semantics mirror sm80/sm80_fmha_fwd_kernel.hpp; every index comes from the host-tested policy, iterator, box and
 // schedule code.
 #pragma once
@@ -144,14 +146,14 @@ CUTE_DEVICE void wgmma_gemm(TiledMma& mma, TA const& tA, TB const& tB, TC& tC) {
   warpgroup_fence_operand(tC);
 }
 
-// Zeroes rows [first_row, rows) of `blocks` consecutive blocks of `rows` 128-byte rows. A 128-byte swizzle permutes
-// 16-byte chunks within a row only, so whole rows are plain byte ranges.
-template <int kThreads>
+// Zeroes rows [first_row, rows) of `blocks` consecutive blocks of `rows` rows of kRowBytes bytes. A swizzle as wide
+// as the row (128 or 64 bytes) permutes 16-byte chunks within a row only, so whole rows are plain byte ranges.
+template <int kThreads, int kRowBytes>
 CUTE_DEVICE void zero_smem_rows(void* buf, int blocks, int rows, int first_row, int tid) {
-  const int chunks = (rows - first_row) * 8;
-  char* base = static_cast<char*>(buf) + first_row * 128;
+  const int chunks = (rows - first_row) * (kRowBytes / 16);
+  char* base = static_cast<char*>(buf) + first_row * kRowBytes;
   for (int i = tid; i < blocks * chunks; i += kThreads) {
-    *reinterpret_cast<uint4*>(base + (i / chunks) * rows * 128 + (i % chunks) * 16) = make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(base + (i / chunks) * rows * kRowBytes + (i % chunks) * 16) = make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -379,9 +381,10 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   // masked, like the other sample's rows inside a box). Persistent: the Q rows past the box keep the previous work
   // tile's staged output, which reaches only the outputs of those rows (S, the softmax and P V are row-wise), never
   // stored.
-  detail::zero_smem_rows<Traits::kThreads>(smem.q, kBoxesPerRow, kBlockM, q_box_rows, tid);
-  detail::zero_smem_rows<Traits::kThreads>(smem.k, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
-  detail::zero_smem_rows<Traits::kThreads>(smem.v, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
+  constexpr int kRowBytes = Traits::kSwizzleBytes;  // a row of one box's smem block
+  detail::zero_smem_rows<Traits::kThreads, kRowBytes>(smem.q, kBoxesPerRow, kBlockM, q_box_rows, tid);
+  detail::zero_smem_rows<Traits::kThreads, kRowBytes>(smem.k, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
+  detail::zero_smem_rows<Traits::kThreads, kRowBytes>(smem.v, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
   cutlass::arch::fence_view_async_shared();  // generic-proxy zeros visible to wgmma's async-proxy reads
   __syncthreads();
 
@@ -860,12 +863,12 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     }
 
     auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
-    // Thread wtid copies the 16-byte chunk column c of rows r0 + k * kRowStep of this warpgroup's 64. The 128-byte
-    // swizzle permutes a row's chunks by row % 8 alone and kRowStep is a multiple of 8, so the thread's chunks lie
-    // kRowStep rows of 128 bytes apart in their box: one smem address (and one q_token address) serves every k. Taken
-    // per chunk, the swizzled addresses are hoisted out of the persistent work-tile loop and held across the KV loop,
-    // which the consumer's register budget does not afford.
-    constexpr int kRowStep = 128 / Traits::kChunksPerRow;
+    // Thread wtid copies the 16-byte chunk column c of rows r0 + k * kRowStep of this warpgroup's 64. Either swizzle
+    // (128- or 64-byte rows) permutes a row's chunks by row % 8 alone and kRowStep is a multiple of 8, so the thread's
+    // chunks lie kRowStep rows of kBoxCols elements apart in their box: one smem address (and one q_token address)
+    // serves every k (tests/test_sm90_host.py checks it). Taken per chunk, the swizzled addresses are hoisted out of
+    // the persistent work-tile loop and held across the KV loop, which the consumer's register budget does not afford.
+    constexpr int kRowStep = Traits::kOutRowStep;
     static_assert(kRowStep % 8 == 0 && 64 % kRowStep == 0, "a thread's chunks share their swizzle phase");
     const int wtid = tid % 128;
     const int r0 = (warpgroup - 1) * 64 + wtid / Traits::kChunksPerRow;
@@ -953,11 +956,13 @@ cudaError_t launch_fwd_grid(void (*kernel)(Args), void (*persistent_kernel)(Args
 namespace detail {
 
 // One TMA descriptor of the 5-D view (D, H, X2, X1, B * X0) of a contiguous [B, X0, X1, X2, H, D] tensor with boxes of
-// 64 head-dim columns x 1 head x one tile (tile[i] * d_i tokens at element stride d_i per dim).
-template <class Element>
+// kBoxCols head-dim columns x 1 head x one tile (tile[i] * d_i tokens at element stride d_i per dim), in the traits'
+// swizzle mode.
+template <class Traits>
 cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_t head_dim, int64_t heads,
                               int64_t head_stride, int64_t token_stride, int64_t batch, const GnaPolicy<kRank>& pol,
                               const int64_t* tile) {
+  using Element = typename Traits::Element;
   constexpr int64_t kBytes = sizeof(Element);
   const int64_t x0 = pol.dim[0].length, x1 = pol.dim[1].length, x2 = pol.dim[2].length;
   cuuint64_t dims[5] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
@@ -970,7 +975,7 @@ cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_
     if (strides64[i] <= 0 || strides64[i] % 16 != 0 || strides64[i] >= (int64_t{1} << 40)) return cudaErrorNotSupported;
     strides[i] = static_cast<cuuint64_t>(strides64[i]);
   }
-  cuuint32_t box[5] = {static_cast<cuuint32_t>(128 / kBytes), 1u,
+  cuuint32_t box[5] = {static_cast<cuuint32_t>(Traits::kBoxCols), 1u,
                        static_cast<cuuint32_t>(tma_box_extent(pol, tile, 2)),
                        static_cast<cuuint32_t>(tma_box_extent(pol, tile, 1)),
                        static_cast<cuuint32_t>(tma_box_extent(pol, tile, 0))};
@@ -983,13 +988,15 @@ cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_
   // the last sample) arrive as zeros.
   const CUresult result = cutlass::call_cuTensorMapEncodeTiled(
       desc, dtype, 5, const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      Traits::kTmaSwizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
 }
 
-// One TMA descriptor of the 4-D view (D, H, tokens, B) of a heads-last tensor (sm90_schedules.hpp: seq_tma_view).
-template <class Element>
+// One TMA descriptor of the 4-D view (D, H, tokens, B) of a heads-last tensor (sm90_schedules.hpp: seq_tma_view), in
+// the traits' swizzle mode; the view's box is one swizzle span wide in D, the traits' kBoxCols.
+template <class Traits>
 cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const SeqTmaView& view) {
+  using Element = typename Traits::Element;
   if (!view.ok || reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return cudaErrorNotSupported;
   cuuint64_t dims[4], strides[3];
   cuuint32_t box[4], element_strides[4] = {1u, 1u, 1u, 1u};
@@ -1003,7 +1010,7 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
   // Rows past the token dim's end arrive as zeros (OOB_FILL_NONE), as for GNA.
   const CUresult result = cutlass::call_cuTensorMapEncodeTiled(
       desc, dtype, 4, const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      Traits::kTmaSwizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
 }
 
@@ -1073,18 +1080,18 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   args.p = p;
   args.p.additional_block = kBlockN;
   if (!additional) args.p.num_additional = 0;  // the kernel counts tiles from it
-  cudaError_t err = detail::make_gna_tma_desc<Element>(&args.tma_q, p.q, kHeadDim, p.heads, p.q_head_stride,
+  cudaError_t err = detail::make_gna_tma_desc<Traits>(&args.tma_q, p.q, kHeadDim, p.heads, p.q_head_stride,
                                                        p.q_token_stride, p.batch, pol, pol.tq);
   if (err == cudaSuccess) {
-    err = detail::make_gna_tma_desc<Element>(&args.tma_k, p.k, kHeadDim, p.kv_heads, p.k_head_stride, p.k_token_stride,
+    err = detail::make_gna_tma_desc<Traits>(&args.tma_k, p.k, kHeadDim, p.kv_heads, p.k_head_stride, p.k_token_stride,
                                              p.batch, pol, pol.tk);
   }
   if (err == cudaSuccess) {
-    err = detail::make_gna_tma_desc<Element>(&args.tma_v, p.v, kHeadDim, p.kv_heads, p.v_head_stride, p.v_token_stride,
+    err = detail::make_gna_tma_desc<Traits>(&args.tma_v, p.v, kHeadDim, p.kv_heads, p.v_head_stride, p.v_token_stride,
                                              p.batch, pol, pol.tk);
   }
-  if (err == cudaSuccess && additional) err = detail::make_seq_tma_desc<Element>(&args.tma_add_k, p.add_k, view_add_k);
-  if (err == cudaSuccess && additional) err = detail::make_seq_tma_desc<Element>(&args.tma_add_v, p.add_v, view_add_v);
+  if (err == cudaSuccess && additional) err = detail::make_seq_tma_desc<Traits>(&args.tma_add_k, p.add_k, view_add_k);
+  if (err == cudaSuccess && additional) err = detail::make_seq_tma_desc<Traits>(&args.tma_add_v, p.add_v, view_add_v);
   if (err != cudaSuccess) return err;
 
   using State = sm80::GnaKvTileIterator<kRank>;
@@ -1134,9 +1141,9 @@ cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_bl
 
   Sm90FwdArgs<typename Schedule::Params> args;
   args.p = p;
-  cudaError_t err = make_seq_tma_desc<Element>(&args.tma_q, p.q, view_q);
-  if (err == cudaSuccess) err = make_seq_tma_desc<Element>(&args.tma_k, p.k, view_k);
-  if (err == cudaSuccess) err = make_seq_tma_desc<Element>(&args.tma_v, p.v, view_v);
+  cudaError_t err = make_seq_tma_desc<Traits>(&args.tma_q, p.q, view_q);
+  if (err == cudaSuccess) err = make_seq_tma_desc<Traits>(&args.tma_k, p.k, view_k);
+  if (err == cudaSuccess) err = make_seq_tma_desc<Traits>(&args.tma_v, p.v, view_v);
   if (err != cudaSuccess) return err;
 
   constexpr int kSmem = sizeof(typename Traits::template SharedStorageFor<Schedule, false>);

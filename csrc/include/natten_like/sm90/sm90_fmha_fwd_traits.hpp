@@ -5,8 +5,14 @@
 // tile e's softmax under tile e - 1's P V (intra-warpgroup overlap), so a stage's K and V halves are released apart.
 // The KV ring also carries the GNA forward's additional KV tiles (same stage layout, the box of kBlockN rows). A
 // persistent CTA (sm90_tile_scheduler.hpp) adds a second schedule state, its work tiles and their barriers.
+// The smem swizzle is chosen here, once, from the head dim: 128-byte rows (Swizzle<3,4,3>, TMA's SWIZZLE_128B, GMMA's
+// SW128) for head dims 64 and up, 64-byte rows (Swizzle<2,4,3>, SWIZZLE_64B, SW64) for head dim 32; the kernel takes
+// the atom, the TMA mode and the box width from these traits.
 #pragma once
 
+#include <cuda.h>
+
+#include <algorithm>
 #include <type_traits>
 
 #include <cute/tensor.hpp>
@@ -44,15 +50,21 @@ struct Sm90FmhaFwdTraits {
   // its own P V of tile e - 1 (intra-warpgroup overlap, always on): the accumulator registers hold S, O and P at once,
   // which kConsumerRegs has room for.
   static constexpr bool kPingPong = true;
-  // One TMA box loads 64 head-dim elements: the 128-byte swizzle caps the box's inner extent at 128 bytes.
-  static constexpr int kBoxCols = 128 / sizeof(Element);
+  // The swizzle width: a TMA box's inner extent is at most the swizzle's span, and a head-dim row is cut into boxes of
+  // that many bytes, each the rows of one smem block. 128 bytes (64 elements) where the head dim allows; head dim 32
+  // (64-byte rows) takes the 64-byte swizzle, whose span is exactly one row, rather than boxes wider than the tensor.
+  static constexpr int kSwizzleBytes = std::min(128, kHeadDim * static_cast<int>(sizeof(Element)));
+  static constexpr int kBoxCols = kSwizzleBytes / sizeof(Element);  // head-dim columns per TMA box and smem block
   static constexpr int kBoxesPerRow = kHeadDim / kBoxCols;
+  static constexpr CUtensorMapSwizzle kTmaSwizzle =
+      kSwizzleBytes == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
 
   static_assert(kBlockM == 128, "two consumer warpgroups of 64 rows (the producer/consumer register split assumes 3)");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "wgmma N and the P V K-steps come in 16s");
-  static_assert(kHeadDim % 64 == 0 && kHeadDim <= 256, "the smem swizzle atom spans 64 head-dim elements");
+  static_assert(kHeadDim == 32 || (kHeadDim % 64 == 0 && kHeadDim <= 256),
+                "head dim 32 (one 64-byte swizzled block) or whole 128-byte swizzled blocks of 64 columns");
   static_assert(std::is_same_v<Element, cutlass::half_t> || std::is_same_v<Element, cutlass::bfloat16_t>);
-  static_assert(sizeof(Element) == 2 && kBoxCols == 64);
+  static_assert(sizeof(Element) == 2 && (kBoxCols == 64 || kBoxCols == 32));
 
   // S = Q K^T: per warpgroup 64 x kBlockN x kHeadDim, A and B K-major in smem. The atom layout stacks the consumer
   // warpgroups along M, so each warpgroup's rows (and softmax statistics) are its own.
@@ -71,10 +83,14 @@ struct Sm90FmhaFwdTraits {
 
   // Rows of 64 elements (128 bytes), Swizzle<3,4,3> on byte addresses: exactly what TMA's CU_TENSOR_MAP_SWIZZLE_128B
   // writes for a box with a 128-byte inner extent into a 1024-byte aligned buffer, and what GMMA reads as K-major
-  // SW128 (tests/test_sm90_host.py checks it).
-  // tile_to_shape stacks atoms along rows first: head-dim columns [64 j, 64 j + 64) of all rows form one contiguous
-  // block of kRows * 128 bytes, the destination of box j.
-  using SmemAtom = cute::GMMA::Layout_K_SW128_Atom<Element>;
+  // SW128. Head dim 32: rows of 32 elements (64 bytes), Swizzle<2,4,3> (16-byte chunk bits [4:5] XOR bits [7:8], a
+  // pattern of 512 bytes): what SWIZZLE_64B writes for a 64-byte inner extent and GMMA reads as K-major SW64
+  // (tests/test_sm90_host.py checks both). Either swizzle permutes 16-byte chunks within a row by row % 8 alone.
+  // tile_to_shape stacks atoms along rows first: head-dim columns [kBoxCols j, kBoxCols (j + 1)) of all rows form one
+  // contiguous block of kRows * kSwizzleBytes bytes, the destination of box j.
+  using SmemAtom = std::conditional_t<kSwizzleBytes == 128, cute::GMMA::Layout_K_SW128_Atom<Element>,
+                                      cute::GMMA::Layout_K_SW64_Atom<Element>>;
+  static_assert(decltype(cute::size<1>(SmemAtom{}))::value == kBoxCols, "an atom row is one box row");
   using SmemLayoutQ = decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDim>>{}));
   using SmemLayoutKV = decltype(cute::tile_to_shape(
       SmemAtom{}, cute::Shape<cute::Int<kBlockN>, cute::Int<kHeadDim>, cute::Int<kStages>>{}));
@@ -84,14 +100,17 @@ struct Sm90FmhaFwdTraits {
       cute::make_ordered_layout(cute::Shape<cute::Int<kHeadDim>, cute::Int<kBlockN>, cute::Int<kStages>>{},
                                 cute::Step<cute::_2, cute::_1, cute::_3>{})));
 
-  static constexpr int kQBytesPerBox = kBlockM * 128;  // smem stride between the boxes of one Q tile
-  static constexpr int kKVBytesPerBox = kBlockN * 128;
+  static constexpr int kQBytesPerBox = kBlockM * kSwizzleBytes;  // smem stride between the boxes of one Q tile
+  static constexpr int kKVBytesPerBox = kBlockN * kSwizzleBytes;
   static constexpr int kKVStageBytes = kKVBytesPerBox * kBoxesPerRow;
 
   // The output tile is staged in the Q buffer with 32-bit stores (the accumulator holds pairs of adjacent columns).
   using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
   static constexpr int kChunk = 16 / sizeof(Element);  // elements per 16-byte global store
   static constexpr int kChunksPerRow = kHeadDim / kChunk;
+  // The epilogue's 128 threads per warpgroup copy a row's chunks side by side, so a thread's chunks lie kOutRowStep
+  // rows apart (8 for head dim 128, 16 for 64, 32 for 32).
+  static constexpr int kOutRowStep = 128 / kChunksPerRow;
 
   // What only a persistent CTA (sm90_tile_scheduler.hpp) keeps: a second schedule state (local work tile i, the CTA's
   // i-th, uses `state` for even i and odd_state for odd i: a consumer thread builds tile i + 1's while both roles still
@@ -111,8 +130,8 @@ struct Sm90FmhaFwdTraits {
   // State: the CTA's schedule, kept in smem (GNA: the tile iterator; 1-D families: sm90_schedules.hpp's schedules).
   template <class State, bool kPersistent = false>
   struct SharedStorageFor {
-    // 1024-byte alignment: the 128-byte swizzle pattern repeats every 8 rows of 128 bytes, and TMA and GMMA agree on
-    // it only from a 1024-byte boundary.
+    // 1024-byte alignment: the 128-byte swizzle pattern repeats every 8 rows of 128 bytes (the 64-byte one every 8
+    // rows of 64 bytes), and TMA and GMMA agree on it only from a boundary of the pattern.
     alignas(1024) Element q[cute::cosize_v<SmemLayoutQ>];  // also the output tile in the epilogue
     alignas(1024) Element k[cute::cosize_v<SmemLayoutKV>];
     alignas(1024) Element v[cute::cosize_v<SmemLayoutKV>];

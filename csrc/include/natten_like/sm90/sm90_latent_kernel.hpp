@@ -356,7 +356,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     if (valid < kBlockN) {
       char* v_base = reinterpret_cast<char*>(smem.k + st * kBlockN * Traits::kDim) +
                      wg * Traits::kVBoxesPerWarpgroup * Traits::kBoxBytes;
-      detail::zero_smem_rows<128>(v_base, Traits::kVBoxesPerWarpgroup, kBlockN, valid, tid % 128);
+      constexpr int kRowBytes = kBoxCols * sizeof(Element);  // one box row: 128 bytes
+      detail::zero_smem_rows<128, kRowBytes>(v_base, Traits::kVBoxesPerWarpgroup, kBlockN, valid, tid % 128);
     }
     // P's and the zeros' generic-proxy stores, visible to wgmma's async-proxy reads of both warpgroups (barrier 4).
     cutlass::arch::fence_view_async_shared();

@@ -151,7 +151,8 @@ using Sm90StridedShardSchedule = Sm90SeqSchedule<sm80::StridedShardSchedule>;
 using Sm90BlockSparseSchedule = Sm90SeqSchedule<sm80::BlockSparseSchedule>;
 
 // The 4-D TMA view (D, H, tokens, B) of a heads-last tensor with element strides (head, token, batch): extents, byte
-// strides of dims 1-3 and the box (64 head-dim columns x 1 head x box_rows tokens x 1 batch entry). Element
+// strides of dims 1-3 and the box (the head-dim columns of one swizzle span, min(head_dim, 128 bytes), x 1 head x
+// box_rows tokens x 1 batch entry). Element
 // (d, h, t, b) sits at byte (d + h * head_stride + t * token_stride + b * batch_stride) * bytes from the base, the
 // address the sm80 kernel reads. `ok` is false where TMA cannot express it: byte strides not positive multiples of 16
 // or not below 2^40, extents beyond 2^32, or token coordinates (up to tokens - 1 + box_rows) beyond int32. With one
@@ -180,7 +181,7 @@ NL_HOST_DEVICE SeqTmaView seq_tma_view(int64_t bytes, int64_t head_dim, int64_t 
     v.ok = v.ok && dims[i] >= 1 && dims[i] <= (int64_t{1} << 32);
     v.dims[i] = static_cast<uint64_t>(dims[i] > 0 ? dims[i] : 0);
   }
-  v.box[0] = static_cast<uint32_t>(128 / bytes);
+  v.box[0] = static_cast<uint32_t>(head_dim * bytes < 128 ? head_dim : 128 / bytes);
   v.box[1] = 1;
   v.box[2] = static_cast<uint32_t>(box_rows);
   v.box[3] = 1;

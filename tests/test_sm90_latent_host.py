@@ -159,6 +159,7 @@ sm80::LatentFwdParams latent(int64_t B, int64_t page_size) {
   p.s_kv = 4096;
   p.page_size = page_size;
   p.max_pages = page_size > 0 ? 4096 / page_size : 0;
+  p.num_pages = B * p.max_pages;
   p.max_seqlen = 4096;
   p.scale = 0.1f;
   return p;
@@ -220,6 +221,12 @@ int run() {
   p = latent(2, 64);
   p.page_size = 0;
   expect("page size 0", launch(p), cudaErrorNotSupported);
+  p = latent(2, 64);
+  p.num_pages = 0;
+  expect("no pages", launch(p), cudaErrorNotSupported);
+  p = latent(2, 64);
+  p.num_pages = int64_t{1} << 31;
+  expect("2^31 pages (int32 coordinates)", launch(p), cudaErrorNotSupported);
   p = latent(2, 64);
   p.q = static_cast<const char*>(p.q) + 8;
   expect("misaligned q", launch(p), cudaErrorNotSupported);

@@ -130,6 +130,7 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
   p.s_kv = paged ? 0 : cache.size(1);
   p.page_size = paged ? cache.size(1) : 0;
   p.max_pages = paged ? table_host.size(1) : 0;
+  p.num_pages = paged ? cache.size(0) : 0;
   p.scale = static_cast<float>(scale);
   p.causal = causal;
   p.num_splits = static_cast<int>(splits);

@@ -25,6 +25,7 @@ struct LatentFwdParams {
   int64_t dim = 576, dim_v = 512;                // the kernel is built for exactly these (launcher checks)
   int64_t s_kv = 0;                              // contiguous cache: rows per batch
   int64_t page_size = 0, max_pages = 0;          // paged cache
+  int64_t num_pages = 0;                         // paged cache: its pages (every block_table entry is below)
   float scale = 1.0f;
   bool causal = false;
   int num_splits = 1;

@@ -466,10 +466,11 @@ cudaError_t launch_sm90_latent_fwd(const sm80::LatentFwdParams& p, cudaStream_t 
   if (paged && !latent::paged_box_supported(p.page_size)) return cudaErrorNotSupported;
   // Q view (D, S_q * H, B); with one batch entry its batch stride is never used, any valid value does.
   const int64_t q_batch_bytes = p.batch > 1 ? p.q_batch_stride * kBytes : rows * p.q_row_stride * kBytes;
-  // KV view (D, extent, pages): paged (D, page_size, 2^31 - 1 pages: the page count is not in the params, and a page
-  // index is a TMA coordinate, int32); contiguous (D, s_kv, B).
+  // KV view (D, extent, pages): paged (D, page_size, the cache's pages; a page index is a TMA coordinate, int32);
+  // contiguous (D, s_kv, B).
+  if (paged && (p.num_pages < 1 || p.num_pages > latent::kMaxCoord)) return cudaErrorNotSupported;
   const int64_t kv_extent = paged ? p.page_size : (p.s_kv > 0 ? p.s_kv : 1);
-  const int64_t kv_pages = paged ? latent::kMaxCoord : p.batch;
+  const int64_t kv_pages = paged ? p.num_pages : p.batch;
   const int64_t kv_page_bytes = kv_extent * p.cache_row_stride * kBytes;
   if (!detail::latent_tma_stride_ok(p.q_row_stride * kBytes) || !detail::latent_tma_stride_ok(q_batch_bytes) ||
       !detail::latent_tma_stride_ok(p.cache_row_stride * kBytes) || !detail::latent_tma_stride_ok(kv_page_bytes)) {

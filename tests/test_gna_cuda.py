@@ -297,6 +297,33 @@ def test_sm90_tile_scheduling(monkeypatch: pytest.MonkeyPatch, mode: str) -> Non
         torch.ops.natten_like.gna_forward(q, k, v, None, None, *_op_config(case, "sm90", q))
 
 
+def test_sm90_persistent_additional_kv_nan_stays_in_its_batch_entry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN in batch entry 0's additional values reaches only entry 0's outputs, also when persistent CTAs run work
+    tiles of entry 0 and then of entry 1 through the same smem stages (~4 work tiles per CTA here): the V rows an
+    additional tile leaves past the next neighbourhood box (KV tiles clamped to 16 x 4 = 64 of 128 rows) are zeroed
+    before that box's P V, where P = 0 times a stale NaN would be NaN."""
+    if "sm90" not in _targets():
+        pytest.skip("no sm90 kernels on this GPU / build")
+    monkeypatch.setenv("NATTEN_LIKE_SM90_PERSISTENT", "on")
+    dtype, dim, dim_v = _built("sm90_gna_fwd")[-1]
+    case = GnaCase(shape=(512, 4), window=(9, 3), batch=2, heads=8, kv_heads=2, dim=dim, dim_v=dim_v,
+                   num_additional=70)  # fmt: skip
+    inputs = make_inputs(case, dtype, 11)
+    inputs["additional_values"][0, 3] = float("nan")
+    out, _ = torch.ops.natten_like.gna_forward(*_device_inputs(inputs), *_op_config(case, "sm90", inputs["q"]))
+    assert out[0].isnan().any(), "entry 0 attends its NaN additional value"
+    one = {n: t[1:] for n, t in inputs.items() if n in GRAD_INPUTS}
+    ref = natten_like.gna(
+        *(one[n].double() for n in ("q", "k", "v")), **case.with_(batch=1).kwargs(),
+        **{n: one[n].double() for n in GRAD_INPUTS[3:]}, backend="reference",
+    )  # fmt: skip
+    low = natten_like.gna(*(one[n] for n in ("q", "k", "v")), **case.with_(batch=1).kwargs(),
+                          **{n: one[n] for n in GRAD_INPUTS[3:]}, backend="reference")  # fmt: skip
+    assert not out[1].isnan().any(), "a NaN of entry 0's additional values reached entry 1"
+    err, bar = max_error(out[1:].cpu(), ref), max_error(low, ref)
+    assert err <= 2 * bar + 2e-3, f"entry 1 out error {err:.2e} (PyTorch in {dtype}: {bar:.2e})"
+
+
 def test_backend_refuses_without_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(cuda_backend.EXPERIMENTAL_ENV, raising=False)
     dtype, dim, _ = _built()[0]

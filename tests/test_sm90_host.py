@@ -15,10 +15,12 @@ pads them, and proves, for every Q tile and every KV tile it visits:
   exact.
 
 A second check evaluates the kernel's CuTe layout algebra on the host (needs nvcc and the CUTLASS headers, no GPU),
-for the 128-byte swizzle of head dims 64 / 128 and the 64-byte swizzle of head dim 32. A third calls the GNA launcher
-(nvcc, no GPU) with problems it must refuse before any CUDA call, with additional KV among them: it runs fused now, so
-only what its TMA view cannot express is refused (cudaErrorNotSupported, the caller's cue to fall back to sm80), and a
-problem whose additional KV is fine gets as far as the grid check.
+for the 128-byte swizzle of head dims 64 / 128, the 64-byte swizzle of head dim 32, and D_v != D: DeepSeek's MLA
+prefill shape D 192 / D_v 128 (Q / K rows of 3 boxes, V / V^T / O rows of 2) and D 64 / D_v 32 (Q / K on the 128-byte
+swizzle, V / O on the 64-byte one). A third calls the GNA launcher (nvcc, no GPU) with problems it must refuse before
+any CUDA call, with additional KV among them: it runs fused now, so only what its TMA view cannot express is refused
+(cudaErrorNotSupported, the caller's cue to fall back to sm80), and a problem whose additional KV is fine gets as far as
+the grid check; a D 192 / D_v 128 instance takes exactly that pair of head dims.
 """
 
 from __future__ import annotations
@@ -170,14 +172,18 @@ int main(int argc, char** argv) {
 # The kernel's layout algebra, evaluated on the host with CuTe (nvcc, no GPU): the row/column view of the wgmma
 # accumulators keeps each row in one warp and one group of 4 lanes (the softmax reductions' assumption) and gives O the
 # rows of S; the S accumulator reinterpreted as P holds exactly the (query, key) coordinates the P V wgmma's register A
-# operand expects; the epilogue's smem copy puts each O value at its own coordinate; the Q/K/V smem layouts put element
-# (row, col) where TMA writes it and the V^T view addresses the same bytes as V. TMA's swizzle is emulated here from its
-# definition, not taken from the traits: rows of W bytes, W the widest swizzle span not past the head-dim row (128 bytes
-# for head dims 64 / 128, 64 for head dim 32), box j = columns [W/2 j, W/2 (j + 1)) at j * rows * W bytes, element
-# (row, col) of a box at byte row * W + 2 col, XORed by SWIZZLE_128B (bits [4:6] ^= bits [7:9], Swizzle<3,4,3>) or
-# SWIZZLE_64B (bits [4:5] ^= bits [7:8], Swizzle<2,4,3>); the traits must name that TMA mode and box width, and the
-# GMMA descriptors of the tiles that layout type (SW128 / SW64). The epilogue's chunk copy reads 16 contiguous bytes
-# per (row, chunk), one address plus steps of kOutRowStep rows of W bytes per thread.
+# operand expects; the epilogue's smem copy puts each O value at its own coordinate; the Q/K/V/O smem layouts put
+# element (row, col) where TMA writes it (O: where the epilogue's chunk copy expects it) and the V^T view addresses the
+# same bytes as V. TMA's swizzle is emulated here from its definition, not taken from the traits, per operand: rows of W
+# bytes, W the widest swizzle span not past the operand's row (D columns for Q / K, D_v for V / O: 128 bytes for 64
+# columns and up, 64 for 32), box j = columns [W/2 j, W/2 (j + 1)) at j * rows * W bytes, element (row, col) of a box
+# at byte row * W + 2 col, XORed by SWIZZLE_128B (bits [4:6] ^= bits [7:9], Swizzle<3,4,3>) or SWIZZLE_64B (bits [4:5]
+# ^= bits [7:8], Swizzle<2,4,3>); the traits must name that TMA mode and box width per operand, the stage strides of
+# K (kBlockN * D * 2 bytes) and V (kBlockN * D_v * 2), and the GMMA descriptors of the tiles that layout type (SW128 /
+# SW64). The epilogue's chunk copy reads 16 contiguous bytes per (row, chunk) of O, one address plus steps of
+# kOutRowStep rows of W_v bytes per thread; O, staged in the Q buffer, fits in it and puts row r in Q row r W_v / W_q
+# (r itself when the widths agree: the other warpgroup's Q rows are untouched, which the kernel relies on unless it
+# syncs the warpgroups first).
 LAYOUT_CHECKER = r"""
 #include <cstdio>
 #include <vector>
@@ -187,9 +193,9 @@ LAYOUT_CHECKER = r"""
 using namespace cute;
 namespace nl = natten_like::sm90;
 
-template <class Element, int D>
+template <class Element, int D, int Dv = D>
 int check() {
-  using T = nl::Sm90FmhaFwdTraits<Element, D, 128, 128>;
+  using T = nl::Sm90FmhaFwdTraits<Element, D, 128, 128, Dv>;
   typename T::TiledMmaQK mma_qk;
   typename T::TiledMmaPV mma_pv;
   int bad = 0;
@@ -207,7 +213,7 @@ int check() {
     }
     bad += size(rc) != size(cS);
     auto thr_pv = mma_pv.get_thread_slice(ctid);
-    Tensor cO = thr_pv.partition_C(make_identity_tensor(Shape<Int<T::kBlockM>, Int<D>>{}));
+    Tensor cO = thr_pv.partition_C(make_identity_tensor(Shape<Int<T::kBlockM>, Int<Dv>>{}));
     Tensor orc = make_tensor(cO.data(), nl::detail::acc_rowcol(cO.layout()));
     bad += size<0>(orc) != size<0>(rc);
     for (int mi = 0; mi < size<0>(orc); ++mi) {
@@ -221,53 +227,76 @@ int check() {
     auto copy_o = make_tiled_copy_C(typename T::SmemCopyAtomO{}, mma_pv);
     auto thr_copy = copy_o.get_slice(ctid);
     Tensor src = thr_copy.retile_S(cO);
-    Tensor dst = thr_copy.partition_D(make_identity_tensor(Shape<Int<T::kBlockM>, Int<D>>{}));
+    Tensor dst = thr_copy.partition_D(make_identity_tensor(Shape<Int<T::kBlockM>, Int<Dv>>{}));
     bad += size(src) != size(dst) || size(src) != size(cO);
     for (int i = 0; i < size(dst); ++i) bad += src(i) != dst(i);
   }
-  // TMA's view of the smem tiles: W-byte box rows, box j of a tile of `rows` rows at j * rows * W bytes.
-  constexpr int W = D * 2 >= 128 ? 128 : 64, kCols = W / 2;
-  constexpr CUtensorMapSwizzle kMode = W == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
-  bad += T::kTmaSwizzle != kMode || T::kBoxCols != kCols || T::kBoxesPerRow != D / kCols;
-  bad += T::kQBytesPerBox != T::kBlockM * W || T::kKVBytesPerBox != T::kBlockN * W;
-  bad += T::kKVStageBytes != T::kBlockN * D * 2;
-  auto swizzle = [](int lin) { return W == 128 ? lin ^ (((lin >> 7) & 7) << 4) : lin ^ (((lin >> 7) & 3) << 4); };
-  auto tma = [&](int rows, int r, int c) { return (c / kCols) * rows * W + swizzle(r * W + (c % kCols) * 2); };
+  // TMA's view of the smem tiles: W-byte box rows, box j of a tile of `rows` rows at j * rows * W bytes; Q / K rows of
+  // D columns (W = WQ), V / O rows of Dv (W = WV).
+  constexpr int WQ = D * 2 >= 128 ? 128 : 64, WV = Dv * 2 >= 128 ? 128 : 64;
+  auto mode = [](int w) { return w == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B; };
+  bad += T::kTmaSwizzle != mode(WQ) || T::kBoxCols != WQ / 2 || T::kBoxesPerRow != D / (WQ / 2);
+  bad += T::kTmaSwizzleV != mode(WV) || T::kBoxColsV != WV / 2 || T::kBoxesPerRowV != Dv / (WV / 2);
+  bad += T::kQBytesPerBox != T::kBlockM * WQ || T::kKBytesPerBox != T::kBlockN * WQ;
+  bad += T::kVBytesPerBox != T::kBlockN * WV;
+  bad += T::kKStageBytes != T::kBlockN * D * 2 || T::kVStageBytes != T::kBlockN * Dv * 2;
+  auto swizzle = [](int w, int lin) { return lin ^ (((lin >> 7) & (w == 128 ? 7 : 3)) << 4); };
+  auto tma = [&](int w, int rows, int r, int c) {
+    return (c / (w / 2)) * rows * w + swizzle(w, r * w + (c % (w / 2)) * 2);
+  };
   // A fake 1024-byte aligned smem address: the swizzle acts on address bits.
   Element* base = reinterpret_cast<Element*>(uintptr_t{1} << 20);
-  Tensor kv = make_tensor(make_smem_ptr(base), typename T::SmemLayoutKV{});
-  Tensor vt = make_tensor(make_smem_ptr(base), typename T::SmemLayoutVt{});
-  Tensor q = make_tensor(make_smem_ptr(base), typename T::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(base), typename T::SmemLayoutK{});
+  Tensor sV = make_tensor(make_smem_ptr(base), typename T::SmemLayoutV{});
+  Tensor sVt = make_tensor(make_smem_ptr(base), typename T::SmemLayoutVt{});
+  Tensor sQ = make_tensor(make_smem_ptr(base), typename T::SmemLayoutQ{});
+  Tensor sO = make_tensor(make_smem_ptr(base), typename T::SmemLayoutO{});
   auto off = [&](auto& ref) { return int(reinterpret_cast<const char*>(&ref) - reinterpret_cast<const char*>(base)); };
   for (int s = 0; s < T::kStages; ++s) {
     for (int r = 0; r < T::kBlockN; ++r) {
-      for (int c = 0; c < D; ++c) {
-        const int want = s * T::kKVStageBytes + tma(T::kBlockN, r, c);
-        bad += off(kv(r, c, s)) != want || off(vt(c, r, s)) != want;
+      for (int c = 0; c < D; ++c) bad += off(sK(r, c, s)) != s * T::kKStageBytes + tma(WQ, T::kBlockN, r, c);
+      for (int c = 0; c < Dv; ++c) {
+        const int want = s * T::kVStageBytes + tma(WV, T::kBlockN, r, c);
+        bad += off(sV(r, c, s)) != want || off(sVt(c, r, s)) != want;
       }
     }
   }
+  bad += cosize(sK.layout()) != T::kStages * T::kBlockN * D || cosize(sV.layout()) != T::kStages * T::kBlockN * Dv;
+  // Q, and O staged over it: which Q row each byte of the Q buffer belongs to.
+  std::vector<int> q_row(T::kBlockM * D * 2, -1);
   for (int r = 0; r < T::kBlockM; ++r) {
-    for (int c = 0; c < D; ++c) bad += off(q(r, c)) != tma(T::kBlockM, r, c);
+    for (int c = 0; c < D; ++c) {
+      const int at = off(sQ(r, c));
+      bad += at != tma(WQ, T::kBlockM, r, c);
+      if (at >= 0 && at + 2 <= int(q_row.size())) q_row[at] = q_row[at + 1] = r;
+    }
+  }
+  for (int r = 0; r < T::kBlockM; ++r) {
+    for (int c = 0; c < Dv; ++c) {
+      const int at = off(sO(r, c));
+      bad += at != tma(WV, T::kBlockM, r, c);
+      bad += at < 0 || at + 2 > int(q_row.size()) || q_row[at] != r * WV / WQ;
+    }
   }
   // What GMMA is told: the descriptors' layout type is the swizzle's (the smem layouts' swizzle functor decides it).
-  constexpr auto kGmma = W == 128 ? SM90::GMMA::LayoutType::B128 : SM90::GMMA::LayoutType::B64;
-  bad += SM90::GMMA::layout_type(recast<uint128_t const>(q)) != kGmma;
-  bad += SM90::GMMA::layout_type(recast<uint128_t const>(kv)) != kGmma;
-  bad += SM90::GMMA::layout_type(recast<uint128_t const>(vt)) != kGmma;
-  // The epilogue (sm90_fmha_fwd_kernel.hpp): thread wtid of a warpgroup reads the 16-byte chunk at column c of rows
-  // r0 + k * kOutRowStep, each chunk contiguous, at the address of its first chunk plus k * kOutRowStep * kBoxCols
+  auto gmma = [](int w) { return w == 128 ? SM90::GMMA::LayoutType::B128 : SM90::GMMA::LayoutType::B64; };
+  bad += SM90::GMMA::layout_type(recast<uint128_t const>(sQ)) != gmma(WQ);
+  bad += SM90::GMMA::layout_type(recast<uint128_t const>(sK)) != gmma(WQ);
+  bad += SM90::GMMA::layout_type(recast<uint128_t const>(sVt)) != gmma(WV);
+  // The epilogue (sm90_fmha_fwd_kernel.hpp): thread wtid of a warpgroup reads the 16-byte chunk at column c of O rows
+  // r0 + k * kOutRowStep, each chunk contiguous, at the address of its first chunk plus k * kOutRowStep * kBoxColsV
   // elements, and the threads together read every chunk of the warpgroup's 64 rows once.
-  std::vector<int> seen(T::kBlockM * D, 0);
+  bad += T::kChunksPerRow * T::kChunk != Dv;
+  std::vector<int> seen(T::kBlockM * Dv, 0);
   for (int wg = 0; wg < 2; ++wg) {
     for (int wtid = 0; wtid < 128; ++wtid) {
       const int r0 = wg * 64 + wtid / T::kChunksPerRow, c = (wtid % T::kChunksPerRow) * T::kChunk;
       for (int k = 0; k < 64 / T::kOutRowStep; ++k) {
         const int r = r0 + k * T::kOutRowStep;
-        bad += r >= (wg + 1) * 64 || off(q(r, c)) != off(q(r0, c)) + k * T::kOutRowStep * T::kBoxCols * 2;
+        bad += r >= (wg + 1) * 64 || off(sO(r, c)) != off(sO(r0, c)) + k * T::kOutRowStep * T::kBoxColsV * 2;
         for (int j = 0; j < T::kChunk; ++j) {
-          bad += off(q(r, c + j)) != off(q(r, c)) + j * 2;
-          ++seen[r * D + c + j];
+          bad += off(sO(r, c + j)) != off(sO(r, c)) + j * 2;
+          ++seen[r * Dv + c + j];
         }
       }
     }
@@ -278,7 +307,8 @@ int check() {
 
 int main() {
   const int bad = check<cutlass::bfloat16_t, 128>() + check<cutlass::half_t, 64>() + check<cutlass::half_t, 32>() +
-                  check<cutlass::bfloat16_t, 32>();
+                  check<cutlass::bfloat16_t, 32>() + check<cutlass::bfloat16_t, 192, 128>() +
+                  check<cutlass::half_t, 64, 32>();
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }
@@ -310,17 +340,26 @@ using E = cutlass::bfloat16_t;
 constexpr int64_t D = 128;
 
 // A 1-D GNA problem of N tokens (rank 3, two leading dims of length 1), window 15, tiles of 128, with N_add additional
-// KV rows in separate [B, N_add, H_kv, D] tensors.
-sm80::GnaFwdParams gna(int64_t B, int64_t N, int64_t H, int64_t Hkv, int64_t n_add) {
+// KV rows in separate [B, N_add, H_kv, D] / [B, N_add, H_kv, D_v] tensors; head dims d (Q, K) and dv (V, out).
+sm80::GnaFwdParams gna(int64_t B, int64_t N, int64_t H, int64_t Hkv, int64_t n_add, int64_t d = D, int64_t dv = D) {
   sm80::GnaFwdParams p{};
-  checkers::fill_contiguous_args(p, B, N, H, Hkv, D);
+  checkers::fill_contiguous_args(p, B, N, H, Hkv, d);
+  p.head_dim_v = static_cast<int>(dv);
+  p.v_head_stride = p.o_head_stride = dv;
+  p.v_token_stride = Hkv * dv;
+  p.o_token_stride = H * dv;
+  p.v_batch_stride = N * Hkv * dv;
+  p.o_batch_stride = N * H * dv;
   p.policy.dim[2].length = N;
   p.policy.dim[2].window = 15;
   for (int i = 0; i < 3; ++i) p.policy.tq[i] = p.policy.tk[i] = i == 2 ? 128 : 1;
   p.add_k = p.add_v = n_add > 0 ? p.k : nullptr;  // the aligned buffer
-  p.add_k_head_stride = p.add_v_head_stride = D;
-  p.add_k_token_stride = p.add_v_token_stride = Hkv * D;
-  p.add_k_batch_stride = p.add_v_batch_stride = n_add * Hkv * D;
+  p.add_k_head_stride = d;
+  p.add_v_head_stride = dv;
+  p.add_k_token_stride = Hkv * d;
+  p.add_v_token_stride = Hkv * dv;
+  p.add_k_batch_stride = n_add * Hkv * d;
+  p.add_v_batch_stride = n_add * Hkv * dv;
   p.num_additional = n_add;
   p.additional_block = 7;  // ignored: the launcher uses its kBlockN
   return p;
@@ -381,6 +420,23 @@ int main() {
   expect("kv heads", launch(p), cudaErrorInvalidValue);
   p = gna(0, 1000, 4, 2, 300);
   expect("empty", launch(p), cudaSuccess);
+  // D 192 / D_v 128 (DeepSeek's MLA prefill shape): its instance passes every TMA check, additional KV included (V's
+  // views and boxes of 128 columns, K's of 192), and takes no other pair of head dims; the D 128 instance not this one.
+  auto launch_dv = [](const sm80::GnaFwdParams& p) {
+    return sm90::launch_sm90_gna_fwd<E, 192, 128, 128, 128>(p, nullptr);
+  };
+  p = gna(70000, 1000, 4, 2, 300, 192, 128);
+  expect("D 192 / D_v 128", launch_dv(p), cudaErrorInvalidConfiguration);
+  expect("D 192 / D_v 128 on the D 128 instance", launch(p), cudaErrorInvalidValue);
+  p = gna(70000, 1000, 4, 2, 0, 192, 128);
+  expect("D 192 / D_v 128 without additional KV", launch_dv(p), cudaErrorInvalidConfiguration);
+  p = gna(2, 1000, 4, 2, 300, 192, 192);
+  expect("D_v 192 on the D_v 128 instance", launch_dv(p), cudaErrorInvalidValue);
+  p = gna(2, 1000, 4, 2, 300, 128, 128);
+  expect("D 128 on the D 192 instance", launch_dv(p), cudaErrorInvalidValue);
+  p = gna(2, 1000, 4, 2, 300, 192, 128);
+  p.add_v_token_stride += 4;  // 8 bytes more: not a multiple of 16 (V's view)
+  expect("D 192 / D_v 128 add_v token stride", launch_dv(p), cudaErrorNotSupported);
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }

@@ -160,7 +160,8 @@ KINDS = (
         "launch_sm90_gna_fwd",
         "natten_like::sm80::GnaFwdParams",
         "kSm90GnaFwd",
-        (32, 64, 128),
+        (32, 64, 128, (192, 128)),
+        "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
         "sm90_block_sparse_fwd",
@@ -171,7 +172,8 @@ KINDS = (
         "launch_sm90_block_sparse_fwd",
         "natten_like::sm80::BlockSparseFwdParams",
         "kSm90BlockSparseFwd",
-        (32, 64, 128),
+        (32, 64, 128, (192, 128)),
+        "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
         "sm90_s2_fwd",
@@ -182,7 +184,8 @@ KINDS = (
         "launch_sm90_s2_fwd",
         "natten_like::sm80::StridedShardFwdParams",
         "kSm90S2Fwd",
-        (32, 64, 128),
+        (32, 64, 128, (192, 128)),
+        "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
 )
 
@@ -202,6 +205,7 @@ MINIMAL = {
     ("sm80_gna_fwd", "bf16", 256),
     ("sm90_gna_fwd", "bf16", 128),
     ("sm90_gna_fwd", "bf16", 32),
+    ("sm90_gna_fwd", "bf16", (192, 128)),
     ("sm90_latent_fwd", "bf16", (576, 512)),
     ("sm90_block_sparse_fwd", "bf16", 128),
     ("sm90_s2_fwd", "bf16", 64),

@@ -101,21 +101,27 @@ cudaError_t sm90_latent_fwd_bf16_hd576x512_m64_n64(const natten_like::sm80::Late
 cudaError_t sm90_gna_fwd_fp16_hd32_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_gna_fwd_fp16_hd192x128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd32_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_gna_fwd_bf16_hd192x128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_fp16_hd32_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_fp16_hd64_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_fp16_hd128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_fp16_hd192x128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_bf16_hd32_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_bf16_hd64_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_bf16_hd128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_bf16_hd192x128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_fp16_hd32_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_fp16_hd64_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_fp16_hd128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_fp16_hd192x128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_bf16_hd32_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_bf16_hd64_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_bf16_hd128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_bf16_hd192x128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 
 // sm80_gna_fwd: query rows 64, key rows 64 per CTA block.
 constexpr int kSm80GnaFwdBlockM = 64;
@@ -381,6 +387,9 @@ inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm90GnaFwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, 128, &sm90_gna_fwd_fp16_hd128_m128_n128},
 #endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, &sm90_gna_fwd_fp16_hd192x128_m128_n128},
+#endif
 #if NATTEN_LIKE_WITH_BF16
     {"bfloat16", 32, 32, &sm90_gna_fwd_bf16_hd32_m128_n128},
 #endif
@@ -389,6 +398,9 @@ inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm90GnaFwd[] = {
 #endif
 #if NATTEN_LIKE_WITH_BF16
     {"bfloat16", 128, 128, &sm90_gna_fwd_bf16_hd128_m128_n128},
+#endif
+#if NATTEN_LIKE_WITH_BF16
+    {"bfloat16", 192, 128, &sm90_gna_fwd_bf16_hd192x128_m128_n128},
 #endif
     {nullptr, 0, 0, nullptr},
 };
@@ -408,6 +420,9 @@ inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm90BlockSpa
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, 128, &sm90_block_sparse_fwd_fp16_hd128_m128_n128},
 #endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, &sm90_block_sparse_fwd_fp16_hd192x128_m128_n128},
+#endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 32, 32, &sm90_block_sparse_fwd_bf16_hd32_m128_n128},
 #endif
@@ -416,6 +431,9 @@ inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm90BlockSpa
 #endif
 #if NATTEN_LIKE_WITH_BF16
     {"bfloat16", 128, 128, &sm90_block_sparse_fwd_bf16_hd128_m128_n128},
+#endif
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 192, 128, &sm90_block_sparse_fwd_bf16_hd192x128_m128_n128},
 #endif
     {nullptr, 0, 0, nullptr},
 };
@@ -435,6 +453,9 @@ inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm90S2Fwd[]
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"float16", 128, 128, &sm90_s2_fwd_fp16_hd128_m128_n128},
 #endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, &sm90_s2_fwd_fp16_hd192x128_m128_n128},
+#endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 32, 32, &sm90_s2_fwd_bf16_hd32_m128_n128},
 #endif
@@ -443,6 +464,9 @@ inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm90S2Fwd[]
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
     {"bfloat16", 128, 128, &sm90_s2_fwd_bf16_hd128_m128_n128},
+#endif
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 192, 128, &sm90_s2_fwd_bf16_hd192x128_m128_n128},
 #endif
     {nullptr, 0, 0, nullptr},
 };

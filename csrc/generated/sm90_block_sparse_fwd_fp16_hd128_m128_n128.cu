@@ -5,7 +5,7 @@
 namespace natten_like::generated {
 
 cudaError_t sm90_block_sparse_fwd_fp16_hd128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream) {
-  return natten_like::sm90::launch_sm90_block_sparse_fwd<cutlass::half_t, 128, 128, 128>(p, stream);
+  return natten_like::sm90::launch_sm90_block_sparse_fwd<cutlass::half_t, 128, 128, 128, 128>(p, stream);
 }
 
 }  // namespace natten_like::generated

@@ -5,7 +5,7 @@
 namespace natten_like::generated {
 
 cudaError_t sm90_gna_fwd_bf16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream) {
-  return natten_like::sm90::launch_sm90_gna_fwd<cutlass::bfloat16_t, 64, 128, 128>(p, stream);
+  return natten_like::sm90::launch_sm90_gna_fwd<cutlass::bfloat16_t, 64, 128, 128, 64>(p, stream);
 }
 
 }  // namespace natten_like::generated

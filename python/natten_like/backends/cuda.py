@@ -16,9 +16,9 @@ backend refuses with "no CUDA kernels are built yet"):
 None of them has been verified on a GPU yet (issues 5 and 7), so the backend accepts a problem only when
 ``NATTEN_LIKE_EXPERIMENTAL_CUDA=1`` is set; otherwise it refuses, saying so, and the flex / reference backends take CUDA
 tensors. What the kernels run: float16 / bfloat16, the built head dims (``D_v == D``, and for the sm80 kernels, forward
-and backward, also D 192 / D_v 128), GQA, and for GNA additional KV, fused into the same softmax (sm80 and sm90
-forward, sm80 backward). The compute capability of the tensors' own GPU is checked when a kernel is about to run (the
-problem names only the device type); an opted-in call it rules out raises ``BackendNotSupportedError``.
+and backward, and the sm90 forwards also D 192 / D_v 128), GQA, and for GNA additional KV, fused into the same softmax
+(sm80 and sm90 forward, sm80 backward). The compute capability of the tensors' own GPU is checked when a kernel is about
+to run (the problem names only the device type); an opted-in call it rules out raises ``BackendNotSupportedError``.
 
 Tile shapes come from the one table, ``simulator/tile_configs.py`` (``GNA_TILES["sm80"]`` / ``["sm90"]``), clamped to
 the problem; the 1-D families run on the same CTA block (``cta_block``).

@@ -4,9 +4,9 @@
 // with its pipeline running on from one to the next (sm90_fmha_fwd_body), warp-specialised:
 // - warpgroup 0, one warp: TMA loads of Q once and of K, V per visited KV tile into a 2-stage smem ring, straight from
 //   the heads-last [B, X0, X1, X2, H, D] tensors viewed as 5-D (D, H, X2, X1, B * X0): a tile of any rank, dilated or
-//   not, is one box per kBoxCols head-dim columns (sm90/tma_gna_box.hpp); it also writes each stage's key geometry
-//   (group-local coordinates, whether the tile needs the element mask) next to the data. A stage's K half (with the
-//   geometry) and V half are released apart (k_empty, v_empty), and each load waits for its own half only;
+//   not, is one box per kBoxCols head-dim columns (V: kBoxColsV; sm90/tma_gna_box.hpp); it also writes each stage's
+//   key geometry (group-local coordinates, whether the tile needs the element mask) next to the data. A stage's K half
+//   (with the geometry) and V half are released apart (k_empty, v_empty), and each load waits for its own half only;
 // - warpgroups 1 and 2, 64 query rows each: S = Q K^T (wgmma, smem operands), fp32 online softmax in registers (full
 //   tiles unmasked, partial ones by the window test per dim, as sm80), O += P V (wgmma, P from registers, V read
 //   MN-major from the same smem). The two warpgroups take turns to issue their GEMMs (FlashAttention-3's ping-pong),
@@ -23,8 +23,11 @@
 // The strided-shard and block-sparse families (sm90_seq_fwd_kernel) run the same body with the sm80 schedules wrapped
 // in sm90_schedules.hpp: Q tiles and KV visits are runs of consecutive tokens, one box each of the 4-D view
 // (D, H, tokens, B); the consumers are unchanged (the 1-D row geometry uses the same windows / coordinates).
-// Head dims 64 and 128 run on 128-byte swizzled smem rows (boxes of 64 columns), head dim 32 on 64-byte ones (one box
+// Head dims 64 and up run on 128-byte swizzled smem rows (boxes of 64 columns), head dim 32 on 64-byte ones (one box
 // of 32 columns per row); the traits choose the swizzle (sm90_fmha_fwd_traits.hpp), the code here is the same.
+// V and O may have fewer columns than Q and K (D_v < D, e.g. DeepSeek's MLA prefill, 192 / 128): V's stages, boxes,
+// byte counts, descriptors and zeroed rows, the P V GEMM, the output accumulator and the staged output take kHeadDimV
+// and V's swizzle, everything on the Q / K side kHeadDim; D_v = D is the same code as with one head dim.
 // Semantics mirror sm80/sm80_fmha_fwd_kernel.hpp; every index comes from the host-tested policy, iterator, box and
 // schedule code.
 #pragma once
@@ -171,29 +174,30 @@ struct ScheduleState<Sm90GnaSchedule> {
 };
 
 // Issues the K and V rows [start, start + box rows) of (batch entry, KV head h_kv) into one stage through 4-D TMA views
-// (one box per kBoxCols head-dim columns), each of the stage's full barriers expecting `bytes`: the producer's load of
-// a 1-D run (block-sparse / S2 visits, GNA's additional KV). The caller has waited for the stage's K half (k_empty:
-// it writes the stage's key geometry before); the V boxes wait here for the V half (v_empty, phase `empty_phase`),
-// released one KV tile later.
+// (one box per kBoxCols head-dim columns of K, per kBoxColsV of V), the stage's full barriers expecting k_bytes and
+// v_bytes (they differ for D_v != D): the producer's load of a 1-D run (block-sparse / S2 visits, GNA's additional
+// KV). The caller has waited for the stage's K half (k_empty: it writes the stage's key geometry before); the V boxes
+// wait here for the V half (v_empty, phase `empty_phase`), released one KV tile later.
 template <class Traits, class Element>
 CUTE_DEVICE void load_kv_run_4d(const cute::TmaDescriptor* tma_k, const cute::TmaDescriptor* tma_v, uint64_t* k_full,
                                 uint64_t* v_full, uint64_t* v_empty, uint32_t empty_phase, Element* k_dst,
-                                Element* v_dst, uint32_t bytes, int h_kv, int32_t start, int32_t batch) {
+                                Element* v_dst, uint32_t k_bytes, uint32_t v_bytes, int h_kv, int32_t start,
+                                int32_t batch) {
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
   constexpr uint64_t kCacheHint = static_cast<uint64_t>(cute::TMA::CacheHintSm90::EVICT_NORMAL);
-  constexpr int kBlockN = Traits::kBlockN, kBoxCols = Traits::kBoxCols;
-  TxBarrier::arrive_and_expect_tx(k_full, bytes);
+  constexpr int kBlockN = Traits::kBlockN, kBoxCols = Traits::kBoxCols, kBoxColsV = Traits::kBoxColsV;
+  TxBarrier::arrive_and_expect_tx(k_full, k_bytes);
   CUTE_UNROLL
   for (int j = 0; j < Traits::kBoxesPerRow; ++j) {
     cute::SM90_TMA_LOAD_4D::copy(tma_k, k_full, kCacheHint, k_dst + j * kBlockN * kBoxCols, j * kBoxCols, h_kv, start,
                                  batch);
   }
   cutlass::arch::ClusterBarrier::wait(v_empty, empty_phase);
-  TxBarrier::arrive_and_expect_tx(v_full, bytes);
+  TxBarrier::arrive_and_expect_tx(v_full, v_bytes);
   CUTE_UNROLL
-  for (int j = 0; j < Traits::kBoxesPerRow; ++j) {
-    cute::SM90_TMA_LOAD_4D::copy(tma_v, v_full, kCacheHint, v_dst + j * kBlockN * kBoxCols, j * kBoxCols, h_kv, start,
-                                 batch);
+  for (int j = 0; j < Traits::kBoxesPerRowV; ++j) {
+    cute::SM90_TMA_LOAD_4D::copy(tma_v, v_full, kCacheHint, v_dst + j * kBlockN * kBoxColsV, j * kBoxColsV, h_kv,
+                                 start, batch);
   }
 }
 
@@ -232,7 +236,9 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   using Barrier = cutlass::arch::ClusterBarrier;
   using TxBarrier = cutlass::arch::ClusterTransactionBarrier;
   constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kHeadDim = Traits::kHeadDim;
+  constexpr int kHeadDimV = Traits::kHeadDimV;
   constexpr int kStages = Traits::kStages, kBoxCols = Traits::kBoxCols, kBoxesPerRow = Traits::kBoxesPerRow;
+  constexpr int kBoxColsV = Traits::kBoxColsV, kBoxesPerRowV = Traits::kBoxesPerRowV;
   constexpr int kConsumerWarps = Traits::kConsumerThreads / 32;
 
   const auto& p = args.p;
@@ -379,12 +385,12 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   // KV boxes fill all kBlockN rows (real rows, or TMA's zeros past N_add) and come after every neighbourhood tile of
   // the work tile (persistent: the next work tile's neighbourhood tiles then see the finite additional rows there,
   // masked, like the other sample's rows inside a box). Persistent: the Q rows past the box keep the previous work
-  // tile's staged output, which reaches only the outputs of those rows (S, the softmax and P V are row-wise), never
-  // stored.
-  constexpr int kRowBytes = Traits::kSwizzleBytes;  // a row of one box's smem block
+  // tile's staged output (bytes of O rows, in O's layout when D_v != D): whatever a Q row holds reaches only the
+  // outputs of that row (S, the softmax and P V are row-wise), never stored.
+  constexpr int kRowBytes = Traits::kSwizzleBytes, kRowBytesV = Traits::kSwizzleBytesV;  // a row of one box's block
   detail::zero_smem_rows<Traits::kThreads, kRowBytes>(smem.q, kBoxesPerRow, kBlockM, q_box_rows, tid);
   detail::zero_smem_rows<Traits::kThreads, kRowBytes>(smem.k, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
-  detail::zero_smem_rows<Traits::kThreads, kRowBytes>(smem.v, kBoxesPerRow * kStages, kBlockN, kv_box_rows, tid);
+  detail::zero_smem_rows<Traits::kThreads, kRowBytesV>(smem.v, kBoxesPerRowV * kStages, kBlockN, kv_box_rows, tid);
   cutlass::arch::fence_view_async_shared();  // generic-proxy zeros visible to wgmma's async-proxy reads
   __syncthreads();
 
@@ -476,7 +482,8 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           }
         };
         if (q_first) load_q();
-        const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
+        const uint32_t k_bytes = kv_box_rows * kHeadDim * sizeof(Element);
+        const uint32_t v_bytes = kv_box_rows * kHeadDimV * sizeof(Element);
         for (int64_t e = 0; e < tiles; ++e) {
           if (!q_first && e == kStages) load_q();
           const int st = stage_of(e);
@@ -487,19 +494,35 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           // tile later, and K should not wait for it.
           Barrier::wait(&smem.k_empty[st], phase ^ 1);
           Element* k_dst = smem.k + st * kBlockN * kHeadDim;
-          Element* v_dst = smem.v + st * kBlockN * kHeadDim;
+          Element* v_dst = smem.v + st * kBlockN * kHeadDimV;
           if (e >= kv_tiles) {
             // Additional tile: a box of kBlockN rows (all of them counted by TMA, zero-filled past N_add) at row
             // a * kBlockN of the CTA's batch entry. The consumers mask by row index, so no row geometry is written.
             if (lane == 0) {
               const SeqRun run = additional_run(p.num_additional, kBlockN, e - kv_tiles);
               smem.kv_mask[st] = kv_mask_of_additional(run, kBlockN);
-              constexpr uint32_t kAddBytes = kBlockN * kHeadDim * sizeof(Element);
+              constexpr uint32_t kAddBytesK = kBlockN * kHeadDim * sizeof(Element);
+              constexpr uint32_t kAddBytesV = kBlockN * kHeadDimV * sizeof(Element);
               load_kv_run_4d<Traits>(&args.tma_add_k, &args.tma_add_v, &smem.k_full[st], &smem.v_full[st],
-                                     &smem.v_empty[st], phase ^ 1, k_dst, v_dst, kAddBytes, kv_head(),
+                                     &smem.v_empty[st], phase ^ 1, k_dst, v_dst, kAddBytesK, kAddBytesV, kv_head(),
                                      static_cast<int32_t>(run.token), static_cast<int32_t>(batch_entry()));
             }
             continue;
+          }
+          if constexpr (kPersistent) {
+            // Every work tile ends with its additional tiles, whose kBlockN rows the stages keep into the next work
+            // tile: the V rows past this box, which no neighbourhood box rewrites, must be zeros again before the
+            // consumers read the stage, since P = 0 there and 0 * NaN (a NaN in add_v) would reach this work tile's
+            // output. So the first use of each stage in a work tile after the first (its first kStages tiles) zeroes
+            // them once the consumers are done with the stage's V; no TMA write races those rows. Computed, not
+            // tracked per stage: a register for it spilled the hd32 producer. (K rows there are masked to -inf by
+            // assignment.) V's rows: kHeadDimV columns in V's swizzle.
+            if (i > 0 && e < kStages && tiles_add() > 0) {
+              Barrier::wait(&smem.v_empty[st], phase ^ 1);
+              detail::zero_smem_rows<32, Traits::kSwizzleBytesV>(v_dst, kBoxesPerRowV, kBlockN, kv_box_rows, lane);
+              cutlass::arch::fence_view_async_shared();  // visible to the consumers' wgmma (async proxy) reads
+              __syncwarp();
+            }
           }
           int64_t u[kRank];
           bool full;
@@ -520,18 +543,18 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
             const int32_t bx0 = batch_x0();
             int32_t start[kRank];
             tma_box_start(pol, kv, start);
-            TxBarrier::arrive_and_expect_tx(&smem.k_full[st], kv_bytes);
+            TxBarrier::arrive_and_expect_tx(&smem.k_full[st], k_bytes);
             CUTE_UNROLL
             for (int j = 0; j < kBoxesPerRow; ++j) {
               SM90_TMA_LOAD_5D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
                                      j * kBoxCols, h_kv, start[2], start[1], bx0 + start[0]);
             }
             Barrier::wait(&smem.v_empty[st], phase ^ 1);
-            TxBarrier::arrive_and_expect_tx(&smem.v_full[st], kv_bytes);
+            TxBarrier::arrive_and_expect_tx(&smem.v_full[st], v_bytes);
             CUTE_UNROLL
-            for (int j = 0; j < kBoxesPerRow; ++j) {
-              SM90_TMA_LOAD_5D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxCols,
-                                     j * kBoxCols, h_kv, start[2], start[1], bx0 + start[0]);
+            for (int j = 0; j < kBoxesPerRowV; ++j) {
+              SM90_TMA_LOAD_5D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxColsV,
+                                     j * kBoxColsV, h_kv, start[2], start[1], bx0 + start[0]);
             }
           }
         }
@@ -553,7 +576,8 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           }
         };
         if (q_first) load_q();
-        const uint32_t kv_bytes = kv_box_rows * kHeadDim * sizeof(Element);
+        const uint32_t k_bytes = kv_box_rows * kHeadDim * sizeof(Element);
+        const uint32_t v_bytes = kv_box_rows * kHeadDimV * sizeof(Element);
         for (int64_t e = 0; e < kv_tiles; ++e) {
           if (!q_first && e == kStages) load_q();
           const int st = stage_of(e);
@@ -571,8 +595,8 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           __syncwarp();
           if (lane == 0) {
             load_kv_run_4d<Traits>(&args.tma_k, &args.tma_v, &smem.k_full[st], &smem.v_full[st], &smem.v_empty[st],
-                                   phase ^ 1, smem.k + st * kBlockN * kHeadDim, smem.v + st * kBlockN * kHeadDim,
-                                   kv_bytes, kv_head(), static_cast<int32_t>(run.token),
+                                   phase ^ 1, smem.k + st * kBlockN * kHeadDim, smem.v + st * kBlockN * kHeadDimV,
+                                   k_bytes, v_bytes, kv_head(), static_cast<int32_t>(run.token),
                                    static_cast<int32_t>(batch_entry()));
           }
         }
@@ -592,7 +616,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   auto thr_qk = mma_qk.get_thread_slice(ctid);
 
   Tensor sQ = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
-  Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutKV{});
+  Tensor sK = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutK{});
   Tensor sVt = make_tensor(make_smem_ptr(smem.v), typename Traits::SmemLayoutVt{});
   // The GMMA descriptors depend on the warpgroup only: taken from a warp-uniform index (a shuffle from lane 0, as
   // FlashAttention-3 does), they live in uniform registers instead of taking 16 of the registers the accumulators need.
@@ -650,7 +674,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
       return static_cast<uint32_t>((e / kStages) & 1);
     };
 
-    Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+    Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<kBlockM>, Int<kHeadDimV>>{});
     clear(acc_o);
     Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
     // Per row of this thread: the running max (log2 domain), the thread's partial sum, and the correction that moves O
@@ -847,11 +871,17 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
       }
     }
 
-    // This warpgroup's last wgmma reading its Q rows has completed (waited), so the rows can take the output.
+    // This warpgroup's last wgmma reading its Q rows has completed (waited), so the rows can take the output: O rows
+    // as wide in bytes as Q rows (the same swizzle, e.g. D 192 / D_v 128) put O row r within Q row r's bytes. Narrower
+    // ones (D_v 32 under D >= 64: 64-byte O rows, 128-byte Q rows) put O row r in Q row r / 2, the other warpgroup's
+    // for r >= 64, so there the warpgroups first wait for each other's last Q read (barrier 5, the consumer threads).
+    if constexpr (Traits::kSwizzleBytesV != Traits::kSwizzleBytes) {
+      detail::named_barrier_sync<5, Traits::kConsumerThreads>();
+    }
     Tensor rO = make_tensor_like<Element>(acc_o);
     CUTE_UNROLL
     for (int i = 0; i < size(acc_o); ++i) rO(i) = static_cast<Element>(acc_o(i));
-    Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutQ{});
+    Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutO{});
     auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma_pv);
     auto thr_copy_o = copy_o.get_slice(ctid);
     copy(copy_o, thr_copy_o.retile_S(rO), thr_copy_o.partition_D(sO));
@@ -865,7 +895,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
     // Thread wtid copies the 16-byte chunk column c of rows r0 + k * kRowStep of this warpgroup's 64. Either swizzle
     // (128- or 64-byte rows) permutes a row's chunks by row % 8 alone and kRowStep is a multiple of 8, so the thread's
-    // chunks lie kRowStep rows of kBoxCols elements apart in their box: one smem address (and one q_token address)
+    // chunks lie kRowStep rows of kBoxColsV elements apart in their box: one smem address (and one q_token address)
     // serves every k (tests/test_sm90_host.py checks it). Taken per chunk, the swizzled addresses are hoisted out of
     // the persistent work-tile loop and held across the KV loop, which the consumer's register budget does not afford.
     constexpr int kRowStep = Traits::kOutRowStep;
@@ -879,7 +909,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
       const int64_t token = smem.q_token[r0 + k * kRowStep];
       if (token >= 0) {
         *reinterpret_cast<uint128_t*>(o_base + token * p.o_token_stride + c) =
-            *reinterpret_cast<const uint128_t*>(o_smem + k * kRowStep * kBoxCols);
+            *reinterpret_cast<const uint128_t*>(o_smem + k * kRowStep * kBoxColsV);
       }
     }
     if constexpr (kPersistent) {
@@ -956,13 +986,12 @@ cudaError_t launch_fwd_grid(void (*kernel)(Args), void (*persistent_kernel)(Args
 namespace detail {
 
 // One TMA descriptor of the 5-D view (D, H, X2, X1, B * X0) of a contiguous [B, X0, X1, X2, H, D] tensor with boxes of
-// kBoxCols head-dim columns x 1 head x one tile (tile[i] * d_i tokens at element stride d_i per dim), in the traits'
-// swizzle mode.
-template <class Traits>
+// Rows::kBoxCols head-dim columns x 1 head x one tile (tile[i] * d_i tokens at element stride d_i per dim), in the
+// swizzle mode of the operand's rows (the traits' RowsQK for Q / K, RowsVO for V).
+template <class Element, class Rows>
 cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_t head_dim, int64_t heads,
                               int64_t head_stride, int64_t token_stride, int64_t batch, const GnaPolicy<kRank>& pol,
                               const int64_t* tile) {
-  using Element = typename Traits::Element;
   constexpr int64_t kBytes = sizeof(Element);
   const int64_t x0 = pol.dim[0].length, x1 = pol.dim[1].length, x2 = pol.dim[2].length;
   cuuint64_t dims[5] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
@@ -975,7 +1004,7 @@ cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_
     if (strides64[i] <= 0 || strides64[i] % 16 != 0 || strides64[i] >= (int64_t{1} << 40)) return cudaErrorNotSupported;
     strides[i] = static_cast<cuuint64_t>(strides64[i]);
   }
-  cuuint32_t box[5] = {static_cast<cuuint32_t>(Traits::kBoxCols), 1u,
+  cuuint32_t box[5] = {static_cast<cuuint32_t>(Rows::kBoxCols), 1u,
                        static_cast<cuuint32_t>(tma_box_extent(pol, tile, 2)),
                        static_cast<cuuint32_t>(tma_box_extent(pol, tile, 1)),
                        static_cast<cuuint32_t>(tma_box_extent(pol, tile, 0))};
@@ -988,15 +1017,15 @@ cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_
   // the last sample) arrive as zeros.
   const CUresult result = cutlass::call_cuTensorMapEncodeTiled(
       desc, dtype, 5, const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      Traits::kTmaSwizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      Rows::kTmaSwizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
 }
 
 // One TMA descriptor of the 4-D view (D, H, tokens, B) of a heads-last tensor (sm90_schedules.hpp: seq_tma_view), in
-// the traits' swizzle mode; the view's box is one swizzle span wide in D, the traits' kBoxCols.
-template <class Traits>
+// the swizzle mode of the operand's rows (RowsQK / RowsVO); the view, built with the operand's head dim, has a box one
+// swizzle span wide in D, Rows::kBoxCols.
+template <class Element, class Rows>
 cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const SeqTmaView& view) {
-  using Element = typename Traits::Element;
   if (!view.ok || reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return cudaErrorNotSupported;
   cuuint64_t dims[4], strides[3];
   cuuint32_t box[4], element_strides[4] = {1u, 1u, 1u, 1u};
@@ -1010,15 +1039,16 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
   // Rows past the token dim's end arrive as zeros (OOB_FILL_NONE), as for GNA.
   const CUresult result = cutlass::call_cuTensorMapEncodeTiled(
       desc, dtype, 4, const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
-      Traits::kTmaSwizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+      Rows::kTmaSwizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
 }
 
 }  // namespace detail
 
-// Launches one instantiation: grid (Q tiles, heads, batch) or persistent (below), 384 threads, dynamic smem. Returns
-// - cudaErrorInvalidValue: head_dim or head_dim_v != kHeadDim, a tile's row product above the block, or kv_heads not
-//   dividing heads;
+// Launches one instantiation: grid (Q tiles, heads, batch) or persistent (below), 384 threads, dynamic smem. kHeadDimV
+// (D_v, D by default) is the head dim of V and the output. Returns
+// - cudaErrorInvalidValue: head_dim != kHeadDim or head_dim_v != kHeadDimV, a tile's row product above the block, or
+//   kv_heads not dividing heads;
 // - cudaSuccess without a launch for an empty problem;
 // - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
 //   the sm80 kernel): a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0
@@ -1034,13 +1064,16 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
 // whatever the caller set.
 // p.sm90_persistence (sm90_tile_scheduler.hpp's Sm90Persistence; other values: cudaErrorInvalidValue): kAuto runs a
 // persistent 1-D grid of min(work tiles, resident CTAs) CTAs from kSm90PersistentMinWaves waves of work tiles on, one
-// CTA per work tile below; kOff / kOn force one or the other (tests, benchmarks). Every refusal above comes before any CUDA call and is the same in both modes (the grid limits
-// too); kAuto and kOn then ask the device for its SM count and the kernel's occupancy, whose errors are returned.
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+// CTA per work tile below; kOff / kOn force one or the other (tests, benchmarks). Every refusal above comes before any
+// CUDA call and is the same in both modes (the grid limits too); kAuto and kOn then ask the device for its SM count and
+// the kernel's occupancy, whose errors are returned.
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
-  using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
+  using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV>;
+  using RowsQK = typename Traits::RowsQK;
+  using RowsVO = typename Traits::RowsVO;
   const GnaPolicy<kRank>& pol = p.policy;
-  if (p.head_dim != kHeadDim || p.head_dim_v != kHeadDim || pol.max_q_rows() > kBlockM ||
+  if (p.head_dim != kHeadDim || p.head_dim_v != kHeadDimV || pol.max_q_rows() > kBlockM ||
       pol.max_kv_rows() > kBlockN || p.sm90_persistence < 0 || p.sm90_persistence > 2) {
     return cudaErrorInvalidValue;
   }
@@ -1067,7 +1100,7 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
     constexpr int64_t kBytes = sizeof(Element);
     view_add_k = seq_tma_view(kBytes, kHeadDim, p.kv_heads, p.num_additional, p.batch, p.add_k_head_stride,
                               p.add_k_token_stride, p.add_k_batch_stride, kBlockN);
-    view_add_v = seq_tma_view(kBytes, kHeadDim, p.kv_heads, p.num_additional, p.batch, p.add_v_head_stride,
+    view_add_v = seq_tma_view(kBytes, kHeadDimV, p.kv_heads, p.num_additional, p.batch, p.add_v_head_stride,
                               p.add_v_token_stride, p.add_v_batch_stride, kBlockN);
     for (const void* ptr : {p.add_k, p.add_v}) {
       if (ptr == nullptr || reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return cudaErrorNotSupported;
@@ -1080,18 +1113,22 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   args.p = p;
   args.p.additional_block = kBlockN;
   if (!additional) args.p.num_additional = 0;  // the kernel counts tiles from it
-  cudaError_t err = detail::make_gna_tma_desc<Traits>(&args.tma_q, p.q, kHeadDim, p.heads, p.q_head_stride,
-                                                       p.q_token_stride, p.batch, pol, pol.tq);
+  cudaError_t err = detail::make_gna_tma_desc<Element, RowsQK>(&args.tma_q, p.q, kHeadDim, p.heads, p.q_head_stride,
+                                                                p.q_token_stride, p.batch, pol, pol.tq);
   if (err == cudaSuccess) {
-    err = detail::make_gna_tma_desc<Traits>(&args.tma_k, p.k, kHeadDim, p.kv_heads, p.k_head_stride, p.k_token_stride,
-                                             p.batch, pol, pol.tk);
+    err = detail::make_gna_tma_desc<Element, RowsQK>(&args.tma_k, p.k, kHeadDim, p.kv_heads, p.k_head_stride,
+                                                      p.k_token_stride, p.batch, pol, pol.tk);
   }
   if (err == cudaSuccess) {
-    err = detail::make_gna_tma_desc<Traits>(&args.tma_v, p.v, kHeadDim, p.kv_heads, p.v_head_stride, p.v_token_stride,
-                                             p.batch, pol, pol.tk);
+    err = detail::make_gna_tma_desc<Element, RowsVO>(&args.tma_v, p.v, kHeadDimV, p.kv_heads, p.v_head_stride,
+                                                      p.v_token_stride, p.batch, pol, pol.tk);
   }
-  if (err == cudaSuccess && additional) err = detail::make_seq_tma_desc<Traits>(&args.tma_add_k, p.add_k, view_add_k);
-  if (err == cudaSuccess && additional) err = detail::make_seq_tma_desc<Traits>(&args.tma_add_v, p.add_v, view_add_v);
+  if (err == cudaSuccess && additional) {
+    err = detail::make_seq_tma_desc<Element, RowsQK>(&args.tma_add_k, p.add_k, view_add_k);
+  }
+  if (err == cudaSuccess && additional) {
+    err = detail::make_seq_tma_desc<Element, RowsVO>(&args.tma_add_v, p.add_v, view_add_v);
+  }
   if (err != cudaSuccess) return err;
 
   using State = sm80::GnaKvTileIterator<kRank>;
@@ -1108,11 +1145,13 @@ namespace detail {
 
 // The launcher shared by the 1-D families: q_block / kv_block are the pattern's block sizes, kv_tokens_k / _v the
 // token extents of the K / V views per batch entry (-1: unknown, not supported).
-template <class Element, int kHeadDim, int kBlockM, int kBlockN, class Schedule>
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV, class Schedule>
 cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_block, int64_t kv_block,
                                 int64_t kv_tokens_k, int64_t kv_tokens_v, cudaStream_t stream) {
-  using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN>;
-  if (p.head_dim != kHeadDim || p.head_dim_v != kHeadDim || !seq_split_matches(q_block, p.q_split, kBlockM) ||
+  using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV>;
+  using RowsQK = typename Traits::RowsQK;
+  using RowsVO = typename Traits::RowsVO;
+  if (p.head_dim != kHeadDim || p.head_dim_v != kHeadDimV || !seq_split_matches(q_block, p.q_split, kBlockM) ||
       !seq_split_matches(kv_block, p.kv_split, kBlockN) || p.sm90_persistence < 0 || p.sm90_persistence > 2) {
     return cudaErrorInvalidValue;
   }
@@ -1132,7 +1171,7 @@ cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_bl
                                          p.q_token_stride, p.q_batch_stride, seq_q_box_rows(p));
   const SeqTmaView view_k = seq_tma_view(kBytes, kHeadDim, p.kv_heads, kv_tokens_k, p.batch, p.k_head_stride,
                                          p.k_token_stride, p.k_batch_stride, seq_kv_box_rows(p));
-  const SeqTmaView view_v = seq_tma_view(kBytes, kHeadDim, p.kv_heads, kv_tokens_v, p.batch, p.v_head_stride,
+  const SeqTmaView view_v = seq_tma_view(kBytes, kHeadDimV, p.kv_heads, kv_tokens_v, p.batch, p.v_head_stride,
                                          p.v_token_stride, p.v_batch_stride, seq_kv_box_rows(p));
   const bool aligned = reinterpret_cast<uintptr_t>(p.q) % 16 == 0 && reinterpret_cast<uintptr_t>(p.k) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(p.v) % 16 == 0;
@@ -1141,9 +1180,9 @@ cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_bl
 
   Sm90FwdArgs<typename Schedule::Params> args;
   args.p = p;
-  cudaError_t err = make_seq_tma_desc<Traits>(&args.tma_q, p.q, view_q);
-  if (err == cudaSuccess) err = make_seq_tma_desc<Traits>(&args.tma_k, p.k, view_k);
-  if (err == cudaSuccess) err = make_seq_tma_desc<Traits>(&args.tma_v, p.v, view_v);
+  cudaError_t err = make_seq_tma_desc<Element, RowsQK>(&args.tma_q, p.q, view_q);
+  if (err == cudaSuccess) err = make_seq_tma_desc<Element, RowsQK>(&args.tma_k, p.k, view_k);
+  if (err == cudaSuccess) err = make_seq_tma_desc<Element, RowsVO>(&args.tma_v, p.v, view_v);
   if (err != cudaSuccess) return err;
 
   constexpr int kSmem = sizeof(typename Traits::template SharedStorageFor<Schedule, false>);
@@ -1156,9 +1195,11 @@ cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_bl
 
 }  // namespace detail
 
-// Strided-shard (S2) forward: grid (pattern Q tiles x q_split, heads, batch) or persistent, 384 threads. Returns
-// - cudaErrorInvalidValue: head_dim or head_dim_v != kHeadDim, q_split / kv_split not splitting the pattern block
-//   into the kernel's blocks (block <= 128 with split 1, or block = split * 128), or kv_heads not dividing heads;
+// Strided-shard (S2) forward: grid (pattern Q tiles x q_split, heads, batch) or persistent, 384 threads; kHeadDimV as
+// launch_sm90_gna_fwd's. Returns
+// - cudaErrorInvalidValue: head_dim != kHeadDim or head_dim_v != kHeadDimV, q_split / kv_split not splitting the
+//   pattern block into the kernel's blocks (block <= 128 with split 1, or block = split * 128), or kv_heads not
+//   dividing heads;
 // - cudaSuccess without a launch for an empty problem;
 // - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
 //   the sm80 kernel): byte strides not positive multiples of 16 or beyond 2^40, base pointers not 16-byte aligned,
@@ -1166,25 +1207,25 @@ cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_bl
 // - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (of the one-tile grid, in both modes);
 // - otherwise the error of the device queries (kAuto, kOn: SM count, occupancy) or of the launch.
 // p.sm90_persistence: as launch_sm90_gna_fwd's (sm90_tile_scheduler.hpp).
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm90_s2_fwd(const sm80::StridedShardFwdParams& p, cudaStream_t stream) {
-  return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, Sm90StridedShardSchedule>(
+  return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV, Sm90StridedShardSchedule>(
       p, p.pattern.block, p.pattern.block, p.pattern.nkv, p.pattern.nkv, stream);
 }
 
 // Block-sparse forward: grid (total Q tiles x q_split, heads, batch; a packed varlen batch is batch 1) or persistent,
-// 384 threads, the same return codes and p.sm90_persistence as launch_sm90_s2_fwd. The params hold the sequence offsets on
-// the device only, so the K / V views take their token extent per batch entry from the strides: k_batch_stride /
-// k_token_stride (and V's), exact for tensors contiguous over the token dims, which the binding passes (for batch 1 it
-// sets the batch strides to tokens * token stride). Strides that do not divide, or K and V extents that differ, are not
-// supported.
-template <class Element, int kHeadDim, int kBlockM, int kBlockN>
+// 384 threads, the same kHeadDimV, return codes and p.sm90_persistence as launch_sm90_s2_fwd. The params hold the
+// sequence offsets on the device only, so the K / V views take their token extent per batch entry from the strides:
+// k_batch_stride / k_token_stride (and V's), exact for tensors contiguous over the token dims, which the binding
+// passes (for batch 1 it sets the batch strides to tokens * token stride). Strides that do not divide, or K and V
+// extents that differ, are not supported.
+template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm90_block_sparse_fwd(const sm80::BlockSparseFwdParams& p, cudaStream_t stream) {
   auto extent = [](int64_t batch_stride, int64_t token_stride) -> int64_t {
     if (token_stride <= 0 || batch_stride <= 0 || batch_stride % token_stride != 0) return -1;
     return batch_stride / token_stride;
   };
-  return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, Sm90BlockSparseSchedule>(
+  return detail::launch_sm90_seq_fwd<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV, Sm90BlockSparseSchedule>(
       p, p.pattern.q_block, p.pattern.kv_block, extent(p.k_batch_stride, p.k_token_stride),
       extent(p.v_batch_stride, p.v_token_stride), stream);
 }

@@ -437,10 +437,9 @@ SM80_MMA_KERNELS = (
 
 
 # The same kernels compiled for a newer arch (sm_90a: Hopper's fallback for what the sm90 kernels do not cover) are a
-# different register allocation: at the 255-register cap, sm_90's ptxas spills a few registers in the head-dim-128 GNA
-# dK/dV kernels (12 LDL/STL; 8 in the additional-KV one), the additional-KV dK/dV of D 192 / D_v 128 and 256 (5 / 4)
-# and the MLA decode kernel (8). Known performance debt, bounded here so that it cannot grow unnoticed; on their own
-# arch (sm_80 cubins) no spill is allowed.
+# different register allocation: at the 255-register cap, sm_90's ptxas spills a few registers in the additional-KV
+# GNA dK/dV kernels (hd128 6 LDL/STL, D 192 / D_v 128 5, hd256 4) and the MLA decode kernel (8). Known performance
+# debt, bounded here so that it cannot grow unnoticed; on their own arch (sm_80 cubins) no spill is allowed.
 FALLBACK_MAX_LOCAL = 16
 
 

@@ -326,6 +326,7 @@ int check() {
   Tensor k = make_tensor(make_smem_ptr(base), typename T::SmemLayoutK{});
   Tensor vt = make_tensor(make_smem_ptr(base), typename T::SmemLayoutVt{});
   Tensor sp = make_tensor(make_smem_ptr(base), typename T::SmemLayoutP{});
+  Tensor spo = make_tensor(make_smem_ptr(base), typename T::SmemLayoutPOffsets{});
   auto off = [&](auto& ref) { return int(reinterpret_cast<const char*>(&ref) - reinterpret_cast<const char*>(base)); };
   auto sw128 = [](int lin) { return lin ^ (((lin >> 7) & 7) << 4); };
   for (int s = 0; s < T::kStages; ++s) {
@@ -335,7 +336,7 @@ int check() {
         bad += off(k(r, c, s)) != want;
         if (c < T::kDimV) bad += off(vt(c, r, s)) != want;
         if (s == 0) bad += off(q(r, c)) != want;
-        if (s == 0 && c < 64) bad += off(sp(r, c)) != want;
+        if (s == 0 && c < 64) bad += off(sp(r, c)) != want || off(spo(r, c)) != want;
       }
     }
   }

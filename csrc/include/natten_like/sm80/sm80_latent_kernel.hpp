@@ -127,6 +127,52 @@ CUTE_DEVICE void gemm_ss_noprefetch(Acc& acc, RA& rA, RB& rB, SA const& sA, SB c
   }
 }
 
+// The epilogue of both MLA decode kernels (sm80, sm90), once each row's partial sums of the two key halves are in
+// red_sum[0 / 1][row] and visible: normalise O (`o`: the accumulator `acc_o` viewed as rows x columns, rows those of
+// the S partition `tScS_rc`), write lse where `writes_lse` (one thread of each row: lane % 4 == 0 of one half), and the
+// output: Element pairs (accumulator values i, i + 1 are adjacent columns of one row, coordinates `tOcO`) straight to
+// out, or float2 to the split workspace. Rows from n_rows on are padding of the tile.
+template <class Element, int kDimV, int kBlockM, class AccO, class RowColO, class RowColS, class CoordO>
+CUTE_DEVICE void latent_epilogue(const LatentFwdParams& p, AccO& acc_o, RowColO& o, const RowColS& tScS_rc,
+                                 const CoordO& tOcO, const float (&red_sum)[2][kBlockM], const float* row_max,
+                                 bool writes_lse, int64_t split, int64_t b, int64_t rows_total, int64_t rows_begin,
+                                 int n_rows) {
+  using namespace cute;
+  const bool direct = p.num_splits == 1;
+  const int64_t part_row0 = (split * p.batch + b) * rows_total + rows_begin;  // workspace row of this tile's row 0
+  CUTE_UNROLL
+  for (int mi = 0; mi < size<0>(o); ++mi) {
+    const int r = get<0>(tScS_rc(mi, 0));
+    const float sum = red_sum[0][r] + red_sum[1][r];
+    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    CUTE_UNROLL
+    for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
+    if (writes_lse && r < n_rows) {
+      // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
+      const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
+      if (direct) {
+        p.lse[b * rows_total + rows_begin + r] = lse;
+      } else {
+        p.lse_partial[part_row0 + r] = lse;
+      }
+    }
+  }
+  auto* out = static_cast<Element*>(p.out);
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc_o); i += 2) {
+    const int r = get<0>(tOcO(i));
+    const int c = get<1>(tOcO(i));
+    if (r >= n_rows) continue;
+    if (direct) {
+      Element pair[2] = {static_cast<Element>(acc_o(i)), static_cast<Element>(acc_o(i + 1))};
+      *reinterpret_cast<uint32_t*>(out + b * p.o_batch_stride + (rows_begin + r) * p.o_row_stride + c) =
+          *reinterpret_cast<const uint32_t*>(pair);
+    } else {
+      *reinterpret_cast<float2*>(p.o_partial + (part_row0 + r) * kDimV + c) = make_float2(acc_o(i), acc_o(i + 1));
+    }
+  }
+}
+
 }  // namespace detail
 
 template <class Traits>
@@ -283,42 +329,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm80_latent_fwd_kernel(__
     if (lane % 4 == 0) smem.red_sum[warp_n][get<0>(tScS_rc(mi, 0))] = row_sum[mi];
   }
   __syncthreads();
-  const bool direct = p.num_splits == 1;
-  const int64_t part_row0 = (split * p.batch + b) * rows_total + rows.begin;  // workspace row of this tile's row 0
-  CUTE_UNROLL
-  for (int mi = 0; mi < kRowsPerThread; ++mi) {
-    const int r = get<0>(tScS_rc(mi, 0));
-    const float sum = smem.red_sum[0][r] + smem.red_sum[1][r];
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    CUTE_UNROLL
-    for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
-    if (lane % 4 == 0 && warp_n == 0 && r < n_rows) {
-      // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
-      const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
-      if (direct) {
-        p.lse[b * rows_total + rows.begin + r] = lse;
-      } else {
-        p.lse_partial[part_row0 + r] = lse;
-      }
-    }
-  }
-
-  // Each accumulator pair (i, i + 1) is two adjacent columns of one row (m16n8 C fragment): 4- / 8-byte stores.
   Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDimV>>{}));
-  auto* out = static_cast<Element*>(p.out);
-  CUTE_UNROLL
-  for (int i = 0; i < size(acc_o); i += 2) {
-    const int r = get<0>(tOcO(i));
-    const int c = get<1>(tOcO(i));
-    if (r >= n_rows) continue;
-    if (direct) {
-      Element pair[2] = {static_cast<Element>(acc_o(i)), static_cast<Element>(acc_o(i + 1))};
-      *reinterpret_cast<uint32_t*>(out + b * p.o_batch_stride + (rows.begin + r) * p.o_row_stride + c) =
-          *reinterpret_cast<const uint32_t*>(pair);
-    } else {
-      *reinterpret_cast<float2*>(p.o_partial + (part_row0 + r) * kDimV + c) = make_float2(acc_o(i), acc_o(i + 1));
-    }
-  }
+  detail::latent_epilogue<Element, kDimV>(p, acc_o, o, tScS_rc, tOcO, smem.red_sum, row_max,
+                                          lane % 4 == 0 && warp_n == 0, split, b, rows_total, rows.begin, n_rows);
 }
 
 // Exact merge of the splits, one CTA of 128 threads per (batch, query row), 4 columns a thread:

@@ -153,8 +153,11 @@ struct Sm90LatentTraits {
                                   cute::Stride<cute::_64, cute::_1, cute::Int<kBlockN * kDim>>>{}));
 
   // P (64 queries x 64 keys): one 8 KB block of 128-byte swizzled rows, the A operand of P V. Written from the S
-  // accumulators with 32-bit stores (adjacent column pairs).
+  // accumulators with 32-bit stores (adjacent column pairs), through SmemLayoutPOffsets: the same layout with the
+  // swizzle on element offsets from the 1024-byte aligned buffer, which keeps the stores STS on 32-bit shared addresses
+  // (CuTe's form, which the GMMA descriptors need, swizzles the 64-bit address: generic ST.E).
   using SmemLayoutP = decltype(cute::tile_to_shape(SmemAtom{}, cute::Shape<cute::_64, cute::_64>{}));
+  using SmemLayoutPOffsets = decltype(cute::as_position_independent_swizzle_layout(SmemLayoutP{}));
   using SmemCopyAtomP = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
 
   static constexpr int kTileBytes = kBlockN * kDim * 2;  // one stage, one Q tile: 73728
@@ -272,7 +275,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   Tensor tOrV = thr_pv.partition_fragment_B(sVt);  // (MMA, MMA_N, MMA_K, stage), this warpgroup's 256 columns
   auto copy_p = make_tiled_copy_C(typename Traits::SmemCopyAtomP{}, mma_qk);
   auto thr_copy_p = copy_p.get_slice(ctid);
-  Tensor tPsP = thr_copy_p.partition_D(sP);
+  Tensor tPsP = thr_copy_p.partition_D(make_tensor(make_smem_ptr(smem.p), typename Traits::SmemLayoutPOffsets{}));
 
   // Each thread's rows (2) and columns (8 of its warpgroup's 32 keys) of the S tile.
   Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kBlockN>>{}));
@@ -374,43 +377,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     if (lane % 4 == 0) smem.red_sum[wg][get<0>(tScS_rc(mi, 0))] = row_sum[mi];
   }
   detail::named_barrier_sync<3, Traits::kConsumerThreads>();
-  const bool direct = p.num_splits == 1;
-  const int64_t part_row0 = (split * p.batch + b) * rows_total + rows.begin;  // workspace row of this tile's row 0
+  // Written once per CTA, so not staged through smem.
   Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
-  CUTE_UNROLL
-  for (int mi = 0; mi < kRowsPerThread; ++mi) {
-    const int r = get<0>(tScS_rc(mi, 0));
-    const float sum = smem.red_sum[0][r] + smem.red_sum[1][r];
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
-    CUTE_UNROLL
-    for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
-    if (wg == 0 && lane % 4 == 0 && r < n_rows) {
-      // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
-      const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
-      if (direct) {
-        p.lse[b * rows_total + rows.begin + r] = lse;
-      } else {
-        p.lse_partial[part_row0 + r] = lse;
-      }
-    }
-  }
-  // Accumulator values (i, i + 1) are adjacent columns of one row (the wgmma C fragment's column pairs): 4-byte
-  // Element pairs straight to out, or float2 to the workspace. Written once per CTA, so not staged through smem.
   Tensor tOcO = thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDimV>>{}));
-  auto* out = static_cast<Element*>(p.out);
-  CUTE_UNROLL
-  for (int k = 0; k < size(acc_o); k += 2) {
-    const int r = get<0>(tOcO(k));
-    const int c = get<1>(tOcO(k));
-    if (r >= n_rows) continue;
-    if (direct) {
-      Element pair[2] = {static_cast<Element>(acc_o(k)), static_cast<Element>(acc_o(k + 1))};
-      *reinterpret_cast<uint32_t*>(out + b * p.o_batch_stride + (rows.begin + r) * p.o_row_stride + c) =
-          *reinterpret_cast<const uint32_t*>(pair);
-    } else {
-      *reinterpret_cast<float2*>(p.o_partial + (part_row0 + r) * kDimV + c) = make_float2(acc_o(k), acc_o(k + 1));
-    }
-  }
+  sm80::detail::latent_epilogue<Element, kDimV>(p, acc_o, o, tScS_rc, tOcO, smem.red_sum, row_max,
+                                                wg == 0 && lane % 4 == 0, split, b, rows_total, rows.begin, n_rows);
 #endif
 }
 

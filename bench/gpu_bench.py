@@ -58,7 +58,7 @@ def gna_op(target: str, q, k, v, shape, window, stride, causal=None, additional=
     """The forward op of one kernel family with its tiles (and optional additional keys / values), as a closure."""
     rank = len(shape)
     ones = (1,) * rank
-    qt, kt = gna_tiles(target, rank)
+    qt, kt = gna_tiles(target, rank, q.shape[-1])
     causal = causal or (False,) * rank
     args = (list(window), list(stride), list(ones), list(causal), q.shape[-1] ** -0.5,
             list(clamp_tile(qt, shape, ones)), list(clamp_tile(kt, shape, ones)), target)  # fmt: skip
@@ -123,6 +123,20 @@ def main() -> None:
         rows.append(("", target, f"{flops / t / 1e9:.0f} TFLOP/s", f"{t_sdpa / t:.2f}x SDPA (target {target_tf})"))
         err = fns[targets.index(target)]()[0].float() - F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
         rows.append(("", f"{target} max|ours - SDPA|", f"{err.abs().max().item():.2e}", ""))
+
+    # Head dim 256 (sm90: 128 x 64 blocks), against SDPA on the same inputs.
+    wide = [t for t in targets if (torch.bfloat16, 256, 256) in cuda_backend.built_kernels(f"{t}_gna_fwd")]
+    if wide:
+        n = 8192
+        qw, kw, vw = (torch.randn(B, n, H, 256, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+        qwt, kwt, vwt = (t.transpose(1, 2).contiguous() for t in (qw, kw, vw))
+        flops_w = 4 * B * H * n * n * 256
+        fns_w = [gna_op(t, qw, kw, vw, (n,), (n,), (1,)) for t in wide]
+        times_w = median_ms([*fns_w, lambda: F.scaled_dot_product_attention(qwt, kwt, vwt)], args.reps)
+        rows.append(("dense fwd bf16 hd256 N=8192", "SDPA", f"{flops_w / times_w[-1] / 1e9:.0f} TFLOP/s",
+                     f"{times_w[-1]:.2f} ms"))  # fmt: skip
+        for target, t in zip(wide, times_w, strict=False):
+            rows.append(("", target, f"{flops_w / t / 1e9:.0f} TFLOP/s", f"{times_w[-1] / t:.2f}x SDPA"))
 
     if has_bwd:
         leaves = [t.clone().requires_grad_() for t in (q, k, v)]

@@ -77,10 +77,12 @@ def gna_config(
     q_tile: int | tuple[int, ...] | None = None,
     kv_tile: int | tuple[int, ...] | None = None,
     arch: str = "sm90",
+    head_dim: int = 128,
 ) -> GnaConfig:
     """Validate a GNA problem (rules of DESIGN.md) and pick its tiles.
 
-    Scalars broadcast to every token dim. Tiles not given come from ``tile_configs.gna_tiles(arch, rank)``; all tiles
+    Scalars broadcast to every token dim. Tiles not given come from ``tile_configs.gna_tiles(arch, rank, head_dim)``
+    (wide heads take smaller KV tiles on some archs); all tiles
     are then clamped to the longest dilation group of their dim, as the dispatcher does, so the counts are those the
     kernel runs.
     """
@@ -105,7 +107,7 @@ def gna_config(
             raise ValueError(f"causal[{i}]: must be 0 or 1, got {causal_t[i]}")
     if arch not in TARGETS:
         raise ValueError(f"arch: must be one of {', '.join(TARGETS)}, got {arch!r}")
-    table_q, table_kv = gna_tiles(arch, rank)
+    table_q, table_kv = gna_tiles(arch, rank, check_int("head_dim", head_dim))
     q_t = table_q if q_tile is None else per_dim("q_tile", q_tile, rank)
     kv_t = table_kv if kv_tile is None else per_dim("kv_tile", kv_tile, rank)
     source = "given" if q_tile is not None and kv_tile is not None else f"{arch} table"
@@ -519,9 +521,9 @@ def simulate_gna(
     ``flattened`` adds the 1-D flattened tiling for comparison (skipped, with a note, past ``FLATTENED_BUDGET``);
     ``suggest`` searches nearby fully block-sparse configs when this one is not. ``gpu`` None reports every preset.
     """
-    config = gna_config(shape, window, stride, dilation, causal, q_tile, kv_tile, arch)
     for name, value in (("batch", batch), ("heads", heads), ("head_dim", head_dim)):
         check_int(name, value)
+    config = gna_config(shape, window, stride, dilation, causal, q_tile, kv_tile, arch, head_dim)
     gpus = select_gpus(gpu, tflops, hbm_tbps)
     tiles = multidim_counts(config, tiling)
     sparse_pairs = math.prod(dim_pairs(d) for d in config.dims())

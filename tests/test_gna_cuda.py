@@ -50,13 +50,14 @@ def _runs_on(case: GnaCase, target: str) -> bool:
     """Whether ``target``'s kernel takes the case (the sm90 TMA boxes have limits; the sm80 kernel takes all)."""
     if target == "sm80":
         return True
-    q_tile, kv_tile = (clamp_tile(t, case.shape, case.dilation) for t in gna_tiles(target, len(case.shape)))
+    tiles = gna_tiles(target, len(case.shape), case.dim)
+    q_tile, kv_tile = (clamp_tile(t, case.shape, case.dilation) for t in tiles)
     extents = [max(a, b) * d for a, b, d in zip(q_tile, kv_tile, case.dilation, strict=True)]
     return max(case.dilation) <= cuda_backend.SM90_MAX_DILATION and max(extents) <= cuda_backend.SM90_MAX_BOX_EXTENT
 
 
 def _op_config(case: GnaCase, target: str, q: torch.Tensor) -> list:
-    q_tile, kv_tile = gna_tiles(target, len(case.shape))
+    q_tile, kv_tile = gna_tiles(target, len(case.shape), q.shape[-1])
     scale = case.scale if case.scale is not None else q.shape[-1] ** -0.5
     return [
         list(case.window), list(case.stride), list(case.dilation), list(case.causal), scale,
@@ -161,8 +162,9 @@ def test_random_gna_matches_reference(rank: int, seed: int) -> None:
 def test_edge_cases(case: GnaCase) -> None:
     for target in _targets():
         for dtype, dim, dim_v in _built(f"{target}_gna_fwd"):
-            if _runs_on(case, target):
-                _check(case.with_(dim=dim, dim_v=dim_v, heads=4, kv_heads=2), dtype, 7, target)
+            sized = case.with_(dim=dim, dim_v=dim_v, heads=4, kv_heads=2)
+            if _runs_on(sized, target):
+                _check(sized, dtype, 7, target)
 
 
 def _check_backward(case: GnaCase, dtype: torch.dtype, seed: int) -> None:

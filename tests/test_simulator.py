@@ -41,7 +41,7 @@ from simulator.gna import (
 )
 from simulator.gna_policy import GnaDim, ceil_div, gna_window, gna_window_np
 from simulator.strided_shard import s2_block_mask
-from simulator.tile_configs import clamp_tile, gna_tiles
+from simulator.tile_configs import clamp_tile, cta_block, gna_tiles
 
 ROOT = Path(__file__).resolve().parents[1]
 EXTENDED = os.environ.get("SIMULATOR_EXTENDED") == "1"
@@ -446,6 +446,25 @@ def test_arch_picks_tiles_from_the_table() -> None:
         assert config.kv_tile == clamp_tile(kv_tile, (30, 48, 80), (1, 1, 1))
     # A tile larger than the (dilated) dim is clamped, as the dispatcher does.
     assert gna_config((6, 40), 3, dilation=(2, 1), q_tile=(8, 8), kv_tile=(8, 8)).q_tile == (3, 8)
+
+
+def test_wide_heads_take_half_height_kv_tiles_on_sm90() -> None:
+    """Head dim 256 on sm90: KV tiles of 64 rows (two 64-row stages of K and V plus the Q tile fit 227 KB of smem),
+    the Q tiles unchanged; other targets and narrower heads keep the table's tiles; the CTA block follows."""
+    for rank in (1, 2, 3):
+        q_tile, kv_tile = gna_tiles("sm90", rank, 256)
+        assert (q_tile, math.prod(kv_tile)) == (gna_tiles("sm90", rank)[0], 64)
+        smem = 2 * (128 * 256 + 2 * 2 * math.prod(kv_tile) * 256)  # bf16 Q + 2 stages of K and V
+        assert smem <= 227 * 1024 < 2 * (128 * 256 + 2 * 2 * 128 * 256)
+        assert gna_tiles("sm90", rank, 192) == gna_tiles("sm90", rank)
+        assert gna_tiles("sm80", rank, 256) == gna_tiles("sm80", rank)
+    assert cta_block("sm90", 256) == (128, 64) and cta_block("sm90", 128) == (128, 128)
+    assert cta_block("sm80", 256) == (64, 64)
+    assert gna_config((30, 48, 80), (18, 24, 24), arch="sm90", head_dim=256).kv_tile == (2, 4, 8)
+    with pytest.raises(TypeError, match="head_dim must be an int"):
+        gna_tiles("sm90", 2, 256.0)
+    with pytest.raises(ValueError, match="head_dim must be >= 1"):
+        gna_tiles("sm90", 2, 0)
 
 
 @pytest.mark.parametrize(

@@ -181,7 +181,9 @@ int main(int argc, char** argv) {
 # ^= bits [7:8], Swizzle<2,4,3>); the traits must name that TMA mode and box width per operand, the stage strides of
 # K (kBlockN * D * 2 bytes) and V (kBlockN * D_v * 2), and the GMMA descriptors of the tiles that layout type (SW128 /
 # SW64). The epilogue's chunk copy reads 16 contiguous bytes per (row, chunk) of O, one address plus steps of
-# kOutRowStep rows of W_v bytes per thread; O, staged in the Q buffer, fits in it and puts row r in Q row r W_v / W_q
+# kOutRowStep rows of W_v bytes per thread (and whole boxes further per 128-column pass, D_v 256), and the
+# offset-swizzled form of O's layout (SmemLayoutOOffsets) puts every element where CuTe's address-swizzled one does;
+# O, staged in the Q buffer, fits in it and puts row r in Q row r W_v / W_q
 # (r itself when the widths agree: the other warpgroup's Q rows are untouched, which the kernel relies on unless it
 # syncs the warpgroups first).
 LAYOUT_CHECKER = r"""
@@ -193,9 +195,9 @@ LAYOUT_CHECKER = r"""
 using namespace cute;
 namespace nl = natten_like::sm90;
 
-template <class Element, int D, int Dv = D>
+template <class Element, int D, int Dv = D, int N = 128>
 int check() {
-  using T = nl::Sm90FmhaFwdTraits<Element, D, 128, 128, Dv>;
+  using T = nl::Sm90FmhaFwdTraits<Element, D, 128, N, Dv>;
   typename T::TiledMmaQK mma_qk;
   typename T::TiledMmaPV mma_pv;
   int bad = 0;
@@ -251,6 +253,7 @@ int check() {
   Tensor sVt = make_tensor(make_smem_ptr(base), typename T::SmemLayoutVt{});
   Tensor sQ = make_tensor(make_smem_ptr(base), typename T::SmemLayoutQ{});
   Tensor sO = make_tensor(make_smem_ptr(base), typename T::SmemLayoutO{});
+  Tensor sOo = make_tensor(make_smem_ptr(base), typename T::SmemLayoutOOffsets{});
   auto off = [&](auto& ref) { return int(reinterpret_cast<const char*>(&ref) - reinterpret_cast<const char*>(base)); };
   for (int s = 0; s < T::kStages; ++s) {
     for (int r = 0; r < T::kBlockN; ++r) {
@@ -274,7 +277,7 @@ int check() {
   for (int r = 0; r < T::kBlockM; ++r) {
     for (int c = 0; c < Dv; ++c) {
       const int at = off(sO(r, c));
-      bad += at != tma(WV, T::kBlockM, r, c);
+      bad += at != tma(WV, T::kBlockM, r, c) || off(sOo(r, c)) != at;
       bad += at < 0 || at + 2 > int(q_row.size()) || q_row[at] != r * WV / WQ;
     }
   }
@@ -283,20 +286,24 @@ int check() {
   bad += SM90::GMMA::layout_type(recast<uint128_t const>(sQ)) != gmma(WQ);
   bad += SM90::GMMA::layout_type(recast<uint128_t const>(sK)) != gmma(WQ);
   bad += SM90::GMMA::layout_type(recast<uint128_t const>(sVt)) != gmma(WV);
-  // The epilogue (sm90_fmha_fwd_kernel.hpp): thread wtid of a warpgroup reads the 16-byte chunk at column c of O rows
-  // r0 + k * kOutRowStep, each chunk contiguous, at the address of its first chunk plus k * kOutRowStep * kBoxColsV
-  // elements, and the threads together read every chunk of the warpgroup's 64 rows once.
-  bad += T::kChunksPerRow * T::kChunk != Dv;
+  // The epilogue (sm90_fmha_fwd_kernel.hpp): thread wtid of a warpgroup reads the 16-byte chunk at column
+  // c + pass * 128 of O rows r0 + k * kOutRowStep, each chunk contiguous, at the address of its first chunk plus
+  // k * kOutRowStep * kBoxColsV + pass * kOutPassElems elements, and the threads together read every chunk of the
+  // warpgroup's 64 rows once.
+  bad += T::kChunksPerRow * T::kChunk != Dv || T::kOutThreadsPerRow * T::kOutColPasses != T::kChunksPerRow;
   std::vector<int> seen(T::kBlockM * Dv, 0);
   for (int wg = 0; wg < 2; ++wg) {
     for (int wtid = 0; wtid < 128; ++wtid) {
-      const int r0 = wg * 64 + wtid / T::kChunksPerRow, c = (wtid % T::kChunksPerRow) * T::kChunk;
+      const int r0 = wg * 64 + wtid / T::kOutThreadsPerRow, c0 = (wtid % T::kOutThreadsPerRow) * T::kChunk;
       for (int k = 0; k < 64 / T::kOutRowStep; ++k) {
-        const int r = r0 + k * T::kOutRowStep;
-        bad += r >= (wg + 1) * 64 || off(sO(r, c)) != off(sO(r0, c)) + k * T::kOutRowStep * T::kBoxColsV * 2;
-        for (int j = 0; j < T::kChunk; ++j) {
-          bad += off(sO(r, c + j)) != off(sO(r, c)) + j * 2;
-          ++seen[r * Dv + c + j];
+        for (int pass = 0; pass < T::kOutColPasses; ++pass) {
+          const int r = r0 + k * T::kOutRowStep, c = c0 + pass * T::kOutThreadsPerRow * T::kChunk;
+          const int want = off(sO(r0, c0)) + (k * T::kOutRowStep * T::kBoxColsV + pass * T::kOutPassElems) * 2;
+          bad += r >= (wg + 1) * 64 || off(sO(r, c)) != want;
+          for (int j = 0; j < T::kChunk; ++j) {
+            bad += off(sO(r, c + j)) != off(sO(r, c)) + j * 2;
+            ++seen[r * Dv + c + j];
+          }
         }
       }
     }
@@ -308,7 +315,8 @@ int check() {
 int main() {
   const int bad = check<cutlass::bfloat16_t, 128>() + check<cutlass::half_t, 64>() + check<cutlass::half_t, 32>() +
                   check<cutlass::bfloat16_t, 32>() + check<cutlass::bfloat16_t, 192, 128>() +
-                  check<cutlass::half_t, 64, 32>();
+                  check<cutlass::half_t, 64, 32>() + check<cutlass::bfloat16_t, 256, 256, 64>() +
+                  check<cutlass::half_t, 256, 256, 64>();
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }
@@ -437,6 +445,21 @@ int main() {
   p = gna(2, 1000, 4, 2, 300, 192, 128);
   p.add_v_token_stride += 4;  // 8 bytes more: not a multiple of 16 (V's view)
   expect("D 192 / D_v 128 add_v token stride", launch_dv(p), cudaErrorNotSupported);
+  // Head dim 256: the instance of 64-row KV stages takes KV tiles of up to 64 rows (additional KV in boxes of 64).
+  auto launch_256 = [](const sm80::GnaFwdParams& p) {
+    return sm90::launch_sm90_gna_fwd<E, 256, 128, 64, 256>(p, nullptr);
+  };
+  p = gna(70000, 1000, 4, 2, 300, 256, 256);
+  p.policy.tk[2] = 64;
+  expect("D 256, KV tiles of 64", launch_256(p), cudaErrorInvalidConfiguration);
+  p = gna(70000, 1000, 4, 2, 0, 256, 256);
+  p.policy.tk[2] = 64;
+  expect("D 256 without additional KV", launch_256(p), cudaErrorInvalidConfiguration);
+  p = gna(2, 1000, 4, 2, 300, 256, 256);
+  expect("D 256, KV tiles of 128", launch_256(p), cudaErrorInvalidValue);
+  p = gna(2, 1000, 4, 2, 300, 128, 128);
+  p.policy.tk[2] = 64;
+  expect("D 128 on the D 256 instance", launch_256(p), cudaErrorInvalidValue);
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }

@@ -443,6 +443,19 @@ int main() {
   q.heads = 70000;
   q.kv_heads = 70000;
   expect("bs grid", launch_bs(q), cudaErrorInvalidConfiguration);
+  // Head dim 256: KV blocks of 64 rows, so the kv_block of 256 splits in 4 (and the split of 2 is refused).
+  auto launch_bs256 = [](const sm80::BlockSparseFwdParams& p) {
+    return sm90::launch_sm90_block_sparse_fwd<E, 256, 128, 64>(p, nullptr);
+  };
+  auto wide = [&](int kv_split) {
+    sm80::BlockSparseFwdParams p = bs();
+    checkers::fill_contiguous_args(p, 2, 1000, 4, 4, 256);
+    p.kv_split = kv_split;
+    p.heads = p.kv_heads = 70000;
+    return p;
+  };
+  expect("bs D 256 split 4", launch_bs256(wide(4)), cudaErrorInvalidConfiguration);
+  expect("bs D 256 split 2", launch_bs256(wide(2)), cudaErrorInvalidValue);
   std::printf(bad ? "mismatch %d\n" : "ok\n", bad);
   return bad != 0;
 }

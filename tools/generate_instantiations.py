@@ -3,7 +3,8 @@ the list of generated sources the builds read.
 
 Kernel kinds (``KINDS``) x dtypes x head dims. The CTA blocks come from the one tile table
 (``simulator/tile_configs.py``): a kernel's query / key block is the largest row product of its arch's Q / KV tile
-shapes over the token ranks, since every rank runs on the same (rank-3 padded) kernel. ``MINIMAL`` marks the
+shapes (for its head dim) over the token ranks, since every rank runs on the same (rank-3 padded) kernel; each table
+row carries its kernel's block. ``MINIMAL`` marks the
 instantiations a minimal build compiles (``NATTEN_LIKE_MINIMAL_INSTANCES=1``, what CI uses to compile-check every arch
 path in minutes); the tables hold the other rows only in full builds. sm90 instances are compiled only when
 ``NATTEN_LIKE_CUDA_ARCH`` names ``9.0a``.
@@ -160,7 +161,7 @@ KINDS = (
         "launch_sm90_gna_fwd",
         "natten_like::sm80::GnaFwdParams",
         "kSm90GnaFwd",
-        (32, 64, 128, (192, 128)),
+        (32, 64, 128, 256, (192, 128)),
         "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
@@ -172,7 +173,7 @@ KINDS = (
         "launch_sm90_block_sparse_fwd",
         "natten_like::sm80::BlockSparseFwdParams",
         "kSm90BlockSparseFwd",
-        (32, 64, 128, (192, 128)),
+        (32, 64, 128, 256, (192, 128)),
         "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
     Kind(
@@ -184,7 +185,7 @@ KINDS = (
         "launch_sm90_s2_fwd",
         "natten_like::sm80::StridedShardFwdParams",
         "kSm90S2Fwd",
-        (32, 64, 128, (192, 128)),
+        (32, 64, 128, 256, (192, 128)),
         "{element}, {head_dim}, {block_m}, {block_n}, {head_dim_v}",
     ),
 )
@@ -206,15 +207,16 @@ MINIMAL = {
     ("sm90_gna_fwd", "bf16", 128),
     ("sm90_gna_fwd", "bf16", 32),
     ("sm90_gna_fwd", "bf16", (192, 128)),
+    ("sm90_gna_fwd", "bf16", 256),
     ("sm90_latent_fwd", "bf16", (576, 512)),
     ("sm90_block_sparse_fwd", "bf16", 128),
     ("sm90_s2_fwd", "bf16", 64),
 }
 
 
-def blocks(arch: str) -> tuple[int, int]:
-    """(kBlockM, kBlockN) of an arch's kernels (``cta_block``), checked 16-aligned."""
-    block_m, block_n = cta_block(arch)
+def blocks(arch: str, head_dim: int) -> tuple[int, int]:
+    """(kBlockM, kBlockN) of an arch's kernels of head dim ``head_dim`` (``cta_block``), checked 16-aligned."""
+    block_m, block_n = cta_block(arch, head_dim)
     if block_m % 16 or block_n % 16:
         raise SystemExit(f"{arch} GNA tiles give blocks {block_m}x{block_n}; the MMA atoms need multiples of 16")
     return block_m, block_n
@@ -224,11 +226,11 @@ def render() -> dict[str, str]:
     files: dict[str, str] = {}
     decls, tables, sources = [], [], {"sm80": [], "sm90": []}
     for kind in KINDS:
-        block_m, block_n = kind.block or blocks(kind.arch)
         rows = []
         for dtype, element, torch_name in DTYPES:
             for entry in kind.head_dims:
                 head_dim, head_dim_v = (entry, entry) if isinstance(entry, int) else entry
+                block_m, block_n = kind.block or blocks(kind.arch, head_dim)
                 dims = f"{head_dim}" if head_dim_v == head_dim else f"{head_dim}x{head_dim_v}"
                 name = f"{kind.name}_{dtype}_hd{dims}_m{block_m}_n{block_n}"
                 minimal = (kind.name, dtype, entry) in MINIMAL
@@ -246,19 +248,16 @@ def render() -> dict[str, str]:
                     + "}  // namespace natten_like::generated\n"
                 )
                 decls.append(f"cudaError_t {name}(const {kind.params}& p, cudaStream_t stream);\n")
-                row = f'    {{"{torch_name}", {head_dim}, {head_dim_v}, &{name}}},\n'
+                row = f'    {{"{torch_name}", {head_dim}, {head_dim_v}, {block_m}, {block_n}, &{name}}},\n'
                 # A row exists where its unit is built: in its dtype's builds (NATTEN_LIKE_DTYPES), and in full builds
                 # unless it is minimal.
                 cond = f"NATTEN_LIKE_WITH_{dtype.upper()}" + ("" if minimal else " && !NATTEN_LIKE_MINIMAL_INSTANCES")
                 rows.append(f"#if {cond}\n{row}#endif\n")
                 sources[kind.arch].append(f"csrc/generated/{name}.cu {dtype}" + (" minimal" if minimal else ""))
         table = (
-            f"// {kind.name}: query rows {block_m}, key rows {block_n} per CTA block.\n"
-            + f"constexpr int {kind.table}BlockM = {block_m};\n"
-            + f"constexpr int {kind.table}BlockN = {block_n};\n"
-            + f"inline constexpr Instance<{kind.params}> {kind.table}[] = {{\n"
+            f"inline constexpr Instance<{kind.params}> {kind.table}[] = {{\n"
             + "".join(rows)
-            + "    {nullptr, 0, 0, nullptr},\n};\n"
+            + "    {nullptr, 0, 0, 0, 0, nullptr},\n};\n"
         )
         if kind.arch == "sm90":
             table = f"#if NATTEN_LIKE_WITH_SM90\n{table}#endif\n"
@@ -283,6 +282,8 @@ def render() -> dict[str, str]:
         + '  const char* dtype;  // torch dtype name: "float16" / "bfloat16"; nullptr ends a table\n'
         + "  int head_dim;    // of Q and K\n"
         + "  int head_dim_v;  // of V and the output\n"
+        + "  int block_m;     // query rows per CTA block (kBlockM)\n"
+        + "  int block_n;     // key rows per KV stage (kBlockN)\n"
         + "  cudaError_t (*launch)(const Params&, cudaStream_t);\n"
         + "};\n\n"
         + "".join(decls)

@@ -41,8 +41,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
               ": token counts must be below 2^31 (int32 key positions)");
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80BlockSparseBwd, q_.scalar_type(), q_.size(-1), v_.size(-1));
-  TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dims ",
+  const auto* inst = find_instance(generated::kSm80BlockSparseBwd, q_.scalar_type(), q_.size(-1), v_.size(-1));
+  TORCH_CHECK(inst != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dims ",
               q_.size(-1), " / ", v_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseBwd), ")");
 
   const BwdTensors t = bwd_tensors(kName, q_, k_, v_, out_, grad_out_, lse_, grad_lse_);
@@ -62,13 +62,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
   f.packed = plan.packed;
   f.total_q_tiles = plan.q_tiles.back();
   p.total_kv_tiles = plan.kv_tiles.back();
-  f.q_split =
-      split_of(q_block, generated::kSm80BlockSparseBwdBlockM, "natten_like::block_sparse_backward (cuda): q_block");
-  f.kv_split =
-      split_of(kv_block, generated::kSm80BlockSparseBwdBlockN, "natten_like::block_sparse_backward (cuda): kv_block");
+  f.q_split = split_of(q_block, inst->block_m, "natten_like::block_sparse_backward (cuda): q_block");
+  f.kv_split = split_of(kv_block, inst->block_n, "natten_like::block_sparse_backward (cuda): kv_block");
 
   fill_bwd_args(p, t, plan.packed);
-  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = inst->launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, kName, ": sm80 kernel: ", cudaGetErrorString(err));
   return {t.dq, t.dk, t.dv};
 }

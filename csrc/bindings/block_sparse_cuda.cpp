@@ -48,8 +48,8 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
   // D_v may differ from D where an instance has that pair (the tables are keyed by both).
-  const auto launch = find_instance(generated::kSm80BlockSparseFwd, q_.scalar_type(), q_.size(-1), v_.size(-1));
-  TORCH_CHECK(launch != nullptr, "natten_like::block_sparse (cuda): no kernel built for dtype ", q_.scalar_type(),
+  const auto* inst = find_instance(generated::kSm80BlockSparseFwd, q_.scalar_type(), q_.size(-1), v_.size(-1));
+  TORCH_CHECK(inst != nullptr, "natten_like::block_sparse (cuda): no kernel built for dtype ", q_.scalar_type(),
               " and head dims ", q_.size(-1), " / ", v_.size(-1), " (built: ",
               list_instances(generated::kSm80BlockSparseFwd), ")");
 
@@ -73,18 +73,18 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 #if NATTEN_LIKE_WITH_SM90
   if (major == 9 && sm90_enabled()) {
-    const auto launch90 = find_instance(generated::kSm90BlockSparseFwd, q.scalar_type(), q.size(-1), v.size(-1));
+    const auto* inst90 = find_instance(generated::kSm90BlockSparseFwd, q.scalar_type(), q.size(-1), v.size(-1));
     sm80::BlockSparseFwdParams p90 = p;
-    p90.q_split = split_if_divides(q_block, generated::kSm90BlockSparseFwdBlockM);
-    p90.kv_split = split_if_divides(kv_block, generated::kSm90BlockSparseFwdBlockN);
+    p90.q_split = inst90 != nullptr ? split_if_divides(q_block, inst90->block_m) : 0;
+    p90.kv_split = inst90 != nullptr ? split_if_divides(kv_block, inst90->block_n) : 0;
     // The sm90 launcher takes the K / V token extent per batch entry from batch stride / token stride (its params hold
     // the sequence offsets on the device only): exact for these contiguous tensors except in a batch of 1, whose batch
     // stride is whatever the caller's tensor had.
     const int64_t kv_tokens = batched(k).size(1);
     p90.k_batch_stride = kv_tokens * p90.k_token_stride;
     p90.v_batch_stride = kv_tokens * p90.v_token_stride;
-    if (launch90 != nullptr && p90.q_split > 0 && p90.kv_split > 0) {
-      const cudaError_t err = launch90(p90, stream);
+    if (p90.q_split > 0 && p90.kv_split > 0) {
+      const cudaError_t err = inst90->launch(p90, stream);
       if (err != cudaErrorNotSupported) {
         TORCH_CHECK(err == cudaSuccess, "natten_like::block_sparse (cuda): sm90 kernel: ", cudaGetErrorString(err));
         return {out, lse};
@@ -93,9 +93,9 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
     }
   }
 #endif
-  p.q_split = split_of(q_block, generated::kSm80BlockSparseFwdBlockM, "natten_like::block_sparse (cuda): q_block");
-  p.kv_split = split_of(kv_block, generated::kSm80BlockSparseFwdBlockN, "natten_like::block_sparse (cuda): kv_block");
-  const cudaError_t err = launch(p, stream);
+  p.q_split = split_of(q_block, inst->block_m, "natten_like::block_sparse (cuda): q_block");
+  p.kv_split = split_of(kv_block, inst->block_n, "natten_like::block_sparse (cuda): kv_block");
+  const cudaError_t err = inst->launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::block_sparse (cuda): sm80 kernel: ", cudaGetErrorString(err));
   return {out, lse};
 }

@@ -24,16 +24,17 @@ inline const char* dtype_name(at::ScalarType t) {
   }
 }
 
-// The launch function of the table row for (dtype, head dim of Q/K, head dim of V), or nullptr.
+// The table row (launch function and CTA block) for (dtype, head dim of Q/K, head dim of V), or nullptr.
 template <class Params>
-auto find_instance(const Instance<Params>* table, at::ScalarType dtype, int64_t head_dim, int64_t head_dim_v) {
+const Instance<Params>* find_instance(const Instance<Params>* table, at::ScalarType dtype, int64_t head_dim,
+                                      int64_t head_dim_v) {
   for (; table->dtype != nullptr; ++table) {
     if (table->head_dim == head_dim && table->head_dim_v == head_dim_v &&
         std::strcmp(table->dtype, dtype_name(dtype)) == 0) {
-      return table->launch;
+      return table;
     }
   }
-  return static_cast<decltype(table->launch)>(nullptr);
+  return nullptr;
 }
 
 // "dtype/head dim" (or "dtype/D x D_v") of every row, for error messages.
@@ -74,8 +75,9 @@ inline bool sm90_enabled() {
 }
 
 // How the sm90 kernels schedule their work tiles (Sm90Persistence), from NATTEN_LIKE_SM90_PERSISTENT: "auto" (or
-// unset: persistent from four waves of work tiles on), "off" (one CTA per work tile) or "on" (persistent). A knob for
-// tests and benchmarks; read per call, so a test can flip it.
+// unset: persistent from four waves of work tiles on), "off" (one CTA per work tile) or "on" (persistent, where the
+// kernel has a persistent variant: not at head dim 256). A knob for tests and benchmarks; read per call, so a test can
+// flip it.
 inline int sm90_persistence() {
   const char* v = std::getenv("NATTEN_LIKE_SM90_PERSISTENT");
   if (v == nullptr || *v == '\0' || std::strcmp(v, "auto") == 0) return 0;

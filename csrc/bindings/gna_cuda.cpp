@@ -135,19 +135,18 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
 
 #if NATTEN_LIKE_WITH_SM90
   if (kernel == "sm90" || (kernel == "auto" && sm90_enabled())) {
-    const auto launch = find_instance(generated::kSm90GnaFwd, q.scalar_type(), head_dim, head_dim_v);
-    const bool fit = fits(p.policy, generated::kSm90GnaFwdBlockM, generated::kSm90GnaFwdBlockN);
+    const auto* inst90 = find_instance(generated::kSm90GnaFwd, q.scalar_type(), head_dim, head_dim_v);
+    const bool fit = inst90 != nullptr && fits(p.policy, inst90->block_m, inst90->block_n);
     if (kernel == "sm90") {
       TORCH_CHECK(major == 9, "natten_like::gna (cuda): the sm90 kernels need compute capability 9.x, got ", major, ".x");
-      TORCH_CHECK(launch != nullptr, "natten_like::gna (cuda): no sm90 kernel built for dtype ", q.scalar_type(),
+      TORCH_CHECK(inst90 != nullptr, "natten_like::gna (cuda): no sm90 kernel built for dtype ", q.scalar_type(),
                   " and head dims ", head_dim, " / ", head_dim_v, " (built: ", list_instances(generated::kSm90GnaFwd),
                   ")");
       TORCH_CHECK(fit, "natten_like::gna (cuda): tiles of ", p.policy.max_q_rows(), " query / ", p.policy.max_kv_rows(),
-                  " key rows exceed the sm90 block of ", generated::kSm90GnaFwdBlockM, " / ",
-                  generated::kSm90GnaFwdBlockN);
+                  " key rows exceed the sm90 block of ", inst90->block_m, " / ", inst90->block_n);
     }
-    if (major == 9 && launch != nullptr && fit) {
-      const cudaError_t err = launch(p, stream);
+    if (major == 9 && fit) {
+      const cudaError_t err = inst90->launch(p, stream);
       // cudaErrorNotSupported is returned before any launch, for problems the TMA scheme cannot express: "auto" then
       // takes the sm80 kernel; an explicit "sm90" request fails rather than switching silently.
       if (err != cudaErrorNotSupported || kernel == "sm90") {
@@ -161,13 +160,13 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
   TORCH_CHECK(kernel != "sm90", "natten_like::gna (cuda): this build has no sm90 kernels (build with "
               "NATTEN_LIKE_CUDA_ARCH naming 9.0a)");
 #endif
-  const auto launch = find_instance(generated::kSm80GnaFwd, q.scalar_type(), head_dim, head_dim_v);
-  TORCH_CHECK(launch != nullptr, "natten_like::gna (cuda): no sm80 kernel built for dtype ", q.scalar_type(),
+  const auto* inst = find_instance(generated::kSm80GnaFwd, q.scalar_type(), head_dim, head_dim_v);
+  TORCH_CHECK(inst != nullptr, "natten_like::gna (cuda): no sm80 kernel built for dtype ", q.scalar_type(),
               " and head dims ", head_dim, " / ", head_dim_v, " (built: ", list_instances(generated::kSm80GnaFwd), ")");
-  TORCH_CHECK(fits(p.policy, generated::kSm80GnaFwdBlockM, generated::kSm80GnaFwdBlockN),
+  TORCH_CHECK(fits(p.policy, inst->block_m, inst->block_n),
               "natten_like::gna (cuda): tiles of ", p.policy.max_q_rows(), " query / ", p.policy.max_kv_rows(),
-              " key rows exceed the sm80 block of ", generated::kSm80GnaFwdBlockM, " / ", generated::kSm80GnaFwdBlockN);
-  const cudaError_t err = launch(p, stream);
+              " key rows exceed the sm80 block of ", inst->block_m, " / ", inst->block_n);
+  const cudaError_t err = inst->launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::gna (cuda): sm80 kernel: ", cudaGetErrorString(err));
   return {out, lse};
 }
@@ -189,8 +188,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
   const int64_t head_dim = q_.size(-1), head_dim_v = v_.size(-1);
-  const auto launch = find_instance(generated::kSm80GnaBwd, q_.scalar_type(), head_dim, head_dim_v);
-  TORCH_CHECK(launch != nullptr, "natten_like::gna_backward (cuda): no sm80 backward kernel built for dtype ",
+  const auto* inst = find_instance(generated::kSm80GnaBwd, q_.scalar_type(), head_dim, head_dim_v);
+  TORCH_CHECK(inst != nullptr, "natten_like::gna_backward (cuda): no sm80 backward kernel built for dtype ",
               q_.scalar_type(), " and head dims ", head_dim, " / ", head_dim_v, " (built: ",
               list_instances(generated::kSm80GnaBwd), ")");
 
@@ -214,12 +213,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gna_backw
     p.d_add_v_head_stride = d_av.stride(2);
   }
   p.fwd.policy = make_policy(q.sizes().slice(1, rank), window, stride, dilation, causal, q_tile, kv_tile);
-  TORCH_CHECK(fits(p.fwd.policy, generated::kSm80GnaBwdBlockM, generated::kSm80GnaBwdBlockN),
+  TORCH_CHECK(fits(p.fwd.policy, inst->block_m, inst->block_n),
               "natten_like::gna_backward (cuda): tiles of ", p.fwd.policy.max_q_rows(), " query / ",
-              p.fwd.policy.max_kv_rows(), " key rows exceed the sm80 block of ", generated::kSm80GnaBwdBlockM, " / ",
-              generated::kSm80GnaBwdBlockN);
+              p.fwd.policy.max_kv_rows(), " key rows exceed the sm80 block of ", inst->block_m, " / ", inst->block_n);
   fill_bwd_args(p, t);
-  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = inst->launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, "natten_like::gna_backward (cuda): sm80 kernel: ", cudaGetErrorString(err));
   return {t.dq, t.dk, t.dv, d_ak, d_av};
 }

@@ -52,8 +52,8 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
   TORCH_CHECK(!paged || seqlens_.has_value(), "natten_like::latent (cuda): a paged cache needs cache_seqlens");
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
-  auto launch = find_instance(generated::kSm80LatentFwd, q_.scalar_type(), kDim, kDimV);
-  TORCH_CHECK(launch != nullptr, "natten_like::latent (cuda): no kernel for dtype ", q_.scalar_type(),
+  const auto* inst = find_instance(generated::kSm80LatentFwd, q_.scalar_type(), kDim, kDimV);
+  TORCH_CHECK(inst != nullptr, "natten_like::latent (cuda): no kernel for dtype ", q_.scalar_type(),
               " (built: ", list_instances(generated::kSm80LatentFwd), ")");
 
   const auto q = aligned_contiguous(q_), cache = aligned_contiguous(cache_);
@@ -138,9 +138,9 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 #if NATTEN_LIKE_WITH_SM90
   if (major == 9 && sm90_enabled()) {
-    const auto launch90 = find_instance(generated::kSm90LatentFwd, q.scalar_type(), kDim, kDimV);
-    if (launch90 != nullptr) {
-      const cudaError_t err = launch90(p, stream);
+    const auto* inst90 = find_instance(generated::kSm90LatentFwd, q.scalar_type(), kDim, kDimV);
+    if (inst90 != nullptr) {
+      const cudaError_t err = inst90->launch(p, stream);
       // cudaErrorNotSupported comes before any launch, for what its TMA views cannot express (a page size that is not
       // a multiple of 64, misaligned rows): the sm80 kernel runs those.
       if (err != cudaErrorNotSupported) {
@@ -151,7 +151,7 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
     }
   }
 #endif
-  const cudaError_t err = launch(p, stream);
+  const cudaError_t err = inst->launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::latent (cuda): kernel launch failed: ", cudaGetErrorString(err),
               err == cudaErrorInvalidConfiguration ? " (the kernel needs ~154 KB of shared memory per block: sm80 / "
                                                      "sm90 class GPUs, not sm86 / sm89)"

@@ -44,8 +44,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
 
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80S2Bwd, q_.scalar_type(), q_.size(3), v_.size(3));
-  TORCH_CHECK(launch != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dims ", q_.size(3),
+  const auto* inst = find_instance(generated::kSm80S2Bwd, q_.scalar_type(), q_.size(3), v_.size(3));
+  TORCH_CHECK(inst != nullptr, kName, ": no kernel built for dtype ", q_.scalar_type(), " and head dims ", q_.size(3),
               " / ", v_.size(3), " (built: ", list_instances(generated::kSm80S2Bwd), ")");
   const BwdTensors t = bwd_tensors(kName, q_, k_, v_, out_, grad_out_, lse_, grad_lse_);
   if (t.q.numel() == 0 || t.k.numel() == 0) return {t.dq.zero_(), t.dk.zero_(), t.dv.zero_()};
@@ -63,11 +63,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> strided_shard_backward_cuda(
   f.head_step = homo_head ? 0 : std::max<int64_t>(1, vert_stride / heads);
   f.sliding_offset = sliding_offset;
   f.dense_heads = static_cast<int>(dense_heads);
-  f.q_split = split_of(block, generated::kSm80S2BwdBlockM, "natten_like::strided_shard_backward (cuda): block_size");
-  f.kv_split = split_of(block, generated::kSm80S2BwdBlockN, "natten_like::strided_shard_backward (cuda): block_size");
+  f.q_split = split_of(block, inst->block_m, "natten_like::strided_shard_backward (cuda): block_size");
+  f.kv_split = split_of(block, inst->block_n, "natten_like::strided_shard_backward (cuda): block_size");
 
   fill_bwd_args(p, t);
-  const cudaError_t err = launch(p, c10::cuda::getCurrentCUDAStream().stream());
+  const cudaError_t err = inst->launch(p, c10::cuda::getCurrentCUDAStream().stream());
   TORCH_CHECK(err == cudaSuccess, kName, ": sm80 kernel: ", cudaGetErrorString(err));
   return {t.dq, t.dk, t.dv};
 }

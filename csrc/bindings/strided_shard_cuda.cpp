@@ -53,8 +53,8 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
 
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
-  const auto launch = find_instance(generated::kSm80S2Fwd, q_.scalar_type(), q_.size(3), v_.size(3));
-  TORCH_CHECK(launch != nullptr, "natten_like::strided_shard (cuda): no kernel built for dtype ", q_.scalar_type(),
+  const auto* inst = find_instance(generated::kSm80S2Fwd, q_.scalar_type(), q_.size(3), v_.size(3));
+  TORCH_CHECK(inst != nullptr, "natten_like::strided_shard (cuda): no kernel built for dtype ", q_.scalar_type(),
               " and head dims ", q_.size(3), " / ", v_.size(3), " (built: ", list_instances(generated::kSm80S2Fwd), ")");
   const at::Tensor q = aligned_contiguous(q_), k = aligned_contiguous(k_), v = aligned_contiguous(v_);
   auto out = at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, q.options());
@@ -76,12 +76,12 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
 #if NATTEN_LIKE_WITH_SM90
   if (major == 9 && sm90_enabled()) {
-    const auto launch90 = find_instance(generated::kSm90S2Fwd, q.scalar_type(), q.size(3), v.size(3));
+    const auto* inst90 = find_instance(generated::kSm90S2Fwd, q.scalar_type(), q.size(3), v.size(3));
     sm80::StridedShardFwdParams p90 = p;
-    p90.q_split = split_if_divides(block, generated::kSm90S2FwdBlockM);
-    p90.kv_split = split_if_divides(block, generated::kSm90S2FwdBlockN);
-    if (launch90 != nullptr && p90.q_split > 0 && p90.kv_split > 0) {
-      const cudaError_t err = launch90(p90, stream);
+    p90.q_split = inst90 != nullptr ? split_if_divides(block, inst90->block_m) : 0;
+    p90.kv_split = inst90 != nullptr ? split_if_divides(block, inst90->block_n) : 0;
+    if (p90.q_split > 0 && p90.kv_split > 0) {
+      const cudaError_t err = inst90->launch(p90, stream);
       if (err != cudaErrorNotSupported) {
         TORCH_CHECK(err == cudaSuccess, "natten_like::strided_shard (cuda): sm90 kernel: ", cudaGetErrorString(err));
         return {out, lse};
@@ -90,9 +90,9 @@ std::tuple<at::Tensor, at::Tensor> strided_shard_forward_cuda(const at::Tensor& 
     }
   }
 #endif
-  p.q_split = split_of(block, generated::kSm80S2FwdBlockM, "natten_like::strided_shard (cuda): block_size");
-  p.kv_split = split_of(block, generated::kSm80S2FwdBlockN, "natten_like::strided_shard (cuda): block_size");
-  const cudaError_t err = launch(p, stream);
+  p.q_split = split_of(block, inst->block_m, "natten_like::strided_shard (cuda): block_size");
+  p.kv_split = split_of(block, inst->block_n, "natten_like::strided_shard (cuda): block_size");
+  const cudaError_t err = inst->launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::strided_shard (cuda): sm80 kernel: ", cudaGetErrorString(err));
   return {out, lse};
 }

@@ -31,6 +31,8 @@ struct Instance {
   const char* dtype;  // torch dtype name: "float16" / "bfloat16"; nullptr ends a table
   int head_dim;    // of Q and K
   int head_dim_v;  // of V and the output
+  int block_m;     // query rows per CTA block (kBlockM)
+  int block_n;     // key rows per KV stage (kBlockN)
   cudaError_t (*launch)(const Params&, cudaStream_t);
 };
 
@@ -101,374 +103,365 @@ cudaError_t sm90_latent_fwd_bf16_hd576x512_m64_n64(const natten_like::sm80::Late
 cudaError_t sm90_gna_fwd_fp16_hd32_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_gna_fwd_fp16_hd256_m128_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_fp16_hd192x128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd32_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd64_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_gna_fwd_bf16_hd256_m128_n64(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_gna_fwd_bf16_hd192x128_m128_n128(const natten_like::sm80::GnaFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_fp16_hd32_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_fp16_hd64_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_fp16_hd128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_fp16_hd256_m128_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_fp16_hd192x128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_bf16_hd32_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_bf16_hd64_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_bf16_hd128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_block_sparse_fwd_bf16_hd256_m128_n64(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_block_sparse_fwd_bf16_hd192x128_m128_n128(const natten_like::sm80::BlockSparseFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_fp16_hd32_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_fp16_hd64_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_fp16_hd128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_fp16_hd256_m128_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_fp16_hd192x128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_bf16_hd32_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_bf16_hd64_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_bf16_hd128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
+cudaError_t sm90_s2_fwd_bf16_hd256_m128_n64(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 cudaError_t sm90_s2_fwd_bf16_hd192x128_m128_n128(const natten_like::sm80::StridedShardFwdParams& p, cudaStream_t stream);
 
-// sm80_gna_fwd: query rows 64, key rows 64 per CTA block.
-constexpr int kSm80GnaFwdBlockM = 64;
-constexpr int kSm80GnaFwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm80GnaFwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, 32, &sm80_gna_fwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, 64, 64, &sm80_gna_fwd_fp16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, 64, &sm80_gna_fwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, 64, 64, &sm80_gna_fwd_fp16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, 128, &sm80_gna_fwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, 64, 64, &sm80_gna_fwd_fp16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 256, 256, &sm80_gna_fwd_fp16_hd256_m64_n64},
+    {"float16", 256, 256, 64, 64, &sm80_gna_fwd_fp16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 192, 128, &sm80_gna_fwd_fp16_hd192x128_m64_n64},
+    {"float16", 192, 128, 64, 64, &sm80_gna_fwd_fp16_hd192x128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, 32, &sm80_gna_fwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, 64, 64, &sm80_gna_fwd_bf16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 64, 64, &sm80_gna_fwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, 64, 64, &sm80_gna_fwd_bf16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 128, 128, &sm80_gna_fwd_bf16_hd128_m64_n64},
+    {"bfloat16", 128, 128, 64, 64, &sm80_gna_fwd_bf16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 256, 256, &sm80_gna_fwd_bf16_hd256_m64_n64},
+    {"bfloat16", 256, 256, 64, 64, &sm80_gna_fwd_bf16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 192, 128, &sm80_gna_fwd_bf16_hd192x128_m64_n64},
+    {"bfloat16", 192, 128, 64, 64, &sm80_gna_fwd_bf16_hd192x128_m64_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 
-// sm80_block_sparse_fwd: query rows 64, key rows 64 per CTA block.
-constexpr int kSm80BlockSparseFwdBlockM = 64;
-constexpr int kSm80BlockSparseFwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm80BlockSparseFwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, 32, &sm80_block_sparse_fwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, 64, 64, &sm80_block_sparse_fwd_fp16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, 64, &sm80_block_sparse_fwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, 64, 64, &sm80_block_sparse_fwd_fp16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, 128, &sm80_block_sparse_fwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, 64, 64, &sm80_block_sparse_fwd_fp16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 256, 256, &sm80_block_sparse_fwd_fp16_hd256_m64_n64},
+    {"float16", 256, 256, 64, 64, &sm80_block_sparse_fwd_fp16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 192, 128, &sm80_block_sparse_fwd_fp16_hd192x128_m64_n64},
+    {"float16", 192, 128, 64, 64, &sm80_block_sparse_fwd_fp16_hd192x128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, 32, &sm80_block_sparse_fwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, 64, 64, &sm80_block_sparse_fwd_bf16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 64, 64, &sm80_block_sparse_fwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, 64, 64, &sm80_block_sparse_fwd_bf16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 128, 128, &sm80_block_sparse_fwd_bf16_hd128_m64_n64},
+    {"bfloat16", 128, 128, 64, 64, &sm80_block_sparse_fwd_bf16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 256, 256, &sm80_block_sparse_fwd_bf16_hd256_m64_n64},
+    {"bfloat16", 256, 256, 64, 64, &sm80_block_sparse_fwd_bf16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 192, 128, &sm80_block_sparse_fwd_bf16_hd192x128_m64_n64},
+    {"bfloat16", 192, 128, 64, 64, &sm80_block_sparse_fwd_bf16_hd192x128_m64_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 
-// sm80_s2_fwd: query rows 64, key rows 64 per CTA block.
-constexpr int kSm80S2FwdBlockM = 64;
-constexpr int kSm80S2FwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm80S2Fwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, 32, &sm80_s2_fwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, 64, 64, &sm80_s2_fwd_fp16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, 64, &sm80_s2_fwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, 64, 64, &sm80_s2_fwd_fp16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, 128, &sm80_s2_fwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, 64, 64, &sm80_s2_fwd_fp16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 256, 256, &sm80_s2_fwd_fp16_hd256_m64_n64},
+    {"float16", 256, 256, 64, 64, &sm80_s2_fwd_fp16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 192, 128, &sm80_s2_fwd_fp16_hd192x128_m64_n64},
+    {"float16", 192, 128, 64, 64, &sm80_s2_fwd_fp16_hd192x128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, 32, &sm80_s2_fwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, 64, 64, &sm80_s2_fwd_bf16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 64, 64, &sm80_s2_fwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, 64, 64, &sm80_s2_fwd_bf16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 128, 128, &sm80_s2_fwd_bf16_hd128_m64_n64},
+    {"bfloat16", 128, 128, 64, 64, &sm80_s2_fwd_bf16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 256, 256, &sm80_s2_fwd_bf16_hd256_m64_n64},
+    {"bfloat16", 256, 256, 64, 64, &sm80_s2_fwd_bf16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 192, 128, &sm80_s2_fwd_bf16_hd192x128_m64_n64},
+    {"bfloat16", 192, 128, 64, 64, &sm80_s2_fwd_bf16_hd192x128_m64_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 
-// sm80_gna_bwd: query rows 64, key rows 64 per CTA block.
-constexpr int kSm80GnaBwdBlockM = 64;
-constexpr int kSm80GnaBwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::GnaBwdParams> kSm80GnaBwd[] = {
 #if NATTEN_LIKE_WITH_FP16
-    {"float16", 32, 32, &sm80_gna_bwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, 64, 64, &sm80_gna_bwd_fp16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, 64, &sm80_gna_bwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, 64, 64, &sm80_gna_bwd_fp16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, 128, &sm80_gna_bwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, 64, 64, &sm80_gna_bwd_fp16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 256, 256, &sm80_gna_bwd_fp16_hd256_m64_n64},
+    {"float16", 256, 256, 64, 64, &sm80_gna_bwd_fp16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 192, 128, &sm80_gna_bwd_fp16_hd192x128_m64_n64},
+    {"float16", 192, 128, 64, 64, &sm80_gna_bwd_fp16_hd192x128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, 32, &sm80_gna_bwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, 64, 64, &sm80_gna_bwd_bf16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 64, 64, &sm80_gna_bwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, 64, 64, &sm80_gna_bwd_bf16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 128, 128, &sm80_gna_bwd_bf16_hd128_m64_n64},
+    {"bfloat16", 128, 128, 64, 64, &sm80_gna_bwd_bf16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 256, 256, &sm80_gna_bwd_bf16_hd256_m64_n64},
+    {"bfloat16", 256, 256, 64, 64, &sm80_gna_bwd_bf16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 192, 128, &sm80_gna_bwd_bf16_hd192x128_m64_n64},
+    {"bfloat16", 192, 128, 64, 64, &sm80_gna_bwd_bf16_hd192x128_m64_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 
-// sm80_block_sparse_bwd: query rows 64, key rows 64 per CTA block.
-constexpr int kSm80BlockSparseBwdBlockM = 64;
-constexpr int kSm80BlockSparseBwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::BlockSparseBwdParams> kSm80BlockSparseBwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, 32, &sm80_block_sparse_bwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, 64, 64, &sm80_block_sparse_bwd_fp16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, 64, &sm80_block_sparse_bwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, 64, 64, &sm80_block_sparse_bwd_fp16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, 128, &sm80_block_sparse_bwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, 64, 64, &sm80_block_sparse_bwd_fp16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 256, 256, &sm80_block_sparse_bwd_fp16_hd256_m64_n64},
+    {"float16", 256, 256, 64, 64, &sm80_block_sparse_bwd_fp16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 192, 128, &sm80_block_sparse_bwd_fp16_hd192x128_m64_n64},
+    {"float16", 192, 128, 64, 64, &sm80_block_sparse_bwd_fp16_hd192x128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, 32, &sm80_block_sparse_bwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, 64, 64, &sm80_block_sparse_bwd_bf16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 64, 64, &sm80_block_sparse_bwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, 64, 64, &sm80_block_sparse_bwd_bf16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 128, 128, &sm80_block_sparse_bwd_bf16_hd128_m64_n64},
+    {"bfloat16", 128, 128, 64, 64, &sm80_block_sparse_bwd_bf16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 256, 256, &sm80_block_sparse_bwd_bf16_hd256_m64_n64},
+    {"bfloat16", 256, 256, 64, 64, &sm80_block_sparse_bwd_bf16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 192, 128, &sm80_block_sparse_bwd_bf16_hd192x128_m64_n64},
+    {"bfloat16", 192, 128, 64, 64, &sm80_block_sparse_bwd_bf16_hd192x128_m64_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 
-// sm80_s2_bwd: query rows 64, key rows 64 per CTA block.
-constexpr int kSm80S2BwdBlockM = 64;
-constexpr int kSm80S2BwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::StridedShardBwdParams> kSm80S2Bwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, 32, &sm80_s2_bwd_fp16_hd32_m64_n64},
+    {"float16", 32, 32, 64, 64, &sm80_s2_bwd_fp16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, 64, &sm80_s2_bwd_fp16_hd64_m64_n64},
+    {"float16", 64, 64, 64, 64, &sm80_s2_bwd_fp16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, 128, &sm80_s2_bwd_fp16_hd128_m64_n64},
+    {"float16", 128, 128, 64, 64, &sm80_s2_bwd_fp16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 256, 256, &sm80_s2_bwd_fp16_hd256_m64_n64},
+    {"float16", 256, 256, 64, 64, &sm80_s2_bwd_fp16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 192, 128, &sm80_s2_bwd_fp16_hd192x128_m64_n64},
+    {"float16", 192, 128, 64, 64, &sm80_s2_bwd_fp16_hd192x128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, 32, &sm80_s2_bwd_bf16_hd32_m64_n64},
+    {"bfloat16", 32, 32, 64, 64, &sm80_s2_bwd_bf16_hd32_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 64, 64, &sm80_s2_bwd_bf16_hd64_m64_n64},
+    {"bfloat16", 64, 64, 64, 64, &sm80_s2_bwd_bf16_hd64_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 128, 128, &sm80_s2_bwd_bf16_hd128_m64_n64},
+    {"bfloat16", 128, 128, 64, 64, &sm80_s2_bwd_bf16_hd128_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 256, 256, &sm80_s2_bwd_bf16_hd256_m64_n64},
+    {"bfloat16", 256, 256, 64, 64, &sm80_s2_bwd_bf16_hd256_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 192, 128, &sm80_s2_bwd_bf16_hd192x128_m64_n64},
+    {"bfloat16", 192, 128, 64, 64, &sm80_s2_bwd_bf16_hd192x128_m64_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 
-// sm80_latent_fwd: query rows 64, key rows 64 per CTA block.
-constexpr int kSm80LatentFwdBlockM = 64;
-constexpr int kSm80LatentFwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::LatentFwdParams> kSm80LatentFwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 576, 512, &sm80_latent_fwd_fp16_hd576x512_m64_n64},
+    {"float16", 576, 512, 64, 64, &sm80_latent_fwd_fp16_hd576x512_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 576, 512, &sm80_latent_fwd_bf16_hd576x512_m64_n64},
+    {"bfloat16", 576, 512, 64, 64, &sm80_latent_fwd_bf16_hd576x512_m64_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 
 #if NATTEN_LIKE_WITH_SM90
-// sm90_latent_fwd: query rows 64, key rows 64 per CTA block.
-constexpr int kSm90LatentFwdBlockM = 64;
-constexpr int kSm90LatentFwdBlockN = 64;
 inline constexpr Instance<natten_like::sm80::LatentFwdParams> kSm90LatentFwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 576, 512, &sm90_latent_fwd_fp16_hd576x512_m64_n64},
+    {"float16", 576, 512, 64, 64, &sm90_latent_fwd_fp16_hd576x512_m64_n64},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 576, 512, &sm90_latent_fwd_bf16_hd576x512_m64_n64},
+    {"bfloat16", 576, 512, 64, 64, &sm90_latent_fwd_bf16_hd576x512_m64_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 #endif
 
 #if NATTEN_LIKE_WITH_SM90
-// sm90_gna_fwd: query rows 128, key rows 128 per CTA block.
-constexpr int kSm90GnaFwdBlockM = 128;
-constexpr int kSm90GnaFwdBlockN = 128;
 inline constexpr Instance<natten_like::sm80::GnaFwdParams> kSm90GnaFwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, 32, &sm90_gna_fwd_fp16_hd32_m128_n128},
+    {"float16", 32, 32, 128, 128, &sm90_gna_fwd_fp16_hd32_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, 64, &sm90_gna_fwd_fp16_hd64_m128_n128},
+    {"float16", 64, 64, 128, 128, &sm90_gna_fwd_fp16_hd64_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, 128, &sm90_gna_fwd_fp16_hd128_m128_n128},
+    {"float16", 128, 128, 128, 128, &sm90_gna_fwd_fp16_hd128_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 192, 128, &sm90_gna_fwd_fp16_hd192x128_m128_n128},
+    {"float16", 256, 256, 128, 64, &sm90_gna_fwd_fp16_hd256_m128_n64},
+#endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, 128, 128, &sm90_gna_fwd_fp16_hd192x128_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 32, 32, &sm90_gna_fwd_bf16_hd32_m128_n128},
+    {"bfloat16", 32, 32, 128, 128, &sm90_gna_fwd_bf16_hd32_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 64, 64, &sm90_gna_fwd_bf16_hd64_m128_n128},
+    {"bfloat16", 64, 64, 128, 128, &sm90_gna_fwd_bf16_hd64_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 128, 128, &sm90_gna_fwd_bf16_hd128_m128_n128},
+    {"bfloat16", 128, 128, 128, 128, &sm90_gna_fwd_bf16_hd128_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 192, 128, &sm90_gna_fwd_bf16_hd192x128_m128_n128},
+    {"bfloat16", 256, 256, 128, 64, &sm90_gna_fwd_bf16_hd256_m128_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+#if NATTEN_LIKE_WITH_BF16
+    {"bfloat16", 192, 128, 128, 128, &sm90_gna_fwd_bf16_hd192x128_m128_n128},
+#endif
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 #endif
 
 #if NATTEN_LIKE_WITH_SM90
-// sm90_block_sparse_fwd: query rows 128, key rows 128 per CTA block.
-constexpr int kSm90BlockSparseFwdBlockM = 128;
-constexpr int kSm90BlockSparseFwdBlockN = 128;
 inline constexpr Instance<natten_like::sm80::BlockSparseFwdParams> kSm90BlockSparseFwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, 32, &sm90_block_sparse_fwd_fp16_hd32_m128_n128},
+    {"float16", 32, 32, 128, 128, &sm90_block_sparse_fwd_fp16_hd32_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, 64, &sm90_block_sparse_fwd_fp16_hd64_m128_n128},
+    {"float16", 64, 64, 128, 128, &sm90_block_sparse_fwd_fp16_hd64_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, 128, &sm90_block_sparse_fwd_fp16_hd128_m128_n128},
+    {"float16", 128, 128, 128, 128, &sm90_block_sparse_fwd_fp16_hd128_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 192, 128, &sm90_block_sparse_fwd_fp16_hd192x128_m128_n128},
+    {"float16", 256, 256, 128, 64, &sm90_block_sparse_fwd_fp16_hd256_m128_n64},
+#endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, 128, 128, &sm90_block_sparse_fwd_fp16_hd192x128_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, 32, &sm90_block_sparse_fwd_bf16_hd32_m128_n128},
+    {"bfloat16", 32, 32, 128, 128, &sm90_block_sparse_fwd_bf16_hd32_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 64, 64, &sm90_block_sparse_fwd_bf16_hd64_m128_n128},
+    {"bfloat16", 64, 64, 128, 128, &sm90_block_sparse_fwd_bf16_hd64_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 128, 128, &sm90_block_sparse_fwd_bf16_hd128_m128_n128},
+    {"bfloat16", 128, 128, 128, 128, &sm90_block_sparse_fwd_bf16_hd128_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 192, 128, &sm90_block_sparse_fwd_bf16_hd192x128_m128_n128},
+    {"bfloat16", 256, 256, 128, 64, &sm90_block_sparse_fwd_bf16_hd256_m128_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 192, 128, 128, 128, &sm90_block_sparse_fwd_bf16_hd192x128_m128_n128},
+#endif
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 #endif
 
 #if NATTEN_LIKE_WITH_SM90
-// sm90_s2_fwd: query rows 128, key rows 128 per CTA block.
-constexpr int kSm90S2FwdBlockM = 128;
-constexpr int kSm90S2FwdBlockN = 128;
 inline constexpr Instance<natten_like::sm80::StridedShardFwdParams> kSm90S2Fwd[] = {
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 32, 32, &sm90_s2_fwd_fp16_hd32_m128_n128},
+    {"float16", 32, 32, 128, 128, &sm90_s2_fwd_fp16_hd32_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 64, 64, &sm90_s2_fwd_fp16_hd64_m128_n128},
+    {"float16", 64, 64, 128, 128, &sm90_s2_fwd_fp16_hd64_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 128, 128, &sm90_s2_fwd_fp16_hd128_m128_n128},
+    {"float16", 128, 128, 128, 128, &sm90_s2_fwd_fp16_hd128_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"float16", 192, 128, &sm90_s2_fwd_fp16_hd192x128_m128_n128},
+    {"float16", 256, 256, 128, 64, &sm90_s2_fwd_fp16_hd256_m128_n64},
+#endif
+#if NATTEN_LIKE_WITH_FP16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"float16", 192, 128, 128, 128, &sm90_s2_fwd_fp16_hd192x128_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 32, 32, &sm90_s2_fwd_bf16_hd32_m128_n128},
+    {"bfloat16", 32, 32, 128, 128, &sm90_s2_fwd_bf16_hd32_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16
-    {"bfloat16", 64, 64, &sm90_s2_fwd_bf16_hd64_m128_n128},
+    {"bfloat16", 64, 64, 128, 128, &sm90_s2_fwd_bf16_hd64_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 128, 128, &sm90_s2_fwd_bf16_hd128_m128_n128},
+    {"bfloat16", 128, 128, 128, 128, &sm90_s2_fwd_bf16_hd128_m128_n128},
 #endif
 #if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
-    {"bfloat16", 192, 128, &sm90_s2_fwd_bf16_hd192x128_m128_n128},
+    {"bfloat16", 256, 256, 128, 64, &sm90_s2_fwd_bf16_hd256_m128_n64},
 #endif
-    {nullptr, 0, 0, nullptr},
+#if NATTEN_LIKE_WITH_BF16 && !NATTEN_LIKE_MINIMAL_INSTANCES
+    {"bfloat16", 192, 128, 128, 128, &sm90_s2_fwd_bf16_hd192x128_m128_n128},
+#endif
+    {nullptr, 0, 0, 0, 0, nullptr},
 };
 #endif
 

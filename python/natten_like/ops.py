@@ -61,7 +61,7 @@ def _gna_backward(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> t
         # tiling the forward ran (the gradients do not depend on it).
         _, _, dilation, *_ = config
         shape = tuple(q.shape[1:-2])
-        config[5:] = [*_clamped_tiles("sm80", shape, tuple(dilation)), "sm80"]
+        config[5:] = [*_clamped_tiles("sm80", shape, tuple(dilation), q.shape[-1]), "sm80"]
     dq, dk, dv, d_add_k, d_add_v = torch.ops.natten_like.gna_backward(
         grad_out, q, k, v, additional_k, additional_v, out, lse, grad_lse, *config
     )
@@ -106,9 +106,10 @@ def register_qkv_op(family: str, num_tensors: int) -> None:
     torch.library.register_autograd(f"natten_like::{family}_forward", backward, setup_context=setup_context)
 
 
-def _clamped_tiles(target: str, shape: tuple[int, ...], dilation: tuple[int, ...]) -> list[list[int]]:
-    """[q_tile, kv_tile] of ``target``'s GNA kernels for a token grid, each extent clamped to its dilation group."""
-    return [list(clamp_tile(tile, shape, dilation)) for tile in gna_tiles(target, len(shape))]
+def _clamped_tiles(target: str, shape: tuple[int, ...], dilation: tuple[int, ...], head_dim: int) -> list[list[int]]:
+    """[q_tile, kv_tile] of ``target``'s GNA kernels for a token grid and head dim, each extent clamped to its dilation
+    group."""
+    return [list(clamp_tile(tile, shape, dilation)) for tile in gna_tiles(target, len(shape), head_dim)]
 
 
 def gna_forward(
@@ -124,7 +125,7 @@ def gna_forward(
 
     Shapes as in :func:`natten_like.gna`; returns (out ``[B, *tokens, H, D_v]``, lse ``[B, *tokens, H]`` float32).
     """
-    q_tile, kv_tile = _clamped_tiles(target, params.shape, params.dilation)
+    q_tile, kv_tile = _clamped_tiles(target, params.shape, params.dilation, params.head_dim)
     return torch.ops.natten_like.gna_forward(
         q,
         k,

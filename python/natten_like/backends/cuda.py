@@ -141,7 +141,8 @@ def sm90_reasons(params: GnaParams, dtype: torch.dtype, batch: int, device: torc
         reasons.append("the GPU is not a compute capability 9.x (Hopper)")
     if max(params.dilation) > SM90_MAX_DILATION:
         reasons.append(f"dilation {max(params.dilation)} > {SM90_MAX_DILATION} (TMA element strides)")
-    q_tile, kv_tile = (clamp_tile(t, params.shape, params.dilation) for t in gna_tiles("sm90", params.rank))
+    tiles = gna_tiles("sm90", params.rank, params.head_dim)
+    q_tile, kv_tile = (clamp_tile(t, params.shape, params.dilation) for t in tiles)
     extents = [max(a, b) * d for a, b, d in zip(q_tile, kv_tile, params.dilation, strict=True)]
     if max(extents) > SM90_MAX_BOX_EXTENT:
         reasons.append(f"a TMA box extent (tile x dilation) of {max(extents)} > {SM90_MAX_BOX_EXTENT}")

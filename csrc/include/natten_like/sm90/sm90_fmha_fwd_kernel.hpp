@@ -400,12 +400,11 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     grid_kv_tiles = kv_tiles_of(smem.state);
     grid_tiles = grid_kv_tiles + tiles_add();
   }
-  const int lane = tid % 32;
-
   if (warpgroup == 0) {
     // ---- Producer --------------------------------------------------------------------------------------------------
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegs>();
     if (tid >= 32) return;
+    const int lane = tid;  // warp 0 alone goes on; the lane index is never held across the role split
     constexpr uint64_t kCacheHint = static_cast<uint64_t>(TMA::CacheHintSm90::EVICT_NORMAL);
     // Persistent: KV tiles loaded by the CTA before this work tile, mod 2^32 (the ring's position: kStages divides
     // 2^32), and the local work tile i (q_full / q_empty phase i % 2, state buffer i % 2).
@@ -611,6 +610,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   // ---- Consumers --------------------------------------------------------------------------------------------------
   cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegs>();
   const int ctid = tid - 128;  // thread index among the consumer warpgroups
+  const int lane = ctid % 32;
   typename Traits::TiledMmaQK mma_qk;
   typename Traits::TiledMmaPV mma_pv;
   auto thr_qk = mma_qk.get_thread_slice(ctid);
@@ -881,7 +881,11 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     Tensor rO = make_tensor_like<Element>(acc_o);
     CUTE_UNROLL
     for (int i = 0; i < size(acc_o); ++i) rO(i) = static_cast<Element>(acc_o(i));
-    Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutO{});
+    // Shared-memory addressing (offset swizzle) in the one-tile kernel; the persistent kernel keeps CuTe's generic
+    // addressing, with which ptxas fits its GNA producer's work-tile loop in 56 registers (with the offset form it
+    // spills the loop's counters; nvcc 13.0).
+    using LayoutO = std::conditional_t<kPersistent, typename Traits::SmemLayoutO, typename Traits::SmemLayoutOOffsets>;
+    Tensor sO = make_tensor(make_smem_ptr(smem.q), LayoutO{});
     auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma_pv);
     auto thr_copy_o = copy_o.get_slice(ctid);
     copy(copy_o, thr_copy_o.retile_S(rO), thr_copy_o.partition_D(sO));
@@ -893,23 +897,28 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     }
 
     auto* o_base = static_cast<Element*>(p.out) + b * p.o_batch_stride + h * p.o_head_stride;
-    // Thread wtid copies the 16-byte chunk column c of rows r0 + k * kRowStep of this warpgroup's 64. Either swizzle
-    // (128- or 64-byte rows) permutes a row's chunks by row % 8 alone and kRowStep is a multiple of 8, so the thread's
-    // chunks lie kRowStep rows of kBoxColsV elements apart in their box: one smem address (and one q_token address)
-    // serves every k (tests/test_sm90_host.py checks it). Taken per chunk, the swizzled addresses are hoisted out of
-    // the persistent work-tile loop and held across the KV loop, which the consumer's register budget does not afford.
+    // Thread wtid copies the 16-byte chunk column c (+ 128 per further column pass) of rows r0 + k * kRowStep of this
+    // warpgroup's 64. Either swizzle (128- or 64-byte rows) permutes a row's chunks by row % 8 alone and kRowStep is a
+    // multiple of 8, so the thread's chunks lie kRowStep rows of kBoxColsV elements apart in their box, and a pass
+    // whole boxes further: one smem address (and one q_token address) serves every k and pass
+    // (tests/test_sm90_host.py checks it). Taken per chunk, the swizzled addresses are hoisted out of the persistent
+    // work-tile loop and held across the KV loop, which the consumer's register budget does not afford.
     constexpr int kRowStep = Traits::kOutRowStep;
     static_assert(kRowStep % 8 == 0 && 64 % kRowStep == 0, "a thread's chunks share their swizzle phase");
     const int wtid = tid % 128;
-    const int r0 = (warpgroup - 1) * 64 + wtid / Traits::kChunksPerRow;
-    const int c = (wtid % Traits::kChunksPerRow) * Traits::kChunk;
+    const int r0 = (warpgroup - 1) * 64 + wtid / Traits::kOutThreadsPerRow;
+    const int c = (wtid % Traits::kOutThreadsPerRow) * Traits::kChunk;
     const Element* o_smem = &sO(r0, c);
     CUTE_UNROLL
     for (int k = 0; k < 64 / kRowStep; ++k) {
       const int64_t token = smem.q_token[r0 + k * kRowStep];
       if (token >= 0) {
-        *reinterpret_cast<uint128_t*>(o_base + token * p.o_token_stride + c) =
-            *reinterpret_cast<const uint128_t*>(o_smem + k * kRowStep * kBoxColsV);
+        Element* o_row = o_base + token * p.o_token_stride + c;
+        CUTE_UNROLL
+        for (int pass = 0; pass < Traits::kOutColPasses; ++pass) {
+          *reinterpret_cast<uint128_t*>(o_row + pass * Traits::kOutThreadsPerRow * Traits::kChunk) =
+              *reinterpret_cast<const uint128_t*>(o_smem + k * kRowStep * kBoxColsV + pass * Traits::kOutPassElems);
+        }
       }
     }
     if constexpr (kPersistent) {
@@ -945,8 +954,9 @@ namespace detail {
 
 // Launches `kernel` (one CTA per work tile, grid (q_tiles, heads, batch), `smem` bytes) or `persistent_kernel` (a 1-D
 // grid of min(work tiles, SMs x resident CTAs per SM) CTAs, `persistent_smem` bytes), as `persistence` says
-// (sm90_tile_scheduler.hpp: sm90_use_persistent; kOff asks the device nothing). The caller has checked the 3-D grid's
-// limits, so both grids fit.
+// (sm90_tile_scheduler.hpp: sm90_use_persistent; kOff asks the device nothing). A null `persistent_kernel` (traits
+// without one: kHasPersistent) takes the one-tile grid in every mode. The caller has checked the 3-D grid's limits,
+// so both grids fit.
 template <class Args>
 cudaError_t launch_fwd_grid(void (*kernel)(Args), void (*persistent_kernel)(Args), const Args& args, int64_t q_tiles,
                             int64_t heads, int64_t batch, int threads, int smem, int persistent_smem,
@@ -954,7 +964,7 @@ cudaError_t launch_fwd_grid(void (*kernel)(Args), void (*persistent_kernel)(Args
   bool persistent = false;
   int64_t grid_1d = 0;
   cudaError_t err;
-  if (persistence != Sm90Persistence::kOff) {
+  if (persistence != Sm90Persistence::kOff && persistent_kernel != nullptr) {
     int device = 0, sms = 0, per_sm = 0;
     err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -1064,9 +1074,10 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
 // whatever the caller set.
 // p.sm90_persistence (sm90_tile_scheduler.hpp's Sm90Persistence; other values: cudaErrorInvalidValue): kAuto runs a
 // persistent 1-D grid of min(work tiles, resident CTAs) CTAs from kSm90PersistentMinWaves waves of work tiles on, one
-// CTA per work tile below; kOff / kOn force one or the other (tests, benchmarks). Every refusal above comes before any
-// CUDA call and is the same in both modes (the grid limits too); kAuto and kOn then ask the device for its SM count and
-// the kernel's occupancy, whose errors are returned.
+// CTA per work tile below; kOff / kOn force one or the other (tests, benchmarks), except that traits without a
+// persistent variant (D_v 256: Sm90FmhaFwdTraits::kHasPersistent) run one CTA per work tile in every mode. Every
+// refusal above comes before any CUDA call and is the same in both modes (the grid limits too); kAuto and kOn then ask
+// the device for its SM count and the kernel's occupancy, whose errors are returned.
 template <class Element, int kHeadDim, int kBlockM, int kBlockN, int kHeadDimV = kHeadDim>
 cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   using Traits = Sm90FmhaFwdTraits<Element, kHeadDim, kBlockM, kBlockN, kHeadDimV>;
@@ -1135,10 +1146,11 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   constexpr int kSmem = sizeof(typename Traits::template SharedStorageFor<State, false>);
   constexpr int kPersistentSmem = sizeof(typename Traits::template SharedStorageFor<State, true>);
   static_assert(kPersistentSmem <= 227 * 1024, "Hopper's per-block shared memory limit (persistent: the larger)");
-  return detail::launch_fwd_grid<Sm90GnaFwdArgs>(sm90_gna_fwd_kernel<Traits, false>, sm90_gna_fwd_kernel<Traits, true>,
-                                                 args, q_tiles, p.heads, p.batch, Traits::kThreads, kSmem,
-                                                 kPersistentSmem, static_cast<Sm90Persistence>(p.sm90_persistence),
-                                                 stream);
+  void (*persistent)(Sm90GnaFwdArgs) = nullptr;
+  if constexpr (Traits::kHasPersistent) persistent = sm90_gna_fwd_kernel<Traits, true>;
+  return detail::launch_fwd_grid<Sm90GnaFwdArgs>(sm90_gna_fwd_kernel<Traits, false>, persistent, args, q_tiles,
+                                                 p.heads, p.batch, Traits::kThreads, kSmem, kPersistentSmem,
+                                                 static_cast<Sm90Persistence>(p.sm90_persistence), stream);
 }
 
 namespace detail {
@@ -1188,9 +1200,12 @@ cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_bl
   constexpr int kSmem = sizeof(typename Traits::template SharedStorageFor<Schedule, false>);
   constexpr int kPersistentSmem = sizeof(typename Traits::template SharedStorageFor<Schedule, true>);
   static_assert(kPersistentSmem <= 227 * 1024, "Hopper's per-block shared memory limit (persistent: the larger)");
-  return launch_fwd_grid<Sm90FwdArgs<typename Schedule::Params>>(
-      sm90_seq_fwd_kernel<Traits, Schedule, false>, sm90_seq_fwd_kernel<Traits, Schedule, true>, args, q_tiles, p.heads,
-      p.batch, Traits::kThreads, kSmem, kPersistentSmem, static_cast<Sm90Persistence>(p.sm90_persistence), stream);
+  using Args = Sm90FwdArgs<typename Schedule::Params>;
+  void (*persistent)(Args) = nullptr;
+  if constexpr (Traits::kHasPersistent) persistent = sm90_seq_fwd_kernel<Traits, Schedule, true>;
+  return launch_fwd_grid<Args>(sm90_seq_fwd_kernel<Traits, Schedule, false>, persistent, args, q_tiles, p.heads,
+                               p.batch, Traits::kThreads, kSmem, kPersistentSmem,
+                               static_cast<Sm90Persistence>(p.sm90_persistence), stream);
 }
 
 }  // namespace detail

@@ -80,6 +80,11 @@ struct Sm90FmhaFwdTraits {
   // its own P V of tile e - 1 (intra-warpgroup overlap, always on): the accumulator registers hold S, O and P at once,
   // which kConsumerRegs has room for.
   static constexpr bool kPingPong = true;
+  // Whether the launchers have a persistent variant (sm90_tile_scheduler.hpp). Not at D_v 256: the output
+  // accumulator takes 128 of the consumer's 224 registers, and the persistent CTA's work-tile state then spills
+  // (ptxas, nvcc 13.0: 28-56 bytes per kernel, some of it in the KV loop); those launches run one CTA per work tile,
+  // whose tiles are long enough (64-row KV tiles of 256 columns) that the prologue and epilogue matter least.
+  static constexpr bool kHasPersistent = kHeadDimV < 256;
   // The swizzled rows of Q / K (kHeadDim columns) and of V / O (kHeadDimV columns).
   using RowsQK = Sm90SwizzledRows<Element, kHeadDim>;
   using RowsVO = Sm90SwizzledRows<Element, kHeadDimV>;
@@ -125,10 +130,14 @@ struct Sm90FmhaFwdTraits {
       SmemLayoutV{},
       cute::make_ordered_layout(cute::Shape<cute::Int<kHeadDimV>, cute::Int<kBlockN>, cute::Int<kStages>>{},
                                 cute::Step<cute::_2, cute::_1, cute::_3>{})));
-  // The output tile, staged in the Q buffer in rows of kHeadDimV columns with V's swizzle (SmemLayoutQ itself for
-  // D_v = D); the epilogue reads it back by V / O box rows.
+  // The output tile, staged in the Q buffer in rows of kHeadDimV columns with V's swizzle (SmemLayoutQ's bytes for
+  // D_v = D); the epilogue reads it back by V / O box rows. Two forms of one layout: CuTe's (the swizzle applied to the
+  // address as a 64-bit integer, which loses the shared address space: generic ST.E / LD.E, two registers per address)
+  // and SmemLayoutOOffsets (the swizzle applied to element offsets from the 1024-byte aligned buffer: STS / LDS on
+  // 32-bit shared addresses). The kernel picks one per variant (sm90_fmha_fwd_kernel.hpp's epilogue).
   using SmemLayoutO =
       decltype(cute::tile_to_shape(SmemAtomV{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>>{}));
+  using SmemLayoutOOffsets = decltype(cute::as_position_independent_swizzle_layout(SmemLayoutO{}));
   static_assert(cute::cosize_v<SmemLayoutO> <= cute::cosize_v<SmemLayoutQ>, "O is staged in the Q buffer");
 
   static constexpr int kQBytesPerBox = kBlockM * kSwizzleBytes;  // smem stride between the boxes of one Q tile
@@ -141,9 +150,15 @@ struct Sm90FmhaFwdTraits {
   using SmemCopyAtomO = cute::Copy_Atom<cute::UniversalCopy<uint32_t>, Element>;
   static constexpr int kChunk = 16 / sizeof(Element);  // elements per 16-byte global store
   static constexpr int kChunksPerRow = kHeadDimV / kChunk;  // of an output row
-  // The epilogue's 128 threads per warpgroup copy a row's chunks side by side, so a thread's chunks lie kOutRowStep
-  // rows apart (8 for D_v 128, 16 for 64, 32 for 32).
-  static constexpr int kOutRowStep = 128 / kChunksPerRow;
+  // The epilogue's 128 threads per warpgroup copy up to 16 chunks (128 columns) of a row side by side, so a thread's
+  // chunks lie kOutRowStep rows apart (8 for D_v 128 and 256, 16 for 64, 32 for 32); wider rows take kOutColPasses
+  // passes of 128 columns each (D_v 256: 2), kOutPassElems elements apart in smem (128 columns = whole boxes of
+  // kBlockM rows).
+  static constexpr int kOutThreadsPerRow = std::min(kChunksPerRow, 16);
+  static constexpr int kOutColPasses = kChunksPerRow / kOutThreadsPerRow;
+  static constexpr int kOutRowStep = 128 / kOutThreadsPerRow;
+  static constexpr int kOutPassElems = kOutThreadsPerRow * kChunk * kBlockM;
+  static_assert(kOutColPasses == 1 || (kOutThreadsPerRow * kChunk) % kBoxColsV == 0, "a pass spans whole boxes");
 
   // What only a persistent CTA (sm90_tile_scheduler.hpp) keeps: a second schedule state (local work tile i, the CTA's
   // i-th, uses `state` for even i and odd_state for odd i: a consumer thread builds tile i + 1's while both roles still

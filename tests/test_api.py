@@ -263,3 +263,23 @@ def test_register_backend_rules(isolated_registry) -> None:
         register_backend("toy", "tpu", lambda problem: [], lambda problem: None)
     with pytest.raises(ValueError, match="already registered"):
         register_backend("gna", "cpu", lambda problem: [], lambda problem: None)
+
+
+def test_sm90_reasons_mirror_the_launchers_int32_tile_counts() -> None:
+    """The sm90 GNA launcher refuses where a work tile's KV tiles could reach 2^31 (its producer counts them in int32):
+    tokens per batch entry plus additional tiles of the kernel's KV block. The dispatcher names it first, since the
+    sm80 fallback inside the op could not take the sm90 tiles."""
+    from natten_like._validation import GnaParams
+    from natten_like.backends import cuda as cuda_backend
+
+    rule = "int32 KV tile counts"
+
+    def reasons(tokens: int, num_additional: int, head_dim: int = 128) -> list[str]:
+        params = GnaParams((tokens,), (3,), (1,), (1,), (False,), 1.0, num_additional, head_dim, head_dim)
+        return [r for r in cuda_backend.sm90_reasons(params, torch.bfloat16, 1) if rule in r]
+
+    assert not reasons(2**31 - 1, 0)
+    assert reasons(2**31 - 1, 1)  # one additional tile
+    assert not reasons(2**31 - 2, 128)  # one tile of 128 rows
+    assert reasons(2**31 - 2, 129)  # two
+    assert reasons(2**31 - 2, 65, head_dim=256)  # 64-row tiles at head dim 256: two

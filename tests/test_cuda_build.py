@@ -473,7 +473,13 @@ def test_sm90_kernels_use_wgmma_and_tma_without_spills() -> None:
         assert any(n in name for _, name in found), f"no sm_90a {n} in the built library"
     for (arch, name), body in sorted(found.items()):
         hgmma, tma, local = _count(r"\bHGMMA\.", body), _count(r"\bUTMALDG\b", body), _count(r"\b(LDL|STL)\b", body)
-        print(f"{arch} {name}: {hgmma} HGMMA, {tma} UTMALDG, {local} LDL/STL, {regs.get((arch, name), '?')} registers")
+        # Generic stores: the kernels store to global memory with STG and to smem with STS; ST.E is a store through a
+        # generic address, which is what CuTe's address swizzle makes of a swizzled smem store (the layouts the kernels
+        # store through take the swizzle on offsets instead).
+        generic = _count(r"\bST\.E", body)
+        print(f"{arch} {name}: {hgmma} HGMMA, {tma} UTMALDG, {local} LDL/STL, {generic} ST.E, "
+              f"{regs.get((arch, name), '?')} registers")  # fmt: skip
         assert hgmma > 0, f"{name} has no wgmma (HGMMA) instructions"
         assert tma > 0, f"{name} has no TMA loads (UTMALDG)"
         assert local == 0, f"{name} spills to local memory ({local} LDL/STL)"
+        assert generic == 0, f"{name} stores through generic addresses ({generic} ST.E)"

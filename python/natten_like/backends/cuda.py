@@ -26,6 +26,7 @@ the problem; the 1-D families run on the same CTA block (``cta_block``).
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -148,6 +149,9 @@ def sm90_reasons(params: GnaParams, dtype: torch.dtype, batch: int, device: torc
         reasons.append(f"a TMA box extent (tile x dilation) of {max(extents)} > {SM90_MAX_BOX_EXTENT}")
     if batch * params.shape[0] + extents[0] >= 2**31:
         reasons.append("batch x outermost token dim reaches 2^31 (int32 TMA coordinates)")
+    additional_tiles = -(-params.num_additional // cta_block("sm90", params.head_dim)[1])
+    if math.prod(params.shape) + additional_tiles >= 2**31:
+        reasons.append("tokens per batch entry plus additional KV tiles reach 2^31 (int32 KV tile counts)")
     return reasons
 
 

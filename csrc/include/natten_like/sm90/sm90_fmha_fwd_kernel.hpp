@@ -447,8 +447,10 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           return b_grid;
         }
       };
-      const int64_t kv_tiles = kPersistent ? kv_tiles_of(sched) : grid_kv_tiles;
-      const int64_t tiles = kPersistent ? kv_tiles + tiles_add() : grid_tiles;
+      // int32: the launchers keep a work tile's KV tiles (neighbourhood or runs, and additional) below 2^31, and the
+      // producer's 56 registers have no room for 64-bit counts.
+      const int kv_tiles = static_cast<int>(kPersistent ? kv_tiles_of(sched) : grid_kv_tiles);
+      const int tiles = static_cast<int>(kPersistent ? kv_tiles + tiles_add() : grid_tiles);
       // Persistent, after the first work tile: the Q box goes after the first KV tiles (which only wait for the ring),
       // so they load while the consumers still run the previous epilogue out of the Q buffer.
       // (q_at = min(kStages, tiles) as a register would spill under the producer's budget: the tests below spell it.)
@@ -483,7 +485,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
         if (q_first) load_q();
         const uint32_t k_bytes = kv_box_rows * kHeadDim * sizeof(Element);
         const uint32_t v_bytes = kv_box_rows * kHeadDimV * sizeof(Element);
-        for (int64_t e = 0; e < tiles; ++e) {
+        for (int e = 0; e < tiles; ++e) {
           if (!q_first && e == kStages) load_q();
           const int st = stage_of(e);
           const uint32_t phase = phase_of(e);
@@ -577,7 +579,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
         if (q_first) load_q();
         const uint32_t k_bytes = kv_box_rows * kHeadDim * sizeof(Element);
         const uint32_t v_bytes = kv_box_rows * kHeadDimV * sizeof(Element);
-        for (int64_t e = 0; e < kv_tiles; ++e) {
+        for (int e = 0; e < kv_tiles; ++e) {
           if (!q_first && e == kStages) load_q();
           const int st = stage_of(e);
           const uint32_t phase = phase_of(e);
@@ -881,11 +883,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     Tensor rO = make_tensor_like<Element>(acc_o);
     CUTE_UNROLL
     for (int i = 0; i < size(acc_o); ++i) rO(i) = static_cast<Element>(acc_o(i));
-    // Shared-memory addressing (offset swizzle) in the one-tile kernel; the persistent kernel keeps CuTe's generic
-    // addressing, with which ptxas fits its GNA producer's work-tile loop in 56 registers (with the offset form it
-    // spills the loop's counters; nvcc 13.0).
-    using LayoutO = std::conditional_t<kPersistent, typename Traits::SmemLayoutO, typename Traits::SmemLayoutOOffsets>;
-    Tensor sO = make_tensor(make_smem_ptr(smem.q), LayoutO{});
+    Tensor sO = make_tensor(make_smem_ptr(smem.q), typename Traits::SmemLayoutO{});  // STS / LDS addressing
     auto copy_o = make_tiled_copy_C(typename Traits::SmemCopyAtomO{}, mma_pv);
     auto thr_copy_o = copy_o.get_slice(ctid);
     copy(copy_o, thr_copy_o.retile_S(rO), thr_copy_o.partition_D(sO));
@@ -1065,8 +1063,9 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
 //   (plus a box) reaching 2^31 (TMA coordinates are int32), q / k / v not contiguous over batch (batch stride !=
 //   tokens * token stride: batch and X0 share one TMA dim), byte strides (additional KV's included) not positive
 //   multiples of 16 or beyond 2^40, base pointers not 16-byte aligned (or add_k / add_v null), N_add + kBlockN
-//   reaching 2^31 (TMA coordinates), or the driver refusing a descriptor; the additional KV's batch strides are free
-//   (batch is a TMA dim of its own in their view);
+//   reaching 2^31 (TMA coordinates), tokens per batch entry plus additional tiles reaching 2^31 (int32 tile counts),
+//   or the driver refusing a descriptor; the additional KV's batch strides are free (batch is a TMA dim of its own in
+//   their view);
 // - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (as sm80; of the one-tile grid, in both modes);
 // - otherwise the error of the device queries (kAuto, kOn: SM count, occupancy) or of the launch.
 // Tile shapes are the policy's tq/tk (the table's, clamped to the dims by the caller, as for sm80). Additional KV
@@ -1096,6 +1095,9 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   const int64_t folded = p.batch * pol.dim[0].length;
   const int64_t max_extent = std::max(tma_box_extent(pol, pol.tq, 0), tma_box_extent(pol, pol.tk, 0));
   if (folded + max_extent > int64_t{0x7fffffff}) return cudaErrorNotSupported;
+  // The producer counts a work tile's KV tiles in int32: at most one per token of the batch entry (tiles are disjoint
+  // and not empty), plus the additional ones.
+  if (p.tokens + additional_tiles(p.num_additional, kBlockN) > int64_t{0x7fffffff}) return cudaErrorNotSupported;
   if (p.batch > 1 && (p.q_batch_stride != p.tokens * p.q_token_stride ||
                       p.k_batch_stride != p.tokens * p.k_token_stride ||
                       p.v_batch_stride != p.tokens * p.v_token_stride)) {
@@ -1174,6 +1176,8 @@ cudaError_t launch_sm90_seq_fwd(const typename Schedule::Params& p, int64_t q_bl
   // Token coordinates reach past a tensor's tokens by less than a pattern block (the start of a part past the end);
   // TMA coordinates are int32.
   constexpr int64_t kMaxCoord = 0x7fffffff;
+  // These bounds also keep a work tile's KV runs below 2^31 (the producer counts them in int32): at most
+  // ceil(kv_tokens / kv_block) pattern blocks of kv_split runs each, <= (kv_tokens + kv_block) / kBlockN.
   if (kv_tokens_k < 1 || kv_tokens_v != kv_tokens_k || p.tokens + q_block > kMaxCoord ||
       kv_tokens_k + kv_block > kMaxCoord) {
     return cudaErrorNotSupported;

@@ -131,14 +131,13 @@ struct Sm90FmhaFwdTraits {
       cute::make_ordered_layout(cute::Shape<cute::Int<kHeadDimV>, cute::Int<kBlockN>, cute::Int<kStages>>{},
                                 cute::Step<cute::_2, cute::_1, cute::_3>{})));
   // The output tile, staged in the Q buffer in rows of kHeadDimV columns with V's swizzle (SmemLayoutQ's bytes for
-  // D_v = D); the epilogue reads it back by V / O box rows. Two forms of one layout: CuTe's (the swizzle applied to the
-  // address as a 64-bit integer, which loses the shared address space: generic ST.E / LD.E, two registers per address)
-  // and SmemLayoutOOffsets (the swizzle applied to element offsets from the 1024-byte aligned buffer: STS / LDS on
-  // 32-bit shared addresses). The kernel picks one per variant (sm90_fmha_fwd_kernel.hpp's epilogue).
-  using SmemLayoutO =
-      decltype(cute::tile_to_shape(SmemAtomV{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>>{}));
-  using SmemLayoutOOffsets = decltype(cute::as_position_independent_swizzle_layout(SmemLayoutO{}));
-  static_assert(cute::cosize_v<SmemLayoutO> <= cute::cosize_v<SmemLayoutQ>, "O is staged in the Q buffer");
+  // D_v = D); the epilogue reads it back by V / O box rows. The swizzle acts on element offsets from the 1024-byte
+  // aligned buffer (as_position_independent_swizzle_layout), which keeps the epilogue's accesses STS / LDS on 32-bit
+  // shared addresses: CuTe's smem_ptr_flag form of the same layout swizzles the pointer as a 64-bit integer, which
+  // loses the shared address space (generic ST.E / LD.E, two registers per address).
+  using SmemLayoutO = decltype(cute::as_position_independent_swizzle_layout(
+      cute::tile_to_shape(SmemAtomV{}, cute::Shape<cute::Int<kBlockM>, cute::Int<kHeadDimV>>{})));
+  static_assert(kBlockM * kHeadDimV <= cute::cosize_v<SmemLayoutQ>, "O is staged in the Q buffer");
 
   static constexpr int kQBytesPerBox = kBlockM * kSwizzleBytes;  // smem stride between the boxes of one Q tile
   static constexpr int kKBytesPerBox = kBlockN * kSwizzleBytes;

@@ -10,6 +10,12 @@
 # without network: `pip download --no-deps nvidia-cutlass==4.2.0.0 -d .whl` beforehand). The benchmark: dense bf16
 # hd128 forward at 16K tokens against torch SDPA (FlashAttention / cuDNN inside torch), and fully block-sparse GNA
 # configs against each path's own dense kernel, with the simulator's tile bound beside each (bench/gpu_bench.py).
+#
+# Prebuilt kernels: the kernel units include no torch header, so they can be compiled ahead on a machine without a GPU,
+#   NATTEN_LIKE_CUDA_ARCH=9.0a NATTEN_LIKE_DTYPES=bf16 MAX_JOBS=2 python setup.py build_kernels --out build/kernels
+# and carried (`build/kernels` beside `.whl`): the build here then compiles only the torch bindings and links those
+# objects, if their manifest matches this checkout and build exactly (setup.py checks a hash of every kernel source);
+# otherwise, or if that build fails, it says why and compiles everything.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
@@ -43,13 +49,25 @@ build_s=0
 if [ "$PHASE" != test ]; then
   echo "== build for sm_${ARCH/./}, every ${NATTEN_LIKE_DTYPES} instantiation (CUDA_HOME=$CUDA_HOME)"
   start=$(date +%s)
-  if ! NATTEN_LIKE_CUDA_ARCH="$ARCH" MAX_JOBS="${MAX_JOBS:-$jobs}" "$PY" setup.py -q build_ext --inplace \
-    >"$LOG/build.log" 2>&1; then
+  built=0
+  if [ -f build/kernels/manifest.json ]; then
+    echo "   linking the prebuilt kernel objects of build/kernels"
+    if NATTEN_LIKE_KERNEL_OBJECTS=build/kernels NATTEN_LIKE_CUDA_ARCH="$ARCH" MAX_JOBS="${MAX_JOBS:-$jobs}" \
+      "$PY" setup.py -q build_ext --inplace >"$LOG/build_prebuilt.log" 2>&1 &&
+      "$PY" -c 'import sys; sys.path.insert(0, "python"); import torch, natten_like._C' >>"$LOG/build_prebuilt.log" 2>&1; then
+      built=1
+    else
+      grep -m1 "NATTEN_LIKE_KERNEL_OBJECTS=" "$LOG/build_prebuilt.log" || tail -5 "$LOG/build_prebuilt.log"
+      echo "   the prebuilt objects do not fit this build or machine: compiling every unit"
+    fi
+  fi
+  if [ "$built" -eq 0 ] && ! NATTEN_LIKE_CUDA_ARCH="$ARCH" MAX_JOBS="${MAX_JOBS:-$jobs}" "$PY" setup.py -q build_ext \
+    --inplace >"$LOG/build.log" 2>&1; then
     tail -40 "$LOG/build.log"
     exit 1
   fi
   build_s=$(($(date +%s) - start))
-  echo "built in ${build_s}s"
+  echo "built in ${build_s}s$([ "$built" -eq 1 ] && echo " (prebuilt kernel objects)")"
   [ "$PHASE" = build ] && exit 0
 elif ! compgen -G "python/natten_like/_C*.so" >/dev/null; then
   echo "gpu_check: phase test needs the extension built in place (run phase build first, on the same machine)" >&2
@@ -59,17 +77,26 @@ export PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 echo "== CUDA tests"
 # Every family's GPU tests against the float64 reference, the SASS checks of this build, and the backward's standalone
-# kernel check (no torch in the loop); the host-only tests of the kernels' index logic run in CI, not here.
+# kernel check (no torch in the loop); the host-only tests of the kernels' index logic run in CI, not here. A kernel
+# that hangs (say, a transaction count its TMA loads never meet) must cost one file, not the device call: each file
+# runs in its own process under a time limit, and pytest-timeout, where installed, ends a hung test and prints every
+# thread's stack.
+per_test=()
+"$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout="${NATTEN_LIKE_TEST_TIMEOUT:-120}" --timeout-method=thread)
 gpu_tests=(tests/test_cuda_build.py tests/test_gna_cuda.py tests/test_strided_shard_cuda.py tests/test_block_sparse_cuda.py
-  tests/test_latent_cuda.py)
-[ -f tests/test_sparse_bwd_cuda.py ] && gpu_tests+=(tests/test_sparse_bwd_cuda.py)
-"$PY" -m pytest -q -rs "${gpu_tests[@]}" 2>&1 | tee "$LOG/tests.log"
-tests_rc=${PIPESTATUS[0]}
-"$PY" -m pytest -q -rs tests/test_sm80_bwd_host.py -k gpu 2>&1 | tee -a "$LOG/tests.log"
-[ "${PIPESTATUS[0]}" -eq 0 ] || tests_rc=1
+  tests/test_latent_cuda.py tests/test_sparse_bwd_cuda.py "tests/test_sm80_bwd_host.py -k gpu")
+tests_rc=0
+: >"$LOG/tests.log"
+for t in "${gpu_tests[@]}"; do
+  # shellcheck disable=SC2086  # $t is a path and its pytest options
+  timeout -k 10 "${NATTEN_LIKE_FILE_TIMEOUT:-300}" "$PY" -m pytest -q -rs "${per_test[@]}" $t 2>&1 | tee -a "$LOG/tests.log"
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -ge 124 ] && echo "gpu_check: $t stopped at its time limit (rc $rc)" | tee -a "$LOG/tests.log"
+  [ "$rc" -eq 0 ] || tests_rc=1
+done
 
 echo "== benchmark"
-"$PY" bench/gpu_bench.py 2>&1 | tee "$LOG/bench.log"
+timeout -k 10 "${NATTEN_LIKE_BENCH_TIMEOUT:-300}" "$PY" bench/gpu_bench.py 2>&1 | tee "$LOG/bench.log"
 bench_rc=${PIPESTATUS[0]}
 echo "build ${build_s}s, tests rc ${tests_rc}, benchmark rc ${bench_rc}"
 [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]

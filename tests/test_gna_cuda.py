@@ -14,7 +14,7 @@ import random
 import natten_like
 import pytest
 import torch
-from helpers import GRAD_INPUTS, GnaCase, make_inputs, max_error
+from helpers import GRAD_INPUTS, GnaCase, make_inputs, max_error, use_sm90
 from natten_like.backends import cuda as cuda_backend
 
 from simulator.tile_configs import clamp_tile, gna_tiles
@@ -246,6 +246,41 @@ def test_dense_attention_through_the_backend(monkeypatch: pytest.MonkeyPatch, ca
     )
     assert max_error(out.cpu(), ref_out) < 2e-2
     assert (lse.cpu().double() - ref_lse).abs().max().item() <= 2e-3 * max(1.0, ref_lse.abs().max().item())
+
+
+@pytest.mark.parametrize("sm90", ["on", "off"])
+def test_size_one_dims_with_stray_strides(monkeypatch: pytest.MonkeyPatch, sm90: str) -> None:
+    """torch calls a tensor contiguous whatever the stride of a size-1 dim (a transpose leaves one there): a size-1
+    token dim and a single head whose strides point far outside the tensor must read the same elements as a plain
+    copy does. Forward and backward, against the float64 reference."""
+    use_sm90(monkeypatch, sm90)
+    monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
+    dtype, dim, _ = _built()[0]
+    g = torch.Generator().manual_seed(21)
+
+    def stray_token_dim(x: torch.Tensor) -> torch.Tensor:  # [B, X, H, D] -> [B, X, 1, H, D], stride X*H*D at the 1
+        return x.unsqueeze(1).transpose(1, 2)
+
+    def stray_head_dim(x: torch.Tensor) -> torch.Tensor:  # [B, X, Y, D] -> [B, X, Y, 1, D], stride B*X*Y*D at the 1
+        return x.unsqueeze(0).permute(1, 2, 3, 0, 4)
+
+    problems = [
+        (stray_token_dim, lambda: torch.randn(2, 37, 4, dim, generator=g, dtype=torch.float64), (5, 1)),
+        (stray_head_dim, lambda: torch.randn(2, 9, 11, dim, generator=g, dtype=torch.float64), (3, 5)),
+    ]
+    for stray, draw, window in problems:
+        q, k, v = (stray(draw().to(dtype)) for _ in range(3))
+        assert q.is_contiguous() and q.stride() != q.clone(memory_format=torch.contiguous_format).stride()
+        leaves = [t.to(DEVICE).requires_grad_() for t in (q, k, v)]
+        assert leaves[0].stride() == q.stride(), "the device copy lost the stray stride"
+        out = natten_like.gna(*leaves, window=window, backend="cuda")
+        out.float().square().sum().backward()
+        ref = [t.double().requires_grad_() for t in (q, k, v)]
+        ref_out = natten_like.gna(*ref, window=window, backend="reference")
+        ref_out.square().sum().backward()
+        assert max_error(out.detach().cpu(), ref_out.detach()) < 2e-2
+        for got, r in zip(leaves, ref, strict=True):
+            assert max_error(got.grad.cpu(), r.grad) <= 3e-2 * max(1.0, r.grad.abs().max().item())
 
 
 def test_autograd_through_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -112,6 +112,23 @@ def test_long_cache_many_splits(monkeypatch: pytest.MonkeyPatch) -> None:
         _run_and_check(q, cache, seqlens, table, dtype, True, num_splits)
 
 
+@pytest.mark.parametrize("sm90", ["on", "off"])
+def test_size_one_dims_with_stray_strides(monkeypatch: pytest.MonkeyPatch, sm90: str) -> None:
+    """torch calls a tensor contiguous whatever the stride of a size-1 dim: one head, and a one-row cache, whose
+    strides point far outside the tensor (left there by a transpose) must read what a plain copy does."""
+    use_sm90(monkeypatch, sm90)
+    monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
+    dtype = sorted(cuda_backend.built_kernels("sm80_latent_fwd"), key=str)[0][0]
+    g = torch.Generator().manual_seed(13)
+    q = torch.randn(2, 1, 3, LATENT + ROPE, generator=g, dtype=torch.float64).transpose(1, 2)  # [2, 3, 1, D]
+    cache = torch.randn(1, 2, LATENT + ROPE, generator=g, dtype=torch.float64).transpose(0, 1)  # [2, 1, D]
+    for t in (q, cache):
+        assert t.is_contiguous() and t.stride() != t.clone(memory_format=torch.contiguous_format).stride()
+        assert t.to(dtype).cuda().stride() == t.stride(), "the device copy lost the stray stride"
+    for causal in (False, True):
+        _run_and_check(q, cache, torch.tensor([1, 1]), None, dtype, causal, 1)
+
+
 def test_refuses_other_widths_and_grad(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
     dtype = sorted(cuda_backend.built_kernels("sm80_latent_fwd"), key=str)[0][0]

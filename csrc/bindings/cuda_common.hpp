@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/util/strides.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -52,6 +53,11 @@ std::string list_instances(const Instance<Params>* table) {
 inline at::Tensor aligned_contiguous(const at::Tensor& t) {
   at::Tensor c = t.contiguous();
   if (reinterpret_cast<uintptr_t>(c.data_ptr()) % 16 != 0) c = c.clone();
+  // torch calls a tensor contiguous whatever the strides of its size-1 dims (a transpose can leave any value there,
+  // and clone keeps it), while the kernels step flat token / row indices by the stride of a dim that may be one of
+  // them, and TMA descriptors take every stride: give them the row-major strides, which address the same elements.
+  const auto dense = c10::contiguous_strides(c.sizes());
+  if (c.strides() != c10::IntArrayRef(dense)) c = c.as_strided(c.sizes(), dense);
   return c;
 }
 

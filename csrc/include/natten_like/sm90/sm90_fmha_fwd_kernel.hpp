@@ -225,8 +225,10 @@ CUTE_DEVICE void load_kv_run_4d(const cute::TmaDescriptor* tma_k, const cute::Tm
 template <class Traits, class Schedule, bool kPersistent>
 CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& args) {
 #if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
-  // Built for an arch without wgmma/TMA/setmaxnreg (the same TU is compiled for sm_80 too): the host launches this
-  // kernel only on sm_90a devices, so the body is empty here.
+  // Built for an arch without wgmma/TMA/setmaxnreg (the same TU is compiled for sm_80 too, and its PTX): the host
+  // launches this kernel only on sm_90a devices, so this body runs only if a loader picked this code over the sm_90a
+  // cubin, and then it must fail loudly rather than return unwritten outputs.
+  __trap();
 #else
   using namespace cute;
   constexpr bool kGna = std::is_same_v<Schedule, Sm90GnaSchedule>;

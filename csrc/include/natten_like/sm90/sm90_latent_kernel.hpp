@@ -186,7 +186,9 @@ template <class Traits>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     sm90_latent_fwd_kernel(__grid_constant__ const Sm90LatentArgs args) {
 #if defined(__CUDA_ARCH__) && !defined(CUTE_ARCH_MMA_SM90A_ENABLED)
-  // Built for an arch without wgmma / TMA / setmaxnreg: the host launches this kernel only on sm_90a devices.
+  // Built for an arch without wgmma / TMA / setmaxnreg: the host launches this kernel only on sm_90a devices, so this
+  // runs only if a loader picked this code over the sm_90a cubin, and then it must fail loudly (no unwritten outputs).
+  __trap();
 #else
   using namespace cute;
   using Element = typename Traits::Element;

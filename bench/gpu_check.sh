@@ -2,10 +2,12 @@
 # The GPU check of the CUDA paths (issues 5 and 7), in one run of a few minutes on a GPU machine: build the extension for this
 # GPU's arch, run the CUDA tests against the float64 reference, benchmark, print a short table last.
 #
-#   bash bench/gpu_check.sh [all|build|test]   # logs under $OUT when set (the device tool's output folder), else bench/out
+#   bash bench/gpu_check.sh [all|build|test|sanitize]   # logs under $OUT when set (the device tool's output folder),
+#                                                        # else bench/out
 #
-# `all` (the default) is one run; `build` then `test` split it in two device calls of a few minutes each (the build
-# stays on a warm machine between calls), so that a call that runs out of time costs half the run, not all of it.
+# `all` (the default) is one run; `build` then `test` split it in two device calls (the build survives only while the
+# machine stays warm, about 30 s after a call), so that a call that runs out of time costs half the run. `sanitize`
+# runs bench/gpu_smoke.py under compute-sanitizer (which `all` and `test` also do when a test fails).
 # Needs nvcc, torch with CUDA and the nvidia-cutlass==4.2.0.0 headers: installed, or as a wheel in .whl/ (a machine
 # without network: `pip download --no-deps nvidia-cutlass==4.2.0.0 -d .whl` beforehand). The benchmark: dense bf16
 # hd128 forward at 16K tokens against torch SDPA (FlashAttention / cuDNN inside torch), and fully block-sparse GNA
@@ -21,7 +23,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY="${PYTHON:-python3}"
 LOG="${OUT:-bench/out}"
 PHASE="${1:-all}"
-case "$PHASE" in all | build | test) ;; *) echo "gpu_check: phase must be all, build or test, got '$PHASE'" >&2; exit 2 ;; esac
+case "$PHASE" in all | build | test | sanitize) ;;
+*) echo "gpu_check: phase must be all, build, test or sanitize, got '$PHASE'" >&2; exit 2 ;; esac
 mkdir -p "$LOG"
 export PYTHONUNBUFFERED=1 NATTEN_LIKE_EXPERIMENTAL_CUDA=1
 
@@ -46,7 +49,7 @@ export NATTEN_LIKE_DTYPES="${NATTEN_LIKE_DTYPES:-bf16}"
 jobs=$(nproc)
 [ "$jobs" -gt 12 ] && jobs=12
 build_s=0
-if [ "$PHASE" != test ]; then
+if [ "$PHASE" = all ] || [ "$PHASE" = build ]; then
   echo "== build for sm_${ARCH/./}, every ${NATTEN_LIKE_DTYPES} instantiation (CUDA_HOME=$CUDA_HOME)"
   start=$(date +%s)
   built=0
@@ -70,30 +73,49 @@ if [ "$PHASE" != test ]; then
   echo "built in ${build_s}s$([ "$built" -eq 1 ] && echo " (prebuilt kernel objects)")"
   [ "$PHASE" = build ] && exit 0
 elif ! compgen -G "python/natten_like/_C*.so" >/dev/null; then
-  echo "gpu_check: phase test needs the extension built in place (run phase build first, on the same machine)" >&2
+  echo "gpu_check: phase $PHASE needs the extension built in place (run phase build first, on the same machine)" >&2
   exit 1
 fi
 export PYTHONPATH="$PWD/python:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
+# One small problem per kernel (bench/gpu_smoke.py) under compute-sanitizer's memcheck: the kernel and the access at
+# fault, where a test failed. Run after failing tests, or alone as phase `sanitize`.
+sanitize() {
+  local cs
+  cs="$(command -v compute-sanitizer || echo "$CUDA_HOME/bin/compute-sanitizer")"
+  [ -x "$cs" ] || { echo "gpu_check: no compute-sanitizer at $cs"; return 1; }
+  echo "== compute-sanitizer memcheck of bench/gpu_smoke.py"
+  timeout -k 10 "${NATTEN_LIKE_SANITIZE_TIMEOUT:-240}" "$cs" --tool memcheck --error-exitcode 3 --print-limit 20 \
+    "$PY" bench/gpu_smoke.py 2>&1 | tee "$LOG/sanitize.log"
+  return "${PIPESTATUS[0]}"
+}
+if [ "$PHASE" = sanitize ]; then
+  sanitize
+  exit $?
+fi
+
 echo "== CUDA tests"
-# Every family's GPU tests against the float64 reference, the SASS checks of this build, and the backward's standalone
-# kernel check (no torch in the loop); the host-only tests of the kernels' index logic run in CI, not here. A kernel
+# Every family's GPU tests against the float64 reference. Not here, to keep the device time for what needs the GPU:
+# the host tests of the kernels' index logic and the SASS checks (tests/test_cuda_build.py: CI's minimal build; the
+# same nvcc gives the same SASS, so for the full set run it where build_kernels ran), and the backward's standalone
+# kernel check (`pytest tests/test_sm80_bwd_host.py -k gpu`, no torch in the loop; it compiles for a minute). A kernel
 # that hangs (say, a transaction count its TMA loads never meet) must cost one file, not the device call: each file
 # runs in its own process under a time limit, and pytest-timeout, where installed, ends a hung test and prints every
 # thread's stack.
 per_test=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout="${NATTEN_LIKE_TEST_TIMEOUT:-120}" --timeout-method=thread)
-gpu_tests=(tests/test_cuda_build.py tests/test_gna_cuda.py tests/test_strided_shard_cuda.py tests/test_block_sparse_cuda.py
-  tests/test_latent_cuda.py tests/test_sparse_bwd_cuda.py "tests/test_sm80_bwd_host.py -k gpu")
+gpu_tests=(tests/test_gna_cuda.py tests/test_strided_shard_cuda.py tests/test_block_sparse_cuda.py tests/test_latent_cuda.py
+  tests/test_sparse_bwd_cuda.py)
 tests_rc=0
 : >"$LOG/tests.log"
 for t in "${gpu_tests[@]}"; do
-  # shellcheck disable=SC2086  # $t is a path and its pytest options
-  timeout -k 10 "${NATTEN_LIKE_FILE_TIMEOUT:-300}" "$PY" -m pytest -q -rs "${per_test[@]}" $t 2>&1 | tee -a "$LOG/tests.log"
+  timeout -k 10 "${NATTEN_LIKE_FILE_TIMEOUT:-300}" "$PY" -m pytest -q -rs "${per_test[@]}" "$t" 2>&1 | tee -a "$LOG/tests.log"
   rc=${PIPESTATUS[0]}
   [ "$rc" -ge 124 ] && echo "gpu_check: $t stopped at its time limit (rc $rc)" | tee -a "$LOG/tests.log"
   [ "$rc" -eq 0 ] || tests_rc=1
 done
+
+[ "$tests_rc" -eq 0 ] || sanitize
 
 echo "== benchmark"
 timeout -k 10 "${NATTEN_LIKE_BENCH_TIMEOUT:-300}" "$PY" bench/gpu_bench.py 2>&1 | tee "$LOG/bench.log"

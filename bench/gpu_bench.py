@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+import traceback
 
 import natten_like  # noqa: F401  (loads the extension)
 import torch
@@ -91,8 +93,10 @@ def latent_row(reps: int, target: str) -> tuple[str, ...]:
     def decode():
         natten_like.latent_attention(q, cache, cache_seqlens=lens, block_table=table, backend="cuda")
 
-    t_dec, t_copy = median_ms([decode, lambda: big.copy_(cache.view(-1))], reps)
-    os.environ.pop(cuda_backend.SM90_ENV)
+    try:
+        t_dec, t_copy = median_ms([decode, lambda: big.copy_(cache.view(-1))], reps)
+    finally:
+        os.environ.pop(cuda_backend.SM90_ENV)
     copy_gbs = 2 * cache.numel() * 2 / t_copy / 1e6  # read + write
     dec_gbs = (cache.numel() + q.numel() + batch * heads * 512) * 2 / t_dec / 1e6
     goal = {"sm80": "75%", "sm90": "85%"}[target]
@@ -100,33 +104,54 @@ def latent_row(reps: int, target: str) -> tuple[str, ...]:
             f"{dec_gbs / copy_gbs:.0%} of copy {copy_gbs:.0f} GB/s (target {goal})")  # fmt: skip
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=10)
     args = parser.parse_args()
     torch.manual_seed(0)
     major = torch.cuda.get_device_capability()[0]
     targets = ["sm80"] + (["sm90"] if major == 9 and cuda_backend.built_kernels("sm90_gna_fwd") else [])
-    has_bwd = (torch.bfloat16, 128, 128) in cuda_backend.built_kernels("sm80_gna_bwd")
     rows: list[tuple[str, ...]] = []
-
     B, H, D, N = 1, 16, 128, 16384
-    q, k, v = (torch.randn(B, N, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
-    qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # SDPA's [B, H, N, D], outside the timing
     flops = 4 * B * H * N * N * D
-    fns = [gna_op(t, q, k, v, (N,), (N,), (1,)) for t in targets]
-    times = median_ms([*fns, lambda: F.scaled_dot_product_attention(qt, kt, vt)], args.reps)
-    t_sdpa = times[-1]
-    rows.append(("dense fwd bf16 hd128 N=16384", "SDPA", f"{flops / t_sdpa / 1e9:.0f} TFLOP/s", f"{t_sdpa:.2f} ms"))
-    for target, t in zip(targets, times, strict=False):
-        target_tf = {"sm80": 280, "sm90": 600}[target]
-        rows.append(("", target, f"{flops / t / 1e9:.0f} TFLOP/s", f"{t_sdpa / t:.2f}x SDPA (target {target_tf})"))
-        err = fns[targets.index(target)]()[0].float() - F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
-        rows.append(("", f"{target} max|ours - SDPA|", f"{err.abs().max().item():.2e}", ""))
 
-    # Head dim 256 (sm90: 128 x 64 blocks), against SDPA on the same inputs.
+    def section(title: str):
+        """Runs the decorated section at once and prints its rows as they come; an exception becomes an ERROR row
+        (with its traceback on stderr) and the next section still runs, so one failure costs one row of the table."""
+
+        def run(fn):
+            first = len(rows)
+            try:
+                fn()
+            except Exception as exc:  # a benchmark run on lent device time reports every section it can
+                traceback.print_exc()
+                rows.append((title, "ERROR", f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]}", ""))
+            for r in rows[first:]:
+                print("  " + " | ".join(r), flush=True)
+            return fn
+
+        return run
+
+    @section("dense fwd bf16 hd128 N=16384")
+    def _dense() -> None:
+        q, k, v = (torch.randn(B, N, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+        qt, kt, vt = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # SDPA's [B, H, N, D], outside the timing
+        fns = [gna_op(t, q, k, v, (N,), (N,), (1,)) for t in targets]
+        times = median_ms([*fns, lambda: F.scaled_dot_product_attention(qt, kt, vt)], args.reps)
+        t_sdpa = times[-1]
+        rows.append(("dense fwd bf16 hd128 N=16384", "SDPA", f"{flops / t_sdpa / 1e9:.0f} TFLOP/s", f"{t_sdpa:.2f} ms"))
+        for target, t, fn in zip(targets, times, fns, strict=False):
+            target_tf = {"sm80": 280, "sm90": 600}[target]
+            rows.append(("", target, f"{flops / t / 1e9:.0f} TFLOP/s", f"{t_sdpa / t:.2f}x SDPA (target {target_tf})"))
+            err = fn()[0].float() - F.scaled_dot_product_attention(qt, kt, vt).transpose(1, 2)
+            rows.append(("", f"{target} max|ours - SDPA|", f"{err.abs().max().item():.2e}", ""))
+
     wide = [t for t in targets if (torch.bfloat16, 256, 256) in cuda_backend.built_kernels(f"{t}_gna_fwd")]
-    if wide:
+
+    @section("dense fwd bf16 hd256 N=8192")
+    def _wide() -> None:  # head dim 256 (sm90: 128 x 64 blocks), against SDPA on the same inputs
+        if not wide:
+            return
         n = 8192
         qw, kw, vw = (torch.randn(B, n, H, 256, device=DEV, dtype=torch.bfloat16) for _ in range(3))
         qwt, kwt, vwt = (t.transpose(1, 2).contiguous() for t in (qw, kw, vw))
@@ -138,9 +163,12 @@ def main() -> None:
         for target, t in zip(wide, times_w, strict=False):
             rows.append(("", target, f"{flops_w / t / 1e9:.0f} TFLOP/s", f"{times_w[-1] / t:.2f}x SDPA"))
 
-    if has_bwd:
-        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-        leaves_t = [t.clone().requires_grad_() for t in (qt, kt, vt)]
+    @section("dense fwd+bwd bf16 hd128 N=16384")
+    def _dense_bwd() -> None:
+        if (torch.bfloat16, 128, 128) not in cuda_backend.built_kernels("sm80_gna_bwd"):
+            return
+        leaves = [torch.randn(B, N, H, D, device=DEV, dtype=torch.bfloat16).requires_grad_() for _ in range(3)]
+        leaves_t = [t.detach().transpose(1, 2).contiguous().requires_grad_() for t in leaves]
         # The backend's choice of forward family (sm90 on Hopper), then the sm80 backward.
         ours = fwd_bwd(lambda: natten_like.attention(*leaves, backend="cuda"), leaves)
         sdpa = fwd_bwd(lambda: F.scaled_dot_product_attention(*leaves_t), leaves_t)
@@ -149,8 +177,10 @@ def main() -> None:
         ratio = f"{t_sdpa / t_ours:.2f}x SDPA ({t_ours:.1f} vs {t_sdpa:.1f} ms)"
         rows.append(("dense fwd+bwd bf16 hd128 N=16384", f"{targets[-1]} fwd + sm80 bwd", tflops, ratio))
 
-    if (torch.bfloat16, 192, 128) in cuda_backend.built_kernels("sm80_gna_bwd"):
-        # DeepSeek-style MLA prefill / training shapes: D 192 (nope + rope) / D_v 128, causal, the sm80 kernels.
+    @section("causal fwd+bwd bf16 D192/Dv128 N=8192")
+    def _mla_prefill() -> None:  # DeepSeek-style MLA prefill / training shapes: D 192 (nope + rope) / D_v 128, causal
+        if (torch.bfloat16, 192, 128) not in cuda_backend.built_kernels("sm80_gna_bwd"):
+            return
         n = 8192
         qkv = [torch.randn(B, n, H, d, device=DEV, dtype=torch.bfloat16) for d in (192, 192, 128)]
         leaves = [t.clone().requires_grad_() for t in qkv]
@@ -166,69 +196,91 @@ def main() -> None:
         rows.append(("causal fwd+bwd bf16 D192/Dv128 N=8192", label, tflops, ratio))
 
     for shape, window in (((16384,), (512,)), ((128, 128), (16, 16)), ((32, 32, 16), (8, 8, 8))):
-        stride = window  # blocked: every visited tile full
-        q, k, v = (torch.randn(B, *shape, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
-        ones = (1,) * len(shape)
         name = f"GNA {'x'.join(map(str, shape))} w{'x'.join(map(str, window))} blocked"
-        for target in targets:
-            sim = simulate_gna(shape, window, stride, arch=target, flattened=False, suggest=False, heads=H, head_dim=D)
-            sparse, dense = gna_op(target, q, k, v, shape, window, stride), gna_op(target, q, k, v, shape, shape, ones)
-            t_sparse, t_dense = median_ms([sparse, dense], args.reps)
-            speedup = t_dense / t_sparse
-            rows.append((name, target, f"{speedup:.1f}x own dense ({t_sparse:.3f} ms)",
-                         f"{speedup / sim.tiles.tile_bound:.0%} of tile bound {sim.tiles.tile_bound:.1f}x"
-                         f"{'' if sim.tiles.fully_block_sparse else ' (not fully block-sparse)'}"))  # fmt: skip
-        name = ""
+
+        @section(name)
+        def _blocked(shape: tuple = shape, window: tuple = window, name: str = name) -> None:
+            stride = window  # blocked: every visited tile full
+            q, k, v = (torch.randn(B, *shape, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+            ones = (1,) * len(shape)
+            for target in targets:
+                sim = simulate_gna(shape, window, stride, arch=target, flattened=False, suggest=False, heads=H,
+                                   head_dim=D)  # fmt: skip
+                sparse, dense = (
+                    gna_op(target, q, k, v, shape, window, stride),
+                    gna_op(target, q, k, v, shape, shape, ones),
+                )
+                t_sparse, t_dense = median_ms([sparse, dense], args.reps)
+                speedup = t_dense / t_sparse
+                rows.append((name if target == targets[0] else "", target,
+                             f"{speedup:.1f}x own dense ({t_sparse:.3f} ms)",
+                             f"{speedup / sim.tiles.tile_bound:.0%} of tile bound {sim.tiles.tile_bound:.1f}x"
+                             f"{'' if sim.tiles.fully_block_sparse else ' (not fully block-sparse)'}"))  # fmt: skip
 
     if "sm90" in targets:
         for label, shape, window, stride, heads, natten_ms in NATTEN_H100:
+
+            @section(f"{label} {'x'.join(map(str, shape))}")
+            def _natten(
+                label=label, shape=shape, window=window, stride=stride, heads=heads, natten_ms=natten_ms
+            ) -> None:
+                q, k, v = (torch.randn(1, *shape, heads, 128, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+                (t,) = median_ms([gna_op("sm90", q, k, v, shape, window, stride)], max(3, args.reps // 2))
+                rows.append((f"{label} {'x'.join(map(str, shape))}", "sm90", f"{t:.2f} ms",
+                             f"NATTEN H100 (published): {natten_ms} ms"))  # fmt: skip
+
+        @section(f"{NATTEN_H100[0][0]} sm90 persistent")
+        def _persistent() -> None:  # persistent tile scheduling against one CTA per work tile (read per call)
+            label, shape, window, stride, heads, _ = NATTEN_H100[0]
             q, k, v = (torch.randn(1, *shape, heads, 128, device=DEV, dtype=torch.bfloat16) for _ in range(3))
-            (t,) = median_ms([gna_op("sm90", q, k, v, shape, window, stride)], max(3, args.reps // 2))
-            rows.append((f"{label} {'x'.join(map(str, shape))}", "sm90", f"{t:.2f} ms",
-                         f"NATTEN H100 (published): {natten_ms} ms"))  # fmt: skip
+            op = gna_op("sm90", q, k, v, shape, window, stride)
 
-        # Persistent tile scheduling against one CTA per work tile (the bindings read the variable per call).
-        label, shape, window, stride, heads, _ = NATTEN_H100[0]
-        q, k, v = (torch.randn(1, *shape, heads, 128, device=DEV, dtype=torch.bfloat16) for _ in range(3))
-        op = gna_op("sm90", q, k, v, shape, window, stride)
+            def scheduled(mode: str):
+                def run():
+                    os.environ["NATTEN_LIKE_SM90_PERSISTENT"] = mode
+                    return op()
 
-        def scheduled(mode: str):
-            def run():
-                os.environ["NATTEN_LIKE_SM90_PERSISTENT"] = mode
-                return op()
+                return run
 
-            return run
+            modes = [scheduled("off"), scheduled("on")]
+            try:
+                t_off, t_on = median_ms(modes, max(3, args.reps // 2))
+                diff = (modes[0]()[0].float() - modes[1]()[0].float()).abs().max().item()
+            finally:
+                os.environ.pop("NATTEN_LIKE_SM90_PERSISTENT", None)
+            rows.append((f"{label} sm90 persistent", "sm90", f"{t_off / t_on:.2f}x one CTA per tile ({t_on:.2f} ms)",
+                         f"max|persistent - one-tile| {diff:.1e}"))  # fmt: skip
 
-        modes = [scheduled("off"), scheduled("on")]
-        t_off, t_on = median_ms(modes, max(3, args.reps // 2))
-        diff = (modes[0]()[0].float() - modes[1]()[0].float()).abs().max().item()
-        os.environ.pop("NATTEN_LIKE_SM90_PERSISTENT")
-        rows.append((f"{label} sm90 persistent", "sm90", f"{t_off / t_on:.2f}x one CTA per tile ({t_on:.2f} ms)",
-                     f"max|persistent - one-tile| {diff:.1e}"))  # fmt: skip
+    @section("GNA 128x128 w32x32 + 512 additional KV")
+    def _additional() -> None:  # 512 extra keys for every query of a 2-D problem whose neighbourhoods hold 1024 keys
+        shape, window, n_add = (128, 128), (32, 32), 512
+        q, k, v = (torch.randn(B, *shape, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+        add_k, add_v = (torch.randn(B, n_add, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(2))
+        for target in targets:
+            plain = gna_op(target, q, k, v, shape, window, (1, 1))
+            fused = gna_op(target, q, k, v, shape, window, (1, 1), additional=(add_k, add_v))
+            t_plain, t_fused = median_ms([plain, fused], args.reps)
+            keys = (window[0] * window[1] + n_add) / (window[0] * window[1])
+            rows.append((f"GNA 128x128 w32x32 + {n_add} additional KV" if target == targets[0] else "", target,
+                         f"{t_fused / t_plain:.2f}x the time without ({t_fused:.3f} ms)",
+                         f"keys per query x{keys:.2f}"))  # fmt: skip
 
-    # Additional KV fused: 512 extra keys for every query of a 2-D problem whose neighbourhoods hold 1024 keys.
-    shape, window, n_add = (128, 128), (32, 32), 512
-    q, k, v = (torch.randn(B, *shape, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
-    add_k, add_v = (torch.randn(B, n_add, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(2))
-    for target in targets:
-        plain = gna_op(target, q, k, v, shape, window, (1, 1))
-        fused = gna_op(target, q, k, v, shape, window, (1, 1), additional=(add_k, add_v))
-        t_plain, t_fused = median_ms([plain, fused], args.reps)
-        rows.append((f"GNA 128x128 w32x32 + {n_add} additional KV" if target == targets[0] else "", target,
-                     f"{t_fused / t_plain:.2f}x the time without ({t_fused:.3f} ms)",
-                     f"keys per query x{(window[0] * window[1] + n_add) / (window[0] * window[1]):.2f}"))  # fmt: skip
-
-    if (torch.bfloat16, 576, 512) in cuda_backend.built_kernels("sm80_latent_fwd"):
-        rows.append(latent_row(args.reps, "sm80"))
-        if major == 9 and (torch.bfloat16, 576, 512) in cuda_backend.built_kernels("sm90_latent_fwd"):
-            rows.append(latent_row(args.reps, "sm90"))
+    for target in ("sm80", "sm90"):
+        if (torch.bfloat16, 576, 512) in cuda_backend.built_kernels(f"{target}_latent_fwd") and (
+            target == "sm80" or major == 9
+        ):
+            section(f"latent decode {target}")(lambda target=target: rows.append(latent_row(args.reps, target)))
 
     print()
     print(f"GPU {torch.cuda.get_device_name()}  torch {torch.__version__}  CUDA {torch.version.cuda}")
     for r in rows:
         print("  " + " | ".join(f"{c:<34}" for c in r))
     print("(FLOPs: 4 N^2 D H per dense forward, 3.5x that for forward + backward)")
+    errors = sum(r[1] == "ERROR" for r in rows)
+    if errors:
+        print(f"gpu_bench: {errors} section(s) failed (tracebacks above)")
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -61,6 +61,7 @@ def cases(dim: int, g: torch.Generator) -> list[tuple[str, Callable, list[torch.
 
     mask = torch.rand(1, 4, 4, 4, generator=g) < 0.5
     mask[..., 0] = True
+    mask[:, 1, 2] = False  # an empty query block: out 0, lse -inf
     cache = _randn(7, 64, 576, g=g)
     table = torch.tensor([[3, 0, 5], [6, 1, 2]])
     lens = torch.tensor([150, 0])

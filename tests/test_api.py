@@ -283,3 +283,27 @@ def test_sm90_reasons_mirror_the_launchers_int32_tile_counts() -> None:
     assert not reasons(2**31 - 2, 128)  # one tile of 128 rows
     assert reasons(2**31 - 2, 129)  # two
     assert reasons(2**31 - 2, 65, head_dim=256)  # 64-row tiles at head dim 256: two
+
+
+def test_cuda_backend_declines_grids_past_the_launch_limit() -> None:
+    """Every CUDA kernel launches one grid y slot per head and one z slot per batch entry (at most 65535 each): the
+    dispatcher declines beyond, naming the limit, so that auto-dispatch falls back instead of failing the launch."""
+    from natten_like.backends import cuda as cuda_backend
+
+    def reasons(batch: int, heads: int) -> list[str]:
+        problem = Problem("gna", "cuda", torch.bfloat16, False, None, batch=batch, heads=heads)
+        return [r for r in cuda_backend._common_reasons(problem) if "grid limit" in r]
+
+    assert not reasons(65535, 65535)
+    assert reasons(65536, 8) == ["batch 65536 is above 65535, the kernels' grid limit (one CTA row per entry)"]
+    assert reasons(1, 65536) == ["65536 heads are above 65535, the kernels' grid limit (one CTA row per head)"]
+
+
+def test_dispatch_passes_the_batch_heads_and_device_of_q(isolated_registry) -> None:
+    from natten_like.backends import dispatch
+
+    seen = []
+    register_backend("toy", "cpu", lambda problem: seen.append(problem) or [], lambda problem, *t: None)
+    dispatch("toy", None, None, torch.zeros(3, 5, 7, 4, 8))  # [B, *tokens, H, D]
+    dispatch("toy", None, None, torch.zeros(11, 4, 8))  # packed [total, H, D]
+    assert [(p.batch, p.heads, p.device_index) for p in seen] == [(3, 4, None), (1, 4, None)]

@@ -114,6 +114,8 @@ std::tuple<at::Tensor, at::Tensor> gna_forward_cuda(const at::Tensor& q_, const 
   check_qkv(q_, k_, v_);
   // D_v may differ from D where an instance has that pair (the tables are keyed by both).
   TORCH_CHECK(k_.size(-1) == q_.size(-1), "natten_like::gna (cuda): q and k head dims differ");
+  // Checked before the empty-problem return below: with D = 0 and D_v > 0 the outputs would not be empty.
+  TORCH_CHECK(q_.size(-1) > 0 && v_.size(-1) > 0, "natten_like::gna (cuda): head dims must be positive");
   const auto [ak, av] = additional_kv(add_k, add_v, q_, k_, v_, "natten_like::gna (cuda)");
 
   const c10::cuda::CUDAGuard guard(q_.device());

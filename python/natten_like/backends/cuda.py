@@ -38,6 +38,7 @@ from .._validation import AttentionParams, GnaParams
 from . import BackendNotSupportedError, Problem, register_backend
 
 EXPERIMENTAL_ENV = "NATTEN_LIKE_EXPERIMENTAL_CUDA"
+MAX_GRID_YZ = 65535  # CUDA's limit on gridDim.y and gridDim.z
 # "off": the sm80 kernels run even on Hopper (the bindings read it too, for every family); tests and benchmarks.
 SM90_ENV = "NATTEN_LIKE_SM90"
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16)
@@ -90,7 +91,12 @@ def _common_reasons(problem: Problem) -> list[str]:
     if problem.device_type != "cuda":
         reasons.append(f"tensors are not on a CUDA device (they are on {problem.device_type})")
     else:
-        reasons += _device_reasons()
+        reasons += _device_reasons(problem.device_index)
+    # Every kernel's grid has one y slot per head and one z slot per batch entry (latent: per split and batch entry).
+    if problem.batch > MAX_GRID_YZ:
+        reasons.append(f"batch {problem.batch} is above {MAX_GRID_YZ}, the kernels' grid limit (one CTA row per entry)")
+    if problem.heads > MAX_GRID_YZ:
+        reasons.append(f"{problem.heads} heads are above {MAX_GRID_YZ}, the kernels' grid limit (one CTA row per head)")
     if problem.dtype not in SUPPORTED_DTYPES:
         reasons.append(f"dtype {problem.dtype} is not supported (float16 and bfloat16 only)")
     if os.environ.get(EXPERIMENTAL_ENV) != "1":
@@ -108,7 +114,7 @@ def _head_dim_reasons(problem: Problem, kind: str = "sm80_gna_fwd") -> list[str]
         reasons.append(f"head dims (D, D_v) = {dims} have no kernel (built for {problem.dtype}: {built})")
     if params.head_dim >= 256 and torch.cuda.is_available():
         need = SM80_HD256_BWD_SMEM if problem.requires_grad else SM80_HD256_SMEM
-        optin = torch.cuda.get_device_properties().shared_memory_per_block_optin
+        optin = torch.cuda.get_device_properties(problem.device_index).shared_memory_per_block_optin
         if optin < need:
             reasons.append(f"head dim {params.head_dim} needs {need} bytes of shared memory per block; this GPU "
                            f"allows {optin} (sm80 / sm90 class GPUs have enough)")  # fmt: skip
@@ -123,8 +129,9 @@ def _head_dim_reasons(problem: Problem, kind: str = "sm80_gna_fwd") -> list[str]
 
 
 def check_device(problem: Problem, device: torch.device) -> None:
-    # The problem names the device type, not the device: on a machine mixing GPU generations the capability of the
-    # tensors' own GPU is only known here. Raised, never a silent switch, so a forced backend="cuda" runs here or fails.
+    # A problem built without a device index (the profiler's) names only the device type: on a machine mixing GPU
+    # generations the capability of the tensors' own GPU is only known here. Raised, never a silent switch, so a
+    # forced backend="cuda" runs here or fails.
     reasons = _device_reasons(device)
     if reasons:
         message = f"backend 'cuda' cannot run this {problem.family} problem: " + "; ".join(reasons)

@@ -345,6 +345,10 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     }
   }
 
+  // With no KV tile the mainloop never waited on the Q gather (a block-sparse row with empty lists): it must land
+  // before the output is staged over Q, or its late bytes overwrite that row's zeros (a barrier does not order
+  // cp.async). Free when nothing is pending.
+  cp_async_wait<0>();
   __syncthreads();  // every warp is done reading Q (and K/V) from smem
   Tensor rO = make_tensor_like<Element>(acc_o);
   CUTE_UNROLL

@@ -199,3 +199,26 @@ def test_strided_shard_backward_matches_reference(monkeypatch: pytest.MonkeyPatc
         k = torch.randn(batch, nkv, kv_heads, dim, generator=g, dtype=torch.float64)
         v = torch.randn(batch, nkv, kv_heads, dim_v, generator=g, dtype=torch.float64)
         _strided_shard_case(q, k, v, pattern, dtype, seed)
+
+
+def test_empty_rows_with_a_nan_lse_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A query block with no listed key block (out 0, lse -inf) under logaddexp(lse, lse), whose gradient is NaN
+    there: that row has no gradient in the reference, and its NaN must not reach the keys its Q tile visits (the
+    backward's delta is 0 on rows of lse -inf). Through the public API and autograd."""
+    dtype, dim, dim_v = _require(BS_KIND)[0]
+    monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
+    g = torch.Generator().manual_seed(4)
+    inputs = [torch.randn(1, 256, 2, d, generator=g, dtype=torch.float64).to(dtype) for d in (dim, dim, dim_v)]
+    mask = torch.ones(1, 1, 2, 2, dtype=torch.bool)
+    mask[0, 0, 1] = False  # head 0's second query block sees nothing
+    grads = {}
+    for backend, device in (("cuda", "cuda"), ("reference", "cpu")):
+        leaves = [(t.to(device) if backend == "cuda" else t.double()).requires_grad_() for t in inputs]
+        out, lse = natten_like.block_sparse_attention(*leaves, mask, q_block=128, kv_block=128, return_lse=True,
+                                                      backend=backend)  # fmt: skip
+        assert lse[0, 128:, 0].isneginf().all()
+        (out.double().square().sum() + torch.logaddexp(lse, lse).double().sum()).backward()
+        grads[backend] = [t.grad.cpu().double() for t in leaves]
+    for name, got, ref in zip(("dq", "dk", "dv"), grads["cuda"], grads["reference"], strict=True):
+        assert not ref.isnan().any() and not got.isnan().any(), f"NaN in {name}"
+        assert _max_error(got, ref) <= 3e-2 * max(1.0, ref.abs().max().item()), name

@@ -112,6 +112,9 @@ inline BwdTensors bwd_tensors(const char* name, const at::Tensor& q, const at::T
               "), lse like q without its head dim; got out ", out.sizes(), ", grad_out ", grad_out.sizes(), ", lse ",
               lse.sizes());
   TORCH_CHECK(!grad_lse.has_value() || grad_lse->sizes() == lse.sizes(), name, ": grad_lse must be shaped like lse");
+  TORCH_CHECK(out.device() == q.device() && grad_out.device() == q.device() && lse.device() == q.device() &&
+                  (!grad_lse.has_value() || grad_lse->device() == q.device()),
+              name, ": out, grad_out, lse and grad_lse must be on q's device");
   BwdTensors t;
   t.q = aligned_contiguous(q), t.k = aligned_contiguous(k), t.v = aligned_contiguous(v);
   t.out = aligned_contiguous(out.to(q.scalar_type()));

@@ -174,7 +174,8 @@ CUTE_DEVICE void store_rows(const SmemTensor& s, typename Traits::Element* base,
 
 }  // namespace detail
 
-// delta[row] = sum_d dO[row, d] * O[row, d] - grad_lse[row] for every (batch, token, query head) row, float32.
+// delta[row] = sum_d dO[row, d] * O[row, d] - grad_lse[row] for every (batch, token, query head) row, float32 (0 on
+// rows of lse -inf).
 // kHeadDimV / (16 / sizeof(Element)) lanes per row, one 16-byte chunk of O and dO each.
 template <class Element, int kHeadDimV, class Params>
 __global__ void __launch_bounds__(256) sm80_fmha_bwd_delta_kernel(__grid_constant__ const Params p) {
@@ -204,7 +205,11 @@ __global__ void __launch_bounds__(256) sm80_fmha_bwd_delta_kernel(__grid_constan
     for (int j = 0; j < kChunk; ++j) sum += static_cast<float>(oe[j]) * static_cast<float>(de[j]);
   }
   sum = detail::quad_sum<kLanes>(sum);  // every lane of the warp takes part: no early return above
-  if (row < rows && lane == 0) p.delta[row] = sum - (p.grad_lse != nullptr ? p.grad_lse[row] : 0.f);
+  // A row that saw no key (lse -inf) has P = 0 and no gradient: delta 0 there, so that a non-finite grad_lse of that
+  // row (logaddexp(-inf, -inf) upstream) cannot make dS = 0 * (dP - NaN) reach the keys its Q tile visits.
+  if (row < rows && lane == 0) {
+    p.delta[row] = f.lse[row] == -INFINITY ? 0.f : sum - (p.grad_lse != nullptr ? p.grad_lse[row] : 0.f);
+  }
 }
 
 namespace detail {

@@ -276,7 +276,7 @@ def test_sm90_reasons_mirror_the_launchers_int32_tile_counts() -> None:
 
     def reasons(tokens: int, num_additional: int, head_dim: int = 128) -> list[str]:
         params = GnaParams((tokens,), (3,), (1,), (1,), (False,), 1.0, num_additional, head_dim, head_dim)
-        return [r for r in cuda_backend.sm90_reasons(params, torch.bfloat16, 1) if rule in r]
+        return [r for r in cuda_backend.sm90_reasons(params, torch.bfloat16) if rule in r]
 
     assert not reasons(2**31 - 1, 0)
     assert reasons(2**31 - 1, 1)  # one additional tile

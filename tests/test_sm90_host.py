@@ -427,9 +427,24 @@ int main() {
   p.policy.dim[2].dilation = 9;
   p.policy.tq[2] = p.policy.tk[2] = 16;
   expect("dilation 9", launch(p), cudaErrorNotSupported);
-  p = gna(2, 1000, 4, 2, 300);
+  // The batch entry is a TMA dim of its own in the neighbourhood views too: any batch stride of a 16-byte multiple
+  // (the heads and head dim share TMA dim 0, so the heads must be contiguous).
+  p = gna(70000, 1000, 4, 2, 300);
   p.k_batch_stride += 8;
-  expect("k batch stride", launch(p), cudaErrorNotSupported);
+  expect("k batch stride", launch(p), cudaErrorInvalidConfiguration);
+  p = gna(1, 1000, 70000, 70000, 300);
+  p.q_batch_stride = 3;  // one batch entry: never applied
+  expect("q batch stride of one entry", launch(p), cudaErrorInvalidConfiguration);
+  p = gna(2, 1000, 4, 2, 300);
+  p.v_batch_stride += 4;  // 8 bytes more: not a multiple of 16
+  expect("v batch stride", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 2, 300);
+  p.q_token_stride = 4 * 2 * D;
+  p.q_head_stride = 2 * D;  // heads not contiguous
+  expect("q head stride", launch(p), cudaErrorNotSupported);
+  p = gna(2, 1000, 4, 2, 300);
+  p.k_token_stride += 4;
+  expect("k token stride", launch(p), cudaErrorNotSupported);
   p = gna(2, 1000, 4, 3, 300);
   expect("kv heads", launch(p), cudaErrorInvalidValue);
   p = gna(0, 1000, 4, 2, 300);

@@ -138,7 +138,7 @@ def check_device(problem: Problem, device: torch.device) -> None:
         raise BackendNotSupportedError(message)
 
 
-def sm90_reasons(params: GnaParams, dtype: torch.dtype, batch: int, device: torch.device | None = None) -> list[str]:
+def sm90_reasons(params: GnaParams, dtype: torch.dtype, device: torch.device | None = None) -> list[str]:
     """Why the sm90 forward kernel would not take this problem (empty: it would); the sm80 kernel runs instead."""
     reasons = []
     if os.environ.get(SM90_ENV) == "off":
@@ -154,8 +154,8 @@ def sm90_reasons(params: GnaParams, dtype: torch.dtype, batch: int, device: torc
     extents = [max(a, b) * d for a, b, d in zip(q_tile, kv_tile, params.dilation, strict=True)]
     if max(extents) > SM90_MAX_BOX_EXTENT:
         reasons.append(f"a TMA box extent (tile x dilation) of {max(extents)} > {SM90_MAX_BOX_EXTENT}")
-    if batch * params.shape[0] + extents[0] >= 2**31:
-        reasons.append("batch x outermost token dim reaches 2^31 (int32 TMA coordinates)")
+    if params.shape[0] + extents[0] >= 2**31:
+        reasons.append("the outermost token dim plus a box reaches 2^31 (int32 TMA coordinates)")
     additional_tiles = -(-params.num_additional // cta_block("sm90", params.head_dim)[1])
     if math.prod(params.shape) + additional_tiles >= 2**31:
         reasons.append("tokens per batch entry plus additional KV tiles reach 2^31 (int32 KV tile counts)")
@@ -164,7 +164,7 @@ def sm90_reasons(params: GnaParams, dtype: torch.dtype, batch: int, device: torc
 
 def _target(problem: Problem, q: torch.Tensor) -> str:
     params: GnaParams = problem.params if problem.family == "gna" else problem.params.as_gna()
-    return "sm80" if sm90_reasons(params, problem.dtype, q.shape[0], q.device) else "sm90"
+    return "sm80" if sm90_reasons(params, problem.dtype, q.device) else "sm90"
 
 
 def gna_not_supported_reasons(problem: Problem) -> list[str]:

@@ -219,8 +219,8 @@ CUTE_DEVICE void load_kv_run_4d(const cute::TmaDescriptor* tma_k, const cute::Tm
 //   geometry) back; the producer waits on it before the next Q box, which it issues after the next work tile's first
 //   KV tiles, so those loads overlap the epilogue;
 // - with additional KV, smem key rows past the neighbourhood box may hold the previous work tile's additional rows
-//   (its last boxes fill all kBlockN rows): masked keys of the next neighbourhood tiles, as the other sample's rows
-//   inside a box are (below), finite data that P (exactly 0 there) cancels.
+//   (its last boxes fill all kBlockN rows): masked keys of the next neighbourhood tiles, data of this batch entry's
+//   additional KV that P (exactly 0 there) cancels.
 // Without it the code below is the one-tile kernel: every persistent-only step is under `if constexpr (kPersistent)`.
 template <class Traits, class Schedule, bool kPersistent>
 CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& args) {
@@ -382,11 +382,11 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
   }
   // Rows past the box's row product are never written by a neighbourhood / 1-D box. Zero them once for the CTA: P is
   // exactly 0 on those keys (they are masked), but stale smem could hold NaN bit patterns and 0 * NaN = NaN in P V.
-  // Rows inside the box that are not tile rows are zero-filled by TMA (past the dim's end) or hold another sample's
-  // finite tokens (GNA dim 0; 1-D: tokens past the run, of another block or, packed, of the next sequence). Additional
-  // KV boxes fill all kBlockN rows (real rows, or TMA's zeros past N_add) and come after every neighbourhood tile of
-  // the work tile (persistent: the next work tile's neighbourhood tiles then see the finite additional rows there,
-  // masked, like the other sample's rows inside a box). Persistent: the Q rows past the box keep the previous work
+  // Rows inside the box that are not tile rows are zero-filled by TMA (GNA: past any token dim's end, the batch entry
+  // being a TMA dim of its own) or hold other tokens (1-D: tokens past the run, of another block or, packed, of the
+  // next sequence). Additional KV boxes fill all kBlockN rows (real rows, or TMA's zeros past N_add) and come after
+  // every neighbourhood tile of the work tile (persistent: the next work tile's neighbourhood tiles then see those
+  // additional rows there, masked). Persistent: the Q rows past the box keep the previous work
   // tile's staged output (bytes of O rows, in O's layout when D_v != D): whatever a Q row holds reaches only the
   // outputs of that row (S, the softmax and P V are row-wise), never stored.
   constexpr int kRowBytes = Traits::kSwizzleBytes, kRowBytesV = Traits::kSwizzleBytesV;  // a row of one box's block
@@ -467,12 +467,11 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
       };
       if constexpr (kGna) {
         const GnaPolicy<kRank>& pol = p.policy;
-        // Batch and x0 share TMA dim 4 (the binding's tensors are contiguous over batch); the host keeps it below 2^31.
-        auto batch_x0 = [&] { return static_cast<int32_t>(batch_entry() * pol.dim[0].length); };
+        // TMA coordinates (h * D + columns, x2, x1, x0, batch entry) of the 5-D views (make_gna_tma_desc).
         auto load_q = [&] {
           if (lane == 0) {
-            const int h = head();
-            const int32_t bx0 = batch_x0();
+            const int32_t col = head() * kHeadDim;
+            const int32_t b = static_cast<int32_t>(batch_entry());
             if constexpr (kPersistent) Barrier::wait(&smem.persistent.q_empty, (i & 1) ^ 1);
             int32_t start[kRank];
             tma_box_start(pol, sched.q, start);
@@ -480,7 +479,7 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
             CUTE_UNROLL
             for (int j = 0; j < kBoxesPerRow; ++j) {
               SM90_TMA_LOAD_5D::copy(&args.tma_q, &smem.q_full, kCacheHint, smem.q + j * kBlockM * kBoxCols,
-                                     j * kBoxCols, h, start[2], start[1], bx0 + start[0]);
+                                     col + j * kBoxCols, start[2], start[1], start[0], b);
             }
           }
         };
@@ -543,21 +542,21 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           __syncwarp();
           if (lane == 0) {
             const int h_kv = kv_head();
-            const int32_t bx0 = batch_x0();
+            const int32_t b = static_cast<int32_t>(batch_entry());
             int32_t start[kRank];
             tma_box_start(pol, kv, start);
             TxBarrier::arrive_and_expect_tx(&smem.k_full[st], k_bytes);
             CUTE_UNROLL
             for (int j = 0; j < kBoxesPerRow; ++j) {
               SM90_TMA_LOAD_5D::copy(&args.tma_k, &smem.k_full[st], kCacheHint, k_dst + j * kBlockN * kBoxCols,
-                                     j * kBoxCols, h_kv, start[2], start[1], bx0 + start[0]);
+                                     h_kv * kHeadDim + j * kBoxCols, start[2], start[1], start[0], b);
             }
             Barrier::wait(&smem.v_empty[st], phase ^ 1);
             TxBarrier::arrive_and_expect_tx(&smem.v_full[st], v_bytes);
             CUTE_UNROLL
             for (int j = 0; j < kBoxesPerRowV; ++j) {
               SM90_TMA_LOAD_5D::copy(&args.tma_v, &smem.v_full[st], kCacheHint, v_dst + j * kBlockN * kBoxColsV,
-                                     j * kBoxColsV, h_kv, start[2], start[1], bx0 + start[0]);
+                                     h_kv * kHeadDimV + j * kBoxColsV, start[2], start[1], start[0], b);
             }
           }
         }
@@ -995,36 +994,39 @@ cudaError_t launch_fwd_grid(void (*kernel)(Args), void (*persistent_kernel)(Args
 
 namespace detail {
 
-// One TMA descriptor of the 5-D view (D, H, X2, X1, B * X0) of a contiguous [B, X0, X1, X2, H, D] tensor with boxes of
-// Rows::kBoxCols head-dim columns x 1 head x one tile (tile[i] * d_i tokens at element stride d_i per dim), in the
-// swizzle mode of the operand's rows (the traits' RowsQK for Q / K, RowsVO for V).
+// One TMA descriptor of the 5-D view (H * D, X2, X1, X0, B) of a [B, X0, X1, X2, H, D] tensor whose heads are
+// contiguous (head stride D; the binding's tensors are contiguous) with boxes of Rows::kBoxCols head-dim columns (of one
+// head: they start at h * D) x one tile (tile[i] * d_i tokens at element stride d_i per dim) x one batch entry, in the
+// swizzle mode of the operand's rows (the traits' RowsQK for Q / K, RowsVO for V). Heads and head dim share TMA dim 0
+// so that the batch has a dim of its own: a box past a batch entry's last X0 row is zero-filled rather than reading the
+// next entry's rows (finite or not).
 template <class Element, class Rows>
 cudaError_t make_gna_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int64_t head_dim, int64_t heads,
-                              int64_t head_stride, int64_t token_stride, int64_t batch, const GnaPolicy<kRank>& pol,
-                              const int64_t* tile) {
+                              int64_t head_stride, int64_t token_stride, int64_t batch, int64_t batch_stride,
+                              const GnaPolicy<kRank>& pol, const int64_t* tile) {
   constexpr int64_t kBytes = sizeof(Element);
+  if (head_stride != head_dim) return cudaErrorNotSupported;  // the launcher checked it
   const int64_t x0 = pol.dim[0].length, x1 = pol.dim[1].length, x2 = pol.dim[2].length;
-  cuuint64_t dims[5] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
-                        static_cast<cuuint64_t>(x2), static_cast<cuuint64_t>(x1), static_cast<cuuint64_t>(batch * x0)};
-  const int64_t strides64[4] = {head_stride * kBytes, token_stride * kBytes, x2 * token_stride * kBytes,
-                                x1 * x2 * token_stride * kBytes};
+  cuuint64_t dims[5] = {static_cast<cuuint64_t>(heads * head_dim), static_cast<cuuint64_t>(x2),
+                        static_cast<cuuint64_t>(x1), static_cast<cuuint64_t>(x0), static_cast<cuuint64_t>(batch)};
+  // One batch entry: its stride plays no part, so the dense one keeps any value the caller holds out of the checks.
+  const int64_t entry_stride = batch > 1 ? batch_stride : x0 * x1 * x2 * token_stride;
+  const int64_t strides64[4] = {token_stride * kBytes, x2 * token_stride * kBytes, x1 * x2 * token_stride * kBytes,
+                                entry_stride * kBytes};
   cuuint64_t strides[4];
   for (int i = 0; i < 4; ++i) {
-    // TMA: global strides are multiples of 16 bytes below 2^40.
-    if (strides64[i] <= 0 || strides64[i] % 16 != 0 || strides64[i] >= (int64_t{1} << 40)) return cudaErrorNotSupported;
+    if (!tma_stride_ok(strides64[i])) return cudaErrorNotSupported;
     strides[i] = static_cast<cuuint64_t>(strides64[i]);
   }
-  cuuint32_t box[5] = {static_cast<cuuint32_t>(Rows::kBoxCols), 1u,
-                       static_cast<cuuint32_t>(tma_box_extent(pol, tile, 2)),
+  cuuint32_t box[5] = {static_cast<cuuint32_t>(Rows::kBoxCols), static_cast<cuuint32_t>(tma_box_extent(pol, tile, 2)),
                        static_cast<cuuint32_t>(tma_box_extent(pol, tile, 1)),
-                       static_cast<cuuint32_t>(tma_box_extent(pol, tile, 0))};
-  cuuint32_t element_strides[5] = {1u, 1u, static_cast<cuuint32_t>(pol.dim[2].dilation),
+                       static_cast<cuuint32_t>(tma_box_extent(pol, tile, 0)), 1u};
+  cuuint32_t element_strides[5] = {1u, static_cast<cuuint32_t>(pol.dim[2].dilation),
                                    static_cast<cuuint32_t>(pol.dim[1].dilation),
-                                   static_cast<cuuint32_t>(pol.dim[0].dilation)};
+                                   static_cast<cuuint32_t>(pol.dim[0].dilation), 1u};
   const CUtensorMapDataType dtype =
       std::is_same_v<Element, cutlass::half_t> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
-  // OOB_FILL_NONE fills out-of-bounds elements with zeros: rows past a group's end (in dims 1 and 2, and in dim 0 of
-  // the last sample) arrive as zeros.
+  // OOB_FILL_NONE fills out-of-bounds elements with zeros: rows past a group's end (in every token dim) arrive as zeros.
   const CUresult result = cutlass::call_cuTensorMapEncodeTiled(
       desc, dtype, 5, const_cast<void*>(ptr), dims, strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
       Rows::kTmaSwizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
@@ -1061,13 +1063,12 @@ cudaError_t make_seq_tma_desc(cute::TmaDescriptor* desc, const void* ptr, const 
 //   kv_heads not dividing heads;
 // - cudaSuccess without a launch for an empty problem;
 // - cudaErrorNotSupported, before any launch, when the TMA scheme cannot express the problem (the caller falls back to
-//   the sm80 kernel): a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, batch * X0
-//   (plus a box) reaching 2^31 (TMA coordinates are int32), q / k / v not contiguous over batch (batch stride !=
-//   tokens * token stride: batch and X0 share one TMA dim), byte strides (additional KV's included) not positive
-//   multiples of 16 or beyond 2^40, base pointers not 16-byte aligned (or add_k / add_v null), N_add + kBlockN
-//   reaching 2^31 (TMA coordinates), tokens per batch entry plus additional tiles reaching 2^31 (int32 tile counts),
-//   or the driver refusing a descriptor; the additional KV's batch strides are free (batch is a TMA dim of its own in
-//   their view);
+//   the sm80 kernel): a dilation above 8 (TMA element strides), a box extent tile * dilation above 256, X0 plus a box
+//   or heads x head dim reaching 2^31 (TMA coordinates are int32), q / k / v heads not contiguous (head stride != head
+//   dim: heads and head dim share TMA dim 0), byte strides (batch and additional KV's included) not positive multiples
+//   of 16 or beyond 2^40, base pointers not 16-byte aligned (or add_k / add_v null), N_add + kBlockN reaching 2^31
+//   (TMA coordinates), tokens per batch entry plus additional tiles reaching 2^31 (int32 tile counts), or the driver
+//   refusing a descriptor; batch strides are free otherwise (the batch entry is a TMA dim of its own in every view);
 // - cudaErrorInvalidConfiguration: a grid beyond the hardware limits (as sm80; of the one-tile grid, in both modes);
 // - otherwise the error of the device queries (kAuto, kOn: SM count, occupancy) or of the launch.
 // Tile shapes are the policy's tq/tk (the table's, clamped to the dims by the caller, as for sm80). Additional KV
@@ -1094,17 +1095,25 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   if (p.kv_heads <= 0 || p.heads % p.kv_heads != 0) return cudaErrorInvalidValue;
 
   if (!tma_box_supported(pol, pol.tq) || !tma_box_supported(pol, pol.tk)) return cudaErrorNotSupported;
-  const int64_t folded = p.batch * pol.dim[0].length;
   const int64_t max_extent = std::max(tma_box_extent(pol, pol.tq, 0), tma_box_extent(pol, pol.tk, 0));
-  if (folded + max_extent > int64_t{0x7fffffff}) return cudaErrorNotSupported;
+  if (pol.dim[0].length + max_extent > int64_t{0x7fffffff}) return cudaErrorNotSupported;  // int32 coordinates
+  // TMA dim 0 is heads x head dim (contiguous heads): its coordinates h * D + columns are int32 too.
+  if (p.q_head_stride != kHeadDim || p.k_head_stride != kHeadDim || p.v_head_stride != kHeadDimV ||
+      std::max(p.heads * kHeadDim, p.kv_heads * kHeadDimV) > int64_t{0x7fffffff}) {
+    return cudaErrorNotSupported;
+  }
+  // Every byte stride of the views (the batch's only where there are several entries, as make_gna_tma_desc).
+  for (const int64_t stride : {p.q_token_stride, p.k_token_stride, p.v_token_stride}) {
+    if (!tma_stride_ok(stride * static_cast<int64_t>(sizeof(Element)))) return cudaErrorNotSupported;
+  }
+  if (p.batch > 1) {
+    for (const int64_t stride : {p.q_batch_stride, p.k_batch_stride, p.v_batch_stride}) {
+      if (!tma_stride_ok(stride * static_cast<int64_t>(sizeof(Element)))) return cudaErrorNotSupported;
+    }
+  }
   // The producer counts a work tile's KV tiles in int32: at most one per token of the batch entry (tiles are disjoint
   // and not empty), plus the additional ones.
   if (p.tokens + additional_tiles(p.num_additional, kBlockN) > int64_t{0x7fffffff}) return cudaErrorNotSupported;
-  if (p.batch > 1 && (p.q_batch_stride != p.tokens * p.q_token_stride ||
-                      p.k_batch_stride != p.tokens * p.k_token_stride ||
-                      p.v_batch_stride != p.tokens * p.v_token_stride)) {
-    return cudaErrorNotSupported;
-  }
   for (const void* ptr : {p.q, p.k, p.v}) {
     if (reinterpret_cast<uintptr_t>(ptr) % 16 != 0) return cudaErrorNotSupported;
   }
@@ -1129,14 +1138,15 @@ cudaError_t launch_sm90_gna_fwd(const GnaFwdParams& p, cudaStream_t stream) {
   args.p.additional_block = kBlockN;
   if (!additional) args.p.num_additional = 0;  // the kernel counts tiles from it
   cudaError_t err = detail::make_gna_tma_desc<Element, RowsQK>(&args.tma_q, p.q, kHeadDim, p.heads, p.q_head_stride,
-                                                                p.q_token_stride, p.batch, pol, pol.tq);
+                                                                p.q_token_stride, p.batch, p.q_batch_stride, pol,
+                                                                pol.tq);
   if (err == cudaSuccess) {
     err = detail::make_gna_tma_desc<Element, RowsQK>(&args.tma_k, p.k, kHeadDim, p.kv_heads, p.k_head_stride,
-                                                      p.k_token_stride, p.batch, pol, pol.tk);
+                                                      p.k_token_stride, p.batch, p.k_batch_stride, pol, pol.tk);
   }
   if (err == cudaSuccess) {
     err = detail::make_gna_tma_desc<Element, RowsVO>(&args.tma_v, p.v, kHeadDimV, p.kv_heads, p.v_head_stride,
-                                                      p.v_token_stride, p.batch, pol, pol.tk);
+                                                      p.v_token_stride, p.batch, p.v_batch_stride, pol, pol.tk);
   }
   if (err == cudaSuccess && additional) {
     err = detail::make_seq_tma_desc<Element, RowsQK>(&args.tma_add_k, p.add_k, view_add_k);

@@ -405,9 +405,6 @@ cudaError_t make_latent_tma_desc(cute::TmaDescriptor* desc, const void* ptr, int
   return result == CUDA_SUCCESS ? cudaSuccess : cudaErrorNotSupported;
 }
 
-// TMA global strides: positive multiples of 16 bytes below 2^40.
-inline bool latent_tma_stride_ok(int64_t bytes) { return bytes > 0 && bytes % 16 == 0 && bytes < (int64_t{1} << 40); }
-
 }  // namespace detail
 
 // Launches the split kernel (grid: M tiles, splits, batch; 384 threads) and, with num_splits > 1,
@@ -445,8 +442,8 @@ cudaError_t launch_sm90_latent_fwd(const sm80::LatentFwdParams& p, cudaStream_t 
   const int64_t kv_extent = paged ? p.page_size : (p.s_kv > 0 ? p.s_kv : 1);
   const int64_t kv_pages = paged ? p.num_pages : p.batch;
   const int64_t kv_page_bytes = kv_extent * p.cache_row_stride * kBytes;
-  if (!detail::latent_tma_stride_ok(p.q_row_stride * kBytes) || !detail::latent_tma_stride_ok(q_batch_bytes) ||
-      !detail::latent_tma_stride_ok(p.cache_row_stride * kBytes) || !detail::latent_tma_stride_ok(kv_page_bytes)) {
+  if (!tma_stride_ok(p.q_row_stride * kBytes) || !tma_stride_ok(q_batch_bytes) ||
+      !tma_stride_ok(p.cache_row_stride * kBytes) || !tma_stride_ok(kv_page_bytes)) {
     return cudaErrorNotSupported;
   }
   // Coordinates: Q rows up to the last M tile's box, cache rows up to a box past s_kv, batch entries.

@@ -150,6 +150,11 @@ NL_HOST_DEVICE int32_t kv_mask_of_additional(const SeqRun& run, int block) {
 using Sm90StridedShardSchedule = Sm90SeqSchedule<sm80::StridedShardSchedule>;
 using Sm90BlockSparseSchedule = Sm90SeqSchedule<sm80::BlockSparseSchedule>;
 
+// TMA global strides: positive multiples of 16 bytes below 2^40.
+NL_HOST_DEVICE bool tma_stride_ok(int64_t bytes) {
+  return bytes > 0 && bytes % 16 == 0 && bytes < (int64_t{1} << 40);
+}
+
 // The 4-D TMA view (D, H, tokens, B) of a heads-last tensor with element strides (head, token, batch): extents, byte
 // strides of dims 1-3 and the box (the head-dim columns of one swizzle span, min(head_dim, 128 bytes), x 1 head x
 // box_rows tokens x 1 batch entry). Element
@@ -174,7 +179,7 @@ NL_HOST_DEVICE SeqTmaView seq_tma_view(int64_t bytes, int64_t head_dim, int64_t 
   const int64_t dims[4] = {head_dim, heads, tokens, batch};
   v.ok = box_rows >= 1 && box_rows <= 256 && tokens + box_rows <= int64_t{0x7fffffff};
   for (int i = 0; i < 3; ++i) {
-    v.ok = v.ok && strides[i] > 0 && strides[i] % 16 == 0 && strides[i] < (int64_t{1} << 40);
+    v.ok = v.ok && tma_stride_ok(strides[i]);
     v.strides[i] = static_cast<uint64_t>(strides[i] > 0 ? strides[i] : 0);
   }
   for (int i = 0; i < 4; ++i) {

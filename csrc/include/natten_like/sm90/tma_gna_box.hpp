@@ -1,5 +1,5 @@
 // How a GNA tile (GnaTileBox: one dilation group, group-local row ranges per dim) becomes one TMA box of the 5-D view
-// (head dim, head, x2, x1, batch * x0) of a heads-last [B, X0, X1, X2, H, D] tensor, and which rows of the smem tile
+// (head x head dim, x2, x1, x0, batch) of a heads-last [B, X0, X1, X2, H, D] tensor, and which rows of the smem tile
 // that box fills are rows of the tile.
 //
 // The box of a tile shape T (per dim) starting at group-local row b of group g: token coordinate g + b * d, extent
@@ -8,10 +8,9 @@
 // x0), i.e. smem row r = (i0 * T1 + i1) * T2 + i2 for box-local indices i: row-major over dims, the order of
 // GnaTileBox::row.
 // Where the tile is cut by its group's end (group-local b + i >= group length) the token coordinate is past the dim's
-// length (g + x * d >= L exactly when x >= ceil((L - g) / d)), so TMA zero-fills the row, except in dim 0 where the
-// coordinate runs into the next batch (batch and x0 share one TMA dim): such rows hold finite data of another sample.
-// Either way they are not rows of the tile: tma_box_row flags them, the kernel masks them as keys and never stores them
-// as queries.
+// length (g + x * d >= L exactly when x >= ceil((L - g) / d)), so TMA zero-fills the row, in every dim (the batch
+// entry is a TMA dim of its own, so dim 0 never runs into the next entry's rows). They are not rows of the tile:
+// tma_box_row flags them, the kernel masks them as keys and never stores them as queries.
 //
 // Plain C++ with NL_HOST_DEVICE: tests/test_sm90_host.py proves it against GnaPolicy::tile_rows and GnaTileBox::row.
 #pragma once

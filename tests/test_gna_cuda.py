@@ -361,6 +361,30 @@ def test_sm90_persistent_additional_kv_nan_stays_in_its_batch_entry(monkeypatch:
     assert err <= 2 * bar + 2e-3, f"entry 1 out error {err:.2e} (PyTorch in {dtype}: {bar:.2e})"
 
 
+@pytest.mark.parametrize("sm90", ["on", "off"])
+def test_non_finite_values_stay_in_their_batch_entry(monkeypatch: pytest.MonkeyPatch, sm90: str) -> None:
+    """Inf / NaN in batch entry 1's values reach only entry 1's outputs: the KV boxes of entry 0's last rows (13 rows of
+    dim 0, not a multiple of any tile) run past its end, where the kernels must load zeros, not entry 1's rows (P is
+    exactly 0 there, and 0 * inf is NaN). Entry 0 against the float64 reference of entry 0 alone."""
+    use_sm90(monkeypatch, sm90)
+    monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
+    dtype, dim, dim_v = _built()[-1]
+    case = GnaCase(shape=(13, 24), window=(5, 7), batch=2, heads=4, kv_heads=2, dim=dim, dim_v=dim_v)
+    inputs = make_inputs(case, dtype, 5)
+    inputs["v"][1, :3] = float("inf")  # entry 1's first rows: right after entry 0's last ones in memory
+    inputs["v"][1, 3:5] = float("nan")
+    q, k, v = (inputs[n].to(DEVICE) for n in ("q", "k", "v"))
+    out = natten_like.gna(q, k, v, **case.kwargs(), backend="cuda").cpu()
+    assert out[1].isnan().any(), "entry 1 attends its non-finite values"
+    one = {n: inputs[n][:1] for n in ("q", "k", "v")}
+    ref = natten_like.gna(*(one[n].double() for n in ("q", "k", "v")), **case.with_(batch=1).kwargs(),
+                          backend="reference")  # fmt: skip
+    low = natten_like.gna(*(one[n] for n in ("q", "k", "v")), **case.with_(batch=1).kwargs(), backend="reference")
+    assert out[0].isfinite().all(), "entry 1's non-finite values reached entry 0"
+    err, bar = max_error(out[:1], ref), max_error(low, ref)
+    assert err <= 2 * bar + 2e-3, f"entry 0 out error {err:.2e} (PyTorch in {dtype}: {bar:.2e})"
+
+
 def test_backend_refuses_without_opt_in(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(cuda_backend.EXPERIMENTAL_ENV, raising=False)
     dtype, dim, _ = _built()[0]

@@ -232,6 +232,29 @@ def test_opcheck() -> None:
     torch.library.opcheck(torch.ops.natten_like.block_sparse_forward, args)
 
 
+def test_op_refuses_repeated_blocks() -> None:
+    """The compiled op, called directly (the Python API refuses these first): a KV block listed twice in a query block's
+    list, or in both its partial and full lists, would count its keys twice (and overflow the backward's transposed
+    lists), so the op refuses it."""
+    q, k, v = (torch.randn(1, 32, 2, 8) for _ in range(3))
+
+    def forward(num, idx, full_num=None, full_idx=None):
+        return torch.ops.natten_like.block_sparse_forward(q, k, v, num, idx, full_num, full_idx, None, None, 16, 16,
+                                                          False, 0.3)  # fmt: skip
+
+    num = torch.tensor([[[2, 1]]])  # [1, 1, QB = 2]
+    with pytest.raises(RuntimeError, match="KV block 1 twice in a row"):
+        forward(num, torch.tensor([[[[1, 1], [0, 0]]]]))  # query block 0 lists block 1 twice
+    idx = torch.tensor([[[[1, 0], [0, 0]]]])
+    with pytest.raises(RuntimeError, match="KV block 0 is in both the partial and the full list of query block 1"):
+        forward(num, idx, torch.tensor([[[0, 1]]]), torch.tensor([[[[0], [0]]]]))
+    # Per-head full lists against broadcast partial ones: head 1's query block 1 takes block 1 (fine), then block 0.
+    full_num = torch.tensor([[[0, 0], [0, 1]]])  # [1, H = 2, QB = 2]
+    assert forward(num, idx, full_num, torch.tensor([[[[0], [0]], [[0], [1]]]]))[0].isfinite().all()
+    with pytest.raises(RuntimeError, match="in both the partial and the full list of query block 1"):
+        forward(num, idx, full_num, torch.tensor([[[[0], [0]], [[0], [0]]]]))
+
+
 @pytest.mark.skipif(not EXTENDED, reason="extended sweep: set NATTEN_LIKE_EXTENDED_TESTS=1")
 @pytest.mark.parametrize("seed", range(20))
 def test_random_sweep(seed: int) -> None:

@@ -38,13 +38,44 @@ inline Lists checked_lists(const at::Tensor& num, const at::Tensor& idx, int64_t
   const int64_t* n = l.num.data_ptr<int64_t>();
   const int64_t* x = l.idx.data_ptr<int64_t>();
   const int64_t cap = l.idx.size(3);
+  // A block listed twice in a row would count its keys twice, and overflow the transposed lists (at most one entry per
+  // query block): refused, as the Python API does.
+  std::vector<int64_t> seen(static_cast<size_t>(cols), -1);
   for (int64_t r = 0; r < l.num.numel(); ++r) {
     TORCH_CHECK(n[r] >= 0 && n[r] <= cap, "natten_like::block_sparse: ", name, " block count out of [0, ", cap, "]");
-    for (int64_t i = 0; i < n[r]; ++i)
-      TORCH_CHECK(x[r * cap + i] >= 0 && x[r * cap + i] < cols, "natten_like::block_sparse: ", name,
-                  " KV block index out of [0, ", cols, ")");
+    for (int64_t i = 0; i < n[r]; ++i) {
+      const int64_t c = x[r * cap + i];
+      TORCH_CHECK(c >= 0 && c < cols, "natten_like::block_sparse: ", name, " KV block index out of [0, ", cols, ")");
+      TORCH_CHECK(seen[c] != r, "natten_like::block_sparse: ", name, " lists hold KV block ", c, " twice in a row");
+      seen[c] = r;
+    }
   }
   return l;
+}
+
+// No KV block in both the partial and the full list of a query block (its keys would count twice), over the
+// broadcast batch / head dims of either list.
+inline void check_disjoint(const Lists& partial, const Lists& full, int64_t batch, int64_t heads, int64_t cols) {
+  const int64_t rows = partial.num.size(2), pcap = partial.idx.size(3), fcap = full.idx.size(3);
+  std::vector<int64_t> seen(static_cast<size_t>(cols), -1);
+  int64_t stamp = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t pg = (partial.num.size(0) > 1 ? b : 0) * partial.num.size(1) + (partial.num.size(1) > 1 ? h : 0);
+      const int64_t fg = (full.num.size(0) > 1 ? b : 0) * full.num.size(1) + (full.num.size(1) > 1 ? h : 0);
+      for (int64_t r = 0; r < rows; ++r, ++stamp) {
+        const int64_t* pn = partial.num.data_ptr<int64_t>() + pg * rows + r;
+        const int64_t* px = partial.idx.data_ptr<int64_t>() + (pg * rows + r) * pcap;
+        for (int64_t i = 0; i < *pn; ++i) seen[px[i]] = stamp;
+        const int64_t* fn = full.num.data_ptr<int64_t>() + fg * rows + r;
+        const int64_t* fx = full.idx.data_ptr<int64_t>() + (fg * rows + r) * fcap;
+        for (int64_t i = 0; i < *fn; ++i) {
+          TORCH_CHECK(seen[fx[i]] != stamp, "natten_like::block_sparse: KV block ", fx[i],
+                      " is in both the partial and the full list of query block ", r);
+        }
+      }
+    }
+  }
 }
 
 // Per KV block c, the query blocks whose list holds c, in increasing order: num [Bm, Hm, C], idx [Bm, Hm, C, R].
@@ -127,8 +158,10 @@ inline void build_policies(Plan& plan, int64_t max_q, int64_t max_kv, int64_t se
   }
   const int64_t list_batch = plan.packed ? seqs : plan.batch;
   plan.kv_partial = checked_lists(kv_num, kv_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "kv");
-  if (full_num.has_value())
+  if (full_num.has_value()) {
     plan.kv_full = checked_lists(*full_num, *full_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "full_kv");
+    check_disjoint(plan.kv_partial, plan.kv_full, list_batch, plan.heads, plan.kv_blocks);
+  }
   if (backward) {
     plan.q_partial = transpose_lists(plan.kv_partial, plan.kv_blocks);
     if (plan.kv_full.defined()) plan.q_full = transpose_lists(plan.kv_full, plan.kv_blocks);

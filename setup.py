@@ -144,7 +144,8 @@ def kernel_key(build: dict) -> str:
 
     digest = hashlib.sha256()
     digest.update(json.dumps([build["macros"], unit_nvcc_flags(build), version("nvidia-cutlass")]).encode())
-    files = sorted(ROOT.glob("csrc/include/**/*.hpp")) + sorted(ROOT.glob("csrc/generated/*.hpp"))
+    headers = [*ROOT.glob("csrc/include/**/*"), *ROOT.glob("csrc/generated/*.hpp")]
+    files = sorted(path for path in headers if path.is_file())
     for path in files + [ROOT / unit for unit in build["units"]]:
         digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()

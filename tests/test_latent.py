@@ -202,3 +202,14 @@ def test_validation_paged() -> None:
         validate_latent(**kw, cache_seqlens=torch.tensor([17]), block_table=torch.tensor([[3, 0, 9]]))
     with pytest.raises(ValueError, match=r"\[0, 24\]"):
         validate_latent(**kw, cache_seqlens=torch.tensor([25]), block_table=torch.tensor([[3, 0, 1]]))
+    empty_pages = dict(kw, kv_cache=torch.randn(4, 0, 24))
+    with pytest.raises(ValueError, match=r"page_size \(dim 1\) >= 1"):
+        validate_latent(**empty_pages, cache_seqlens=torch.tensor([0]), block_table=torch.tensor([[0]]))
+
+
+def test_op_refuses_empty_pages() -> None:
+    """The compiled op, called directly (validate_latent refuses it first): a paged cache of page_size 0 is an error,
+    not a division by zero."""
+    q, pages = torch.randn(1, 1, 2, 24), torch.randn(4, 0, 24)
+    with pytest.raises(RuntimeError, match=r"page_size \(dim 1\) >= 1"):
+        torch.ops.natten_like.latent_forward(q, pages, torch.tensor([0]), torch.tensor([[0]]), 16, False, 0.2, 0)

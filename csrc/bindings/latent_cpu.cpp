@@ -21,6 +21,7 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cpu(const at::Tensor& q_, cons
   TORCH_CHECK(num_splits >= 0, "natten_like::latent: num_splits must be >= 0 (0 = automatic)");
   const bool paged = block_table_.has_value();
   TORCH_CHECK(!paged || seqlens_.has_value(), "natten_like::latent: a paged cache needs cache_seqlens");
+  TORCH_CHECK(!paged || cache_.size(1) >= 1, "natten_like::latent: a paged cache needs a page_size (dim 1) >= 1");
   const auto q = q_.contiguous(), cache = cache_.contiguous();
   const int64_t batch = q.size(0);
   at::Tensor block_table;

@@ -50,6 +50,7 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
               "one CUDA device");
   const bool paged = block_table_.has_value();
   TORCH_CHECK(!paged || seqlens_.has_value(), "natten_like::latent (cuda): a paged cache needs cache_seqlens");
+  TORCH_CHECK(!paged || cache_.size(1) >= 1, "natten_like::latent (cuda): a paged cache needs a page_size (dim 1) >= 1");
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
   const auto* inst = find_instance(generated::kSm80LatentFwd, q_.scalar_type(), kDim, kDimV);
@@ -153,8 +154,9 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
 #endif
   const cudaError_t err = inst->launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::latent (cuda): kernel launch failed: ", cudaGetErrorString(err),
-              err == cudaErrorInvalidConfiguration ? " (the kernel needs ~154 KB of shared memory per block: sm80 / "
-                                                     "sm90 class GPUs, not sm86 / sm89)"
+              err == cudaErrorInvalidConfiguration ? " (beyond the grid limits: batch and splits <= 65535; or short of "
+                                                     "the ~154 KB of shared memory per block the kernel needs, which "
+                                                     "sm80 / sm90 class GPUs have, not sm86 / sm89)"
                                                    : "");
   return {out, lse};
 }

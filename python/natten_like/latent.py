@@ -80,6 +80,8 @@ def validate_latent(
             raise ValueError(f"block_table must be [B={batch}, max_pages], got shape {tuple(block_table.shape)}")
         if cache_seqlens is None:
             raise ValueError("cache_seqlens is required with block_table (a paged cache has no implicit length)")
+        if kv_cache.shape[1] < 1:
+            raise ValueError(f"a paged kv_cache needs a page_size (dim 1) >= 1, got shape {tuple(kv_cache.shape)}")
         block_table = block_table.to("cpu", torch.int64)
         capacity = block_table.shape[1] * kv_cache.shape[1]
     else:

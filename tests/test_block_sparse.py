@@ -106,6 +106,10 @@ def test_policy_matches_simulator(causal: bool) -> None:
         partial = torch.rand(2, 3, qb, kb, generator=gen) < 0.5
         full = (torch.rand(2, 1, qb, kb, generator=gen) < 0.3) & ~partial
         lists = [t.to(torch.int64) for t in _compressed(partial, full)]
+        for n, i in ((0, 1), (2, 3)):  # listed blocks in random order, unlisted slots garbage: the order is free
+            listed = torch.arange(lists[i].shape[-1]) < lists[n][..., None]
+            order = torch.where(listed, torch.rand(lists[i].shape, generator=gen), 2.0).argsort(-1)
+            lists[i] = torch.where(listed, lists[i].gather(-1, order), -7)
         fwd, inv = torch.ops.natten_like.block_sparse_visits(*lists, nq, nkv, qbs, kbs, causal)
         pairs = torch.from_numpy(block_pairs(nq, nkv, qbs, kbs, causal))
         rows = torch.minimum(torch.arange(1, qb + 1) * qbs, torch.tensor(nq)) - torch.arange(qb) * qbs
@@ -327,6 +331,7 @@ def _args(**over: object) -> dict:
         (dict(v=torch.randn(1, 21, 2, 8)), ValueError, "token count"),
         (dict(v=torch.randn(1, 20, 2, 8).double()), TypeError, "dtype"),
         (dict(cu_seqlens_q=torch.tensor([0, 20])), ValueError, "together"),
+        (dict(block_mask=torch.ones(1, 1, 3, 3, dtype=torch.bool, device="meta")), ValueError, "meta device"),
     ],
 )
 def test_validation(over: dict, error: type, match: str) -> None:
@@ -354,3 +359,14 @@ def test_validation_packed() -> None:
         validate_block_sparse(**kw, cu_seqlens_q=torch.tensor([0, 25, 20]), cu_seqlens_kv=cu)
     with pytest.raises(ValueError, match=r"\[total, H, D\]"):
         validate_block_sparse(**{**kw, "q": q[None]}, cu_seqlens_q=cu, cu_seqlens_kv=cu)
+
+
+def test_block_far_longer_than_the_sequence() -> None:
+    """A block of 2^22 tokens over a sequence of 9: every token is in block 0, and the CPU kernel's scratch is sized by
+    the tokens there are (it was (block x block) floats, 64 TiB here)."""
+    q, k, v = (torch.randn(1, 9, 2, 8, dtype=torch.float64) for _ in range(3))
+    mask = torch.ones(1, 1, 1, 1, dtype=torch.bool)
+    kw = dict(q_block=1 << 22, kv_block=1 << 22, is_causal=True)
+    want = block_sparse_attention(q, k, v, mask, **kw, backend="reference")
+    got = block_sparse_attention(*(t.float() for t in (q, k, v)), mask, **kw, backend="cpu")
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)

@@ -107,6 +107,8 @@ CASES = [
         dict(block_size=16, local_blocks=1, vert_stride=2, homo_head=True, head_sliding_offset=1),
     ),
     (1, 7, 53, 4, 1, 16, 16, dict(block_size=8, local_blocks=2, vert_stride=3)),  # decode: queries at the end
+    # A block far longer than the sequence: the CPU kernel's scratch is sized by the tokens there are, not the block.
+    (1, 9, 9, 2, 2, 8, 8, dict(block_size=1 << 22, local_blocks=1, vert_stride=1)),
     (1, 1, 33, 2, 2, 8, 8, dict(block_size=4, local_blocks=1, vert_stride=2)),  # one query
     (1, 19, 50, 2, 1, 8, 8, dict(block_size=6, local_blocks=2, vert_stride=4, is_causal=False)),
     (1, 30, 30, 3, 3, 8, 8, dict(block_size=64, local_blocks=1, vert_stride=8)),  # one block

@@ -1,9 +1,8 @@
 // CUDA implementation of block_sparse_backward: the sm80 fused backward (sm80_fmha_bwd_kernel.hpp): delta, then dK/dV
 // per kernel KV tile over the query blocks of the transposed lists of every query head of its GQA group
 // (BlockSparseKeySchedule, fmha_bwd_schedules.hpp), then dQ per kernel Q tile over its listed KV blocks (the forward's
-// BlockSparseSchedule). Deterministic, no atomics. The lists are validated, and transposed, on host copies by the
-// same plan as the CPU binding (block_sparse_plan.hpp, backward = true); the kernels get device copies of the checked
-// arrays.
+// BlockSparseSchedule). Deterministic, no atomics. The lists are checked, and transposed, on the device by the
+// same plan as the CPU binding (block_sparse_plan.hpp, backward = true; one host sync).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -35,10 +34,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
                   out_.device() == q_.device() && grad_out_.device() == q_.device() && lse_.device() == q_.device(),
               kName, ": grad_out, q, k, v, out, lse must be on one CUDA device");
   TORCH_CHECK(k_.size(-1) == q_.size(-1), kName, ": q and k head dims differ");
-  const Plan plan = make_plan(q_, k_, v_, kv_num.cpu(), kv_idx.cpu(), on_host(full_num), on_host(full_idx),
-                              on_host(cu_q), on_host(cu_kv), q_block, kv_block, causal, true);
-  TORCH_CHECK(plan.q_seq.back() < (int64_t{1} << 31) && plan.kv_seq.back() < (int64_t{1} << 31), kName,
-              ": token counts must be below 2^31 (int32 key positions)");
   const c10::cuda::CUDAGuard guard(q_.device());
   compute_capability_major(q_);
   const auto* inst = find_instance(generated::kSm80BlockSparseBwd, q_.scalar_type(), q_.size(-1), v_.size(-1));
@@ -46,6 +41,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> block_sparse_backward_cuda(
               q_.size(-1), " / ", v_.size(-1), " (built: ", list_instances(generated::kSm80BlockSparseBwd), ")");
 
   const BwdTensors t = bwd_tensors(kName, q_, k_, v_, out_, grad_out_, lse_, grad_lse_);
+  // After the gradients' allocation (the tests poison the blocks freed last): the lists checked and transposed on the
+  // device (one host sync), the sequence offsets from host copies of cu_seqlens.
+  const Plan plan = make_plan(t.q, t.k, t.v, kv_num, kv_idx, full_num, full_idx, on_host(cu_q), on_host(cu_kv),
+                              q_block, kv_block, causal, true);
+  TORCH_CHECK(plan.q_seq.back() < (int64_t{1} << 31) && plan.kv_seq.back() < (int64_t{1} << 31), kName,
+              ": token counts must be below 2^31 (int32 key positions)");
   if (t.q.numel() == 0 || t.k.numel() == 0) return {t.dq.zero_(), t.dk.zero_(), t.dv.zero_()};
   // A packed batch [total, H, D] runs as batch 1 of [1, total, H, D].
   auto batched = [&](const at::Tensor& x) { return plan.packed ? x.unsqueeze(0) : x; };

@@ -79,7 +79,7 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_visits(const at::Tensor& kv_num,
   plan.heads = std::max(kv_num.size(1), full_num.has_value() ? full_num->size(1) : 1);
   plan.q_seq = {0, nq};
   plan.kv_seq = {0, nkv};
-  build_policies(plan, nq, nkv, 1, kv_num, kv_idx, full_num, full_idx, q_block, kv_block, causal, true);
+  build_policies(plan, nq, nkv, 1, kv_num, kv_idx, full_num, full_idx, q_block, kv_block, causal, true, at::kCPU);
   const int64_t nt = plan.q_blocks, nu = plan.kv_blocks;
   auto fwd = at::zeros({plan.batch, plan.heads, nt, nu}, at::kLong);
   auto inv = at::zeros({plan.batch, plan.heads, nu, nt}, at::kLong);

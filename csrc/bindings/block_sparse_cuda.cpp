@@ -1,7 +1,7 @@
 // CUDA implementation of block_sparse_forward: the sm80 fused forward (sm80_fmha_fwd_kernel.hpp) driven by the
 // block-sparse schedule (fmha_schedules.hpp), which reads the same policy (policy/block_sparse.hpp) as the CPU kernel.
-// The lists are validated on host copies by the same plan as the CPU binding (block_sparse_plan.hpp), then the kernel
-// gets device copies of the checked arrays. Forward only; blocks larger than the kernel's block run as several kernel
+// The lists are checked on the device by the same plan as the CPU binding (block_sparse_plan.hpp; one host sync), and
+// the kernel reads them there. Forward only; blocks larger than the kernel's block run as several kernel
 // blocks (q_split / kv_split).
 // In builds with sm90 kernels, a 9.x GPU takes the sm90 forward (sm90_fmha_fwd_kernel.hpp, TMA + wgmma, the same
 // schedule as TMA runs) where it has the dtype / head dim and the blocks split into its block; where its TMA scheme
@@ -40,11 +40,6 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
     bool causal, double scale) {
   TORCH_CHECK(q_.is_cuda() && k_.device() == q_.device() && v_.device() == q_.device(),
               "natten_like::block_sparse (cuda): q, k, v must be on one CUDA device");
-  // Validation and offsets on host copies (one small device-to-host copy of the lists per call).
-  const Plan plan = make_plan(q_, k_, v_, kv_num.cpu(), kv_idx.cpu(), on_host(full_num), on_host(full_idx),
-                              on_host(cu_q), on_host(cu_kv), q_block, kv_block, causal, false);
-  TORCH_CHECK(plan.q_seq.back() < (int64_t{1} << 31) && plan.kv_seq.back() < (int64_t{1} << 31),
-              "natten_like::block_sparse (cuda): token counts must be below 2^31 (int32 key positions)");
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
   // D_v may differ from D where an instance has that pair (the tables are keyed by both).
@@ -58,6 +53,13 @@ std::tuple<at::Tensor, at::Tensor> block_sparse_forward_cuda(
   out_shape.back() = v.size(-1);
   auto out = at::empty(out_shape, q.options());
   auto lse = at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
+  // The outputs first: they then take the most recently freed blocks of their sizes (the tests poison those), before
+  // the plan's temporaries. The lists are checked on the device (one host sync); the sequence offsets come from host
+  // copies of cu_seqlens.
+  const Plan plan = make_plan(q, k, v, kv_num, kv_idx, full_num, full_idx, on_host(cu_q), on_host(cu_kv), q_block,
+                              kv_block, causal, false);
+  TORCH_CHECK(plan.q_seq.back() < (int64_t{1} << 31) && plan.kv_seq.back() < (int64_t{1} << 31),
+              "natten_like::block_sparse (cuda): token counts must be below 2^31 (int32 key positions)");
   if (q.numel() == 0) return {out, lse};
   // A packed batch [total, H, D] runs as batch 1 of [1, total, H, D].
   auto batched = [&](const at::Tensor& t) { return plan.packed ? t.unsqueeze(0) : t; };

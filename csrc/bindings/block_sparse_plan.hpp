@@ -1,12 +1,15 @@
-// The block-sparse plan shared by the CPU and CUDA bindings: checked compressed lists (on the host), sequence and tile
-// offsets of a plain or packed batch, and the policy of each (batch, head). The CUDA binding validates host copies of
-// the lists here and hands the kernel device copies of the same arrays.
+// The block-sparse plan shared by the CPU and CUDA bindings: compressed lists checked (and, for a backward, transposed)
+// on q's device with tensor ops and one host sync, sequence and tile offsets of a plain or packed batch (from host
+// copies of cu_seqlens), and, on the CPU, the policy of each (batch, head). The CUDA kernels get device arrays of the
+// same lists.
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
+#include <ATen/ExpandUtils.h>
 
 #include <algorithm>
+#include <optional>
+#include <tuple>
 #include <vector>
 
 #include "natten_like/policy/block_sparse.hpp"
@@ -23,8 +26,10 @@ struct Lists {
   bool defined() const { return num.defined(); }
 };
 
-inline Lists checked_lists(const at::Tensor& num, const at::Tensor& idx, int64_t batch, int64_t heads, int64_t rows, int64_t cols,
-                    const char* name) {
+// The lists of one direction, shapes and dtype checked, as contiguous int64 tensors on `device` (their contents are
+// checked by check_contents).
+inline Lists shaped_lists(const at::Tensor& num, const at::Tensor& idx, int64_t batch, int64_t heads, int64_t rows,
+                          const char* name, at::Device device) {
   TORCH_CHECK(num.scalar_type() == at::kLong && idx.scalar_type() == at::kLong, "natten_like::block_sparse: ", name,
               " block lists must be int64");
   TORCH_CHECK(num.dim() == 3 && idx.dim() == 4 && num.size(0) == idx.size(0) && num.size(1) == idx.size(1) &&
@@ -34,69 +39,133 @@ inline Lists checked_lists(const at::Tensor& num, const at::Tensor& idx, int64_t
               "natten_like::block_sparse: ", name, " lists' batch/head dims must be 1 or ", batch, "/", heads);
   TORCH_CHECK(num.size(2) == rows, "natten_like::block_sparse: ", name, " lists need ", rows, " query blocks, got ",
               num.size(2));
-  Lists l{num.contiguous(), idx.contiguous()};
-  const int64_t* n = l.num.data_ptr<int64_t>();
-  const int64_t* x = l.idx.data_ptr<int64_t>();
-  const int64_t cap = l.idx.size(3);
-  // A block listed twice in a row would count its keys twice, and overflow the transposed lists (at most one entry per
-  // query block): refused, as the Python API does.
-  std::vector<int64_t> seen(static_cast<size_t>(cols), -1);
-  for (int64_t r = 0; r < l.num.numel(); ++r) {
-    TORCH_CHECK(n[r] >= 0 && n[r] <= cap, "natten_like::block_sparse: ", name, " block count out of [0, ", cap, "]");
-    for (int64_t i = 0; i < n[r]; ++i) {
-      const int64_t c = x[r * cap + i];
-      TORCH_CHECK(c >= 0 && c < cols, "natten_like::block_sparse: ", name, " KV block index out of [0, ", cols, ")");
-      TORCH_CHECK(seen[c] != r, "natten_like::block_sparse: ", name, " lists hold KV block ", c, " twice in a row");
-      seen[c] = r;
-    }
-  }
-  return l;
+  return Lists{num.to(device).contiguous(), idx.to(device).contiguous()};
 }
 
-// No KV block in both the partial and the full list of a query block (its keys would count twice), over the
-// broadcast batch / head dims of either list.
-inline void check_disjoint(const Lists& partial, const Lists& full, int64_t batch, int64_t heads, int64_t cols) {
-  const int64_t rows = partial.num.size(2), pcap = partial.idx.size(3), fcap = full.idx.size(3);
-  std::vector<int64_t> seen(static_cast<size_t>(cols), -1);
-  int64_t stamp = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    for (int64_t h = 0; h < heads; ++h) {
-      const int64_t pg = (partial.num.size(0) > 1 ? b : 0) * partial.num.size(1) + (partial.num.size(1) > 1 ? h : 0);
-      const int64_t fg = (full.num.size(0) > 1 ? b : 0) * full.num.size(1) + (full.num.size(1) > 1 ? h : 0);
-      for (int64_t r = 0; r < rows; ++r, ++stamp) {
-        const int64_t* pn = partial.num.data_ptr<int64_t>() + pg * rows + r;
-        const int64_t* px = partial.idx.data_ptr<int64_t>() + (pg * rows + r) * pcap;
-        for (int64_t i = 0; i < *pn; ++i) seen[px[i]] = stamp;
-        const int64_t* fn = full.num.data_ptr<int64_t>() + fg * rows + r;
-        const int64_t* fx = full.idx.data_ptr<int64_t>() + (fg * rows + r) * fcap;
-        for (int64_t i = 0; i < *fn; ++i) {
-          TORCH_CHECK(seen[fx[i]] != stamp, "natten_like::block_sparse: KV block ", fx[i],
-                      " is in both the partial and the full list of query block ", r);
-        }
-      }
-    }
-  }
+// Which slots of a list hold a block: [Bm, Hm, R, cap] bool.
+inline at::Tensor listed_slots(const Lists& l) {
+  return at::arange(l.idx.size(3), l.idx.options()) < l.num.unsqueeze(-1);
 }
 
-// Per KV block c, the query blocks whose list holds c, in increasing order: num [Bm, Hm, C], idx [Bm, Hm, C, R].
-inline Lists transpose_lists(const Lists& l, int64_t cols) {
-  const int64_t bh = l.num.size(0) * l.num.size(1), rows = l.num.size(2), cap = l.idx.size(3);
-  auto tnum = at::zeros({l.num.size(0), l.num.size(1), cols}, at::kLong);
-  auto tidx = at::zeros({l.num.size(0), l.num.size(1), cols, std::max<int64_t>(rows, 1)}, at::kLong);
-  const int64_t* n = l.num.data_ptr<int64_t>();
-  const int64_t* x = l.idx.data_ptr<int64_t>();
-  int64_t* tn = tnum.data_ptr<int64_t>();
-  int64_t* tx = tidx.data_ptr<int64_t>();
-  const int64_t tcap = tidx.size(3);
-  at::parallel_for(0, bh, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t g = begin; g < end; ++g)
-      for (int64_t r = 0; r < rows; ++r)
-        for (int64_t i = 0; i < n[g * rows + r]; ++i) {
-          const int64_t c = x[(g * rows + r) * cap + i];
-          tx[(g * cols + c) * tcap + tn[g * cols + c]++] = r;
-        }
-  });
-  return Lists{tnum, tidx};
+// One key per slot: the listed KV block, or a negative number of its own for an unlisted slot (-1 - base - slot), so
+// that two equal keys in a row are one block listed twice.
+inline at::Tensor slot_keys(const Lists& l, const at::Tensor& listed, int64_t base) {
+  return at::where(listed, l.idx, -1 - base - at::arange(l.idx.size(3), l.idx.options()));
+}
+
+// Rows [..., n - 1] of `keys` [..., n] sorted, and where a sorted key equals the next one (a key twice in the row).
+inline std::pair<at::Tensor, at::Tensor> sorted_repeats(const at::Tensor& keys) {
+  const int64_t n = keys.size(-1);
+  const at::Tensor s = std::get<0>(keys.sort(-1));
+  if (n < 2) return {s, at::zeros_like(s, s.options().dtype(at::kBool))};
+  return {s, s.narrow(-1, 1, n - 1) == s.narrow(-1, 0, n - 1)};
+}
+
+// 0-dim bool: some row of `keys` [..., n] holds a key twice.
+inline at::Tensor repeats(const at::Tensor& keys) { return sorted_repeats(keys).second.any(); }
+
+// The error path: (query block, KV block) of the first row of `keys` [..., R, n] holding a KV block twice.
+inline std::pair<int64_t, int64_t> first_repeat(const at::Tensor& keys) {
+  const auto [s, eq] = sorted_repeats(keys.cpu());
+  const int64_t n = std::max<int64_t>(eq.size(-1), 1);
+  const int64_t pos = eq.flatten().nonzero().flatten()[0].item<int64_t>();
+  return {(pos / n) % keys.size(-2), s.flatten()[pos / n * s.size(-1) + pos % n].item<int64_t>()};
+}
+
+// The transposed lists of one direction (per KV block c, the query blocks whose list holds c, in increasing order),
+// built on the lists' device in two steps around the one host sync of check_contents: `keys` / `counts` first, then,
+// with the longest transposed list known, the arrays.
+struct Transpose {
+  at::Tensor sorted, order, counts;  // slot keys g * cols + c (spill bucket G * cols: unlisted), stably sorted
+
+  Transpose(const Lists& l, const at::Tensor& valid, int64_t cols) {
+    const int64_t groups = l.num.size(0) * l.num.size(1);
+    const at::Tensor g = at::arange(groups, l.idx.options()).view({l.num.size(0), l.num.size(1), 1, 1});
+    const at::Tensor keys = at::where(valid, g * cols + l.idx, groups * cols).flatten();
+    // The slots are in (g, r, slot) order: a stable sort keeps each key's query blocks r increasing.
+    std::tie(sorted, order) = keys.sort(/*stable=*/true, 0, false);
+    counts = at::zeros({groups * cols + 1}, keys.options()).index_add_(0, keys, at::ones_like(keys));
+  }
+  // 0-dim int64: the longest transposed list.
+  at::Tensor longest() const {
+    return counts.size(0) > 1 ? counts.narrow(0, 0, counts.size(0) - 1).max() : at::zeros({}, counts.options());
+  }
+  // num [Bm, Hm, C], idx [Bm, Hm, C, max(cap, 1)] of the lists `l`.
+  Lists lists(const Lists& l, int64_t cols, int64_t cap) const {
+    const int64_t bm = l.num.size(0), hm = l.num.size(1), rows = l.num.size(2), slots = l.idx.size(3);
+    const int64_t buckets = bm * hm * cols;
+    cap = std::max<int64_t>(cap, 1);
+    const at::Tensor start = counts.cumsum(0) - counts;
+    const at::Tensor rank = at::arange(sorted.size(0), sorted.options()) - start.index_select(0, sorted);
+    // Spilled (unlisted) slots all go to one dump element past the arrays.
+    const at::Tensor flat = at::where(sorted < buckets, sorted * cap + rank, buckets * cap);
+    at::Tensor idx = at::zeros({buckets * cap + 1}, sorted.options());
+    idx.index_put_({flat}, at::floor_divide(order, slots).remainder(std::max<int64_t>(rows, 1)));
+    return Lists{counts.narrow(0, 0, buckets).view({bm, hm, cols}),
+                 idx.narrow(0, 0, buckets * cap).view({bm, hm, cols, cap})};
+  }
+};
+
+// Checks the contents of the lists (counts in [0, cap], listed KV blocks in [0, cols), no block twice in a row, no
+// block in both the partial and the full list of a query block) on their device with one host sync, and returns
+// their transposes when `backward`. A block listed twice would count its keys twice and overflow the transposed
+// lists, which hold one entry per query block.
+inline void check_contents(const Lists& partial, const Lists& full, int64_t cols, bool backward, Lists& q_partial,
+                           Lists& q_full) {
+  const Lists* lists[2] = {&partial, &full};
+  at::Tensor listed[2], valid[2];
+  std::vector<at::Tensor> flags;
+  std::optional<Transpose> transposes[2];
+  for (int i = 0; i < 2; ++i) {
+    const Lists& l = *lists[i];
+    if (!l.defined()) continue;
+    listed[i] = listed_slots(l);
+    valid[i] = listed[i] & (l.idx >= 0) & (l.idx < cols);
+    flags.push_back(((l.num < 0) | (l.num > l.idx.size(3))).any());
+    flags.push_back((listed[i] & ~valid[i]).any());
+    flags.push_back(repeats(slot_keys(l, listed[i], 0)));
+    if (backward) {
+      transposes[i].emplace(l, valid[i], cols);
+      flags.push_back(transposes[i]->longest());
+    }
+  }
+  at::Tensor both;  // per row, the slot keys of both lists
+  if (full.defined()) {
+    // Each list has no repeat, so a key twice in the two lists' slots of a row is a block in both.
+    const auto shape = at::infer_size(partial.num.sizes(), full.num.sizes());
+    auto expand = [&](const at::Tensor& keys) {
+      return keys.expand({shape[0], shape[1], shape[2], keys.size(3)});
+    };
+    both = at::cat({expand(slot_keys(partial, listed[0], 0)), expand(slot_keys(full, listed[1], partial.idx.size(3)))},
+                   -1);
+    flags.push_back(repeats(both));
+  }
+  for (auto& f : flags) f = f.to(at::kLong);
+  const at::Tensor host = at::stack(flags).cpu();  // the one sync
+  const int64_t* v = host.data_ptr<int64_t>();
+  const char* names[2] = {"kv", "full_kv"};
+  int64_t longest[2] = {0, 0};
+  for (int i = 0, j = 0; i < 2; ++i) {
+    if (!lists[i]->defined()) continue;
+    TORCH_CHECK(v[j] == 0, "natten_like::block_sparse: ", names[i], " block count out of [0, ",
+                lists[i]->idx.size(3), "]");
+    TORCH_CHECK(v[j + 1] == 0, "natten_like::block_sparse: ", names[i], " KV block index out of [0, ", cols, ")");
+    if (v[j + 2] != 0) {
+      const auto [r, c] = first_repeat(slot_keys(*lists[i], listed[i], 0));
+      TORCH_CHECK(false, "natten_like::block_sparse: ", names[i], " lists hold KV block ", c,
+                  " twice in a row (query block ", r, ")");
+    }
+    j += 3;
+    if (backward) longest[i] = v[j++];
+  }
+  if (full.defined() && v[host.numel() - 1] != 0) {
+    const auto [r, c] = first_repeat(both);
+    TORCH_CHECK(false, "natten_like::block_sparse: KV block ", c,
+                " is in both the partial and the full list of query block ", r);
+  }
+  if (!backward) return;
+  q_partial = transposes[0]->lists(partial, cols, longest[0]);
+  if (full.defined()) q_full = transposes[1]->lists(full, cols, longest[1]);
 }
 
 // The lists as a BlockListArray (element strides; broadcast dims stride 0), over `data` (the lists' own pointers, or
@@ -147,7 +216,7 @@ inline std::vector<int64_t> offsets_of(const c10::optional<at::Tensor>& cu, cons
 inline void build_policies(Plan& plan, int64_t max_q, int64_t max_kv, int64_t seqs, const at::Tensor& kv_num,
                     const at::Tensor& kv_idx, const c10::optional<at::Tensor>& full_num,
                     const c10::optional<at::Tensor>& full_idx, int64_t q_block, int64_t kv_block, bool causal,
-                    bool backward) {
+                    bool backward, at::Device device) {
   plan.q_blocks = policy::ceil_div(max_q, q_block);
   plan.kv_blocks = policy::ceil_div(max_kv, kv_block);
   plan.q_tiles.assign(seqs + 1, 0);
@@ -157,15 +226,12 @@ inline void build_policies(Plan& plan, int64_t max_q, int64_t max_kv, int64_t se
     plan.kv_tiles[s + 1] = plan.kv_tiles[s] + policy::ceil_div(plan.kv_seq[s + 1] - plan.kv_seq[s], kv_block);
   }
   const int64_t list_batch = plan.packed ? seqs : plan.batch;
-  plan.kv_partial = checked_lists(kv_num, kv_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "kv");
+  plan.kv_partial = shaped_lists(kv_num, kv_idx, list_batch, plan.heads, plan.q_blocks, "kv", device);
   if (full_num.has_value()) {
-    plan.kv_full = checked_lists(*full_num, *full_idx, list_batch, plan.heads, plan.q_blocks, plan.kv_blocks, "full_kv");
-    check_disjoint(plan.kv_partial, plan.kv_full, list_batch, plan.heads, plan.kv_blocks);
+    plan.kv_full = shaped_lists(*full_num, *full_idx, list_batch, plan.heads, plan.q_blocks, "full_kv", device);
   }
-  if (backward) {
-    plan.q_partial = transpose_lists(plan.kv_partial, plan.kv_blocks);
-    if (plan.kv_full.defined()) plan.q_full = transpose_lists(plan.kv_full, plan.kv_blocks);
-  }
+  check_contents(plan.kv_partial, plan.kv_full, plan.kv_blocks, backward, plan.q_partial, plan.q_full);
+  if (device.type() != at::kCPU) return;  // the policies read the lists on the host (the CPU kernel)
   const int64_t npol = plan.packed ? plan.heads : plan.batch * plan.heads;
   plan.pols.resize(npol);
   for (int64_t i = 0; i < npol; ++i) {
@@ -229,13 +295,14 @@ inline Plan make_plan(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     plan.q_seq = {0, max_q};
     plan.kv_seq = {0, max_kv};
   }
-  build_policies(plan, max_q, max_kv, seqs, kv_num, kv_idx, full_num, full_idx, q_block, kv_block, causal, backward);
+  build_policies(plan, max_q, max_kv, seqs, kv_num, kv_idx, full_num, full_idx, q_block, kv_block, causal, backward,
+                 q.device());
   return plan;
 }
 
-// Device copies of a plan's offsets and lists (the CUDA bindings): they own the memory the kernels' pointers address,
-// and fill the pattern and list arrays of the kernels' params. Freed when the binding returns; the caching allocator
-// reuses their blocks only in stream order, after the kernels have read them.
+// A plan's offsets (copied to the device) and lists (made on it by the plan) for the CUDA bindings: they own the memory
+// the kernels' pointers address, and fill the pattern and list arrays of the kernels' params. Freed when the binding
+// returns; the caching allocator reuses their blocks only in stream order, after the kernels have read them.
 struct PlanOnDevice {
   at::Tensor q_seq, kv_seq, q_tiles, kv_tiles;
   at::Tensor lists[4][2];  // kv_partial, kv_full, q_partial, q_full: {num, idx}, undefined when the plan has none
@@ -245,7 +312,7 @@ struct PlanOnDevice {
     q_seq = copy(plan.q_seq), kv_seq = copy(plan.kv_seq), q_tiles = copy(plan.q_tiles), kv_tiles = copy(plan.kv_tiles);
     const Lists* source[4] = {&plan.kv_partial, &plan.kv_full, &plan.q_partial, &plan.q_full};
     for (int i = 0; i < 4; ++i) {
-      if (source[i]->defined()) lists[i][0] = source[i]->num.to(device), lists[i][1] = source[i]->idx.to(device);
+      if (source[i]->defined()) lists[i][0] = source[i]->num, lists[i][1] = source[i]->idx;
     }
   }
 

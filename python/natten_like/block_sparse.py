@@ -46,7 +46,7 @@ DEFAULT_BLOCK = 128
 
 @dataclass(frozen=True)
 class BlockLists:
-    """Normalised compressed block lists (int64, contiguous, on the CPU).
+    """Normalised compressed block lists (int64, contiguous, on the device the mask came on).
 
     Counts ``[B|1, H|1, QB]``, indices ``[B|1, H|1, QB, cap]``.
 
@@ -108,19 +108,30 @@ def _check_list(
             f"got shape {tuple(idx.shape)}"
         )
     _check_broadcast(num, batch, heads, f"{name}_num_blocks")
-    num, idx = num.to("cpu", torch.int64).contiguous(), idx.to("cpu", torch.int64).contiguous()
-    if ((num < 0) | (num > idx.shape[3])).any():
+    if idx.device != num.device:
+        raise ValueError(f"{name}_indices must be on {name}_num_blocks' device {num.device}, got {idx.device}")
+    # On the lists' own device, with one host sync for both checks.
+    num, idx = num.to(torch.int64).contiguous(), idx.to(torch.int64).contiguous()
+    listed = _listed(num, idx)
+    bad_count, bad_index = torch.stack(
+        [((num < 0) | (num > idx.shape[3])).any(), (listed & ((idx < 0) | (idx >= kb))).any()]
+    ).tolist()
+    if bad_count:
         raise ValueError(f"{name}_num_blocks entries must be in [0, {idx.shape[3]}] (the indices' last dim)")
-    listed = torch.arange(idx.shape[3]) < num[..., None]
-    if ((idx < 0) | (idx >= kb))[listed].any():
+    if bad_index:
         raise ValueError(f"{name}_indices must hold KV block indices in [0, KB={kb}) in their first num_blocks entries")
     return num, idx
 
 
+def _listed(num: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Bool ``[B|1, H|1, QB, cap]``: which index slots hold a listed block."""
+    return torch.arange(idx.shape[3], device=idx.device) < num[..., None]
+
+
 def _block_counts(num: torch.Tensor, idx: torch.Tensor, kb: int) -> torch.Tensor:
-    """How many times each KV block is listed: int64 [B|1, H|1, QB, KB]."""
-    listed = (torch.arange(idx.shape[3]) < num[..., None]).to(torch.int64)
-    counts = torch.zeros(*num.shape, kb + 1, dtype=torch.int64)
+    """How many times each KV block is listed: int32 [B|1, H|1, QB, KB]."""
+    listed = _listed(num, idx).to(torch.int32)
+    counts = torch.zeros(*num.shape, kb + 1, dtype=torch.int32, device=idx.device)
     # Unlisted slots scatter into the spare column kb, dropped below.
     return counts.scatter_add_(-1, torch.where(listed.bool(), idx, kb), listed)[..., :kb]
 
@@ -130,14 +141,14 @@ def dense_block_mask(lists: BlockLists, num_kv_blocks: int) -> tuple[torch.Tenso
     kept = _block_counts(lists.kv_num_blocks, lists.kv_indices, num_kv_blocks) > 0
     full = torch.zeros_like(kept)
     if lists.full_kv_num_blocks is not None:
-        full = _block_counts(lists.full_kv_num_blocks, lists.full_kv_indices, num_kv_blocks) > 0
+        full = (_block_counts(lists.full_kv_num_blocks, lists.full_kv_indices, num_kv_blocks) > 0).to(kept.device)
         kept, full = torch.broadcast_tensors(kept | full, full)
     return kept, full
 
 
 def _lists_from_bool(mask: torch.Tensor) -> BlockLists:
     """Compressed lists of a boolean block mask, kept blocks in increasing order."""
-    mask = mask.to("cpu").bool()
+    mask = mask.bool()
     num = mask.sum(-1).to(torch.int64)
     idx = torch.argsort((~mask).to(torch.int8), dim=-1, stable=True).to(torch.int64)
     return BlockLists(num.contiguous(), idx.contiguous())
@@ -152,14 +163,14 @@ def from_flex_block_mask(block_mask: BlockMask) -> tuple[BlockLists, int, int]:
     q_block, kv_block = block_mask.BLOCK_SIZE
     full = block_mask.full_kv_num_blocks is not None
 
-    def cpu64(t: torch.Tensor | None) -> torch.Tensor | None:
-        return None if t is None else t.to("cpu", torch.int64).contiguous()
+    def int64(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(torch.int64).contiguous()
 
     lists = BlockLists(
-        cpu64(block_mask.kv_num_blocks),
-        cpu64(block_mask.kv_indices),
-        cpu64(block_mask.full_kv_num_blocks) if full else None,
-        cpu64(block_mask.full_kv_indices) if full else None,
+        int64(block_mask.kv_num_blocks),
+        int64(block_mask.kv_indices),
+        int64(block_mask.full_kv_num_blocks) if full else None,
+        int64(block_mask.full_kv_indices) if full else None,
     )
     return lists, int(q_block), int(kv_block)
 
@@ -219,6 +230,9 @@ def _normalise_mask(
                 f"block_mask was built for (N_q, N_kv) = {tuple(block_mask.seq_lengths)}, "
                 f"the call has {(max_q, max_kv)}"
             )
+    parts = block_mask if isinstance(block_mask, (tuple, list)) else (block_mask,)
+    if any(isinstance(t, torch.Tensor) and t.device.type == "meta" for t in parts):
+        raise ValueError("block_mask must hold data: its tensors are on the meta device")
     q_block = DEFAULT_BLOCK if q_block is None else check_int(q_block, "q_block")
     kv_block = DEFAULT_BLOCK if kv_block is None else check_int(kv_block, "kv_block")
     if q_block < 1 or kv_block < 1:
@@ -259,7 +273,7 @@ def _normalise_mask(
         )
     if lists.full_kv_num_blocks is not None:
         counts = _block_counts(lists.kv_num_blocks, lists.kv_indices, kb)
-        counts = counts + _block_counts(lists.full_kv_num_blocks, lists.full_kv_indices, kb)
+        counts = counts + _block_counts(lists.full_kv_num_blocks, lists.full_kv_indices, kb).to(counts.device)
         if (counts > 1).any():
             raise ValueError(
                 "block_mask lists a KV block twice for one query block (in kv_indices and/or full_kv_indices)"
@@ -355,13 +369,14 @@ def validate_block_sparse(
 def element_mask(params: BlockSparseParams, num_q: int, num_kv: int) -> torch.Tensor:
     """Bool ``[B|1, H|1, num_q, num_kv]``: True where query i attends key j (one sequence of the batch's shape)."""
     kept, full = dense_block_mask(params.lists, params.num_kv_blocks)
-    rows = torch.arange(num_q) // params.q_block
-    cols = torch.arange(num_kv) // params.kv_block
+    dev = kept.device
+    rows = torch.arange(num_q, device=dev) // params.q_block
+    cols = torch.arange(num_kv, device=dev) // params.kv_block
     kept = kept[:, :, rows][:, :, :, cols]
     if not params.is_causal:
         return kept
     full = full[:, :, rows][:, :, :, cols]
-    causal = torch.arange(num_q)[:, None] + (num_kv - num_q) >= torch.arange(num_kv)[None, :]
+    causal = torch.arange(num_q, device=dev)[:, None] + (num_kv - num_q) >= torch.arange(num_kv, device=dev)[None, :]
     return kept & (full | causal)
 
 

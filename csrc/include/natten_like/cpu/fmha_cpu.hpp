@@ -117,6 +117,15 @@ int64_t max_q_chunk_rows_of(const Pol& pol) {
   else return pol.max_q_rows();
 }
 
+// A tile's rows, at most the tokens there are: a block-sparse or S2 block can be far longer than the sequence, and the
+// scratch holds (query rows) x (key rows) scores.
+inline int64_t clamp_rows(int64_t rows, int64_t tokens) { return std::min(rows, std::max<int64_t>(tokens, 1)); }
+// Key rows of the scratch: `rows` (which covers an additional tile's) where there is additional KV, else clamped to N_kv.
+template <class T>
+int64_t scratch_kv_rows(int64_t rows, const FmhaParams<T>& p) {
+  return p.nadd > 0 ? rows : clamp_rows(rows, p.nkv);
+}
+
 // Calls f(n, mask_or_null) for each block of KV rows Q tile t attends to, rows[0:n] filled; mask [q rows x n] when partial.
 template <class Pol, class F>
 void visit_kv(const Pol& pol, int64_t t, int64_t* rows, unsigned char* mask, F&& f) {
@@ -166,8 +175,8 @@ void fmha_forward(const FmhaParams<T>& p, const Provider& provider) {
   using namespace detail;
   const auto& pol0 = provider(0, 0);
   const int64_t n_q_tiles = pol0.num_q_tiles();
-  const int64_t max_q = pol0.max_q_rows(), max_k = max_kv_rows_of(pol0);
-  const int64_t add_tile = max_k;
+  const int64_t add_tile = max_kv_rows_of(pol0);
+  const int64_t max_q = clamp_rows(pol0.max_q_rows(), p.nq), max_k = scratch_kv_rows(add_tile, p);
   const int64_t n_add_tiles = policy::ceil_div(p.nadd, add_tile);
   const int64_t group = p.heads / p.kv_heads;
   const int64_t items = p.batch * p.heads * n_q_tiles;
@@ -239,9 +248,9 @@ void fmha_backward(const FmhaParams<T>& p, const Provider& provider) {
   const auto& pol0 = provider(0, 0);
   const int64_t n_q_tiles = pol0.num_q_tiles(), n_kv_tiles = pol0.num_kv_tiles();
   // Pass 1 pairs Q tiles with KV blocks, pass 2 KV tiles with query blocks: size scratch for the larger of each side.
-  const int64_t max_q = std::max(pol0.max_q_rows(), max_q_chunk_rows_of(pol0));
-  const int64_t max_k = std::max(pol0.max_kv_rows(), max_kv_rows_of(pol0));
+  const int64_t max_q = clamp_rows(std::max(pol0.max_q_rows(), max_q_chunk_rows_of(pol0)), p.nq);
   const int64_t add_tile = max_kv_rows_of(pol0);
+  const int64_t max_k = scratch_kv_rows(std::max(pol0.max_kv_rows(), add_tile), p);
   const int64_t n_add_tiles = policy::ceil_div(p.nadd, add_tile);
   const int64_t group = p.heads / p.kv_heads;
   const int64_t dmax = std::max(p.dim, p.dim_v);

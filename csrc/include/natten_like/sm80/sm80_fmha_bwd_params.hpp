@@ -52,7 +52,7 @@ struct StridedShardBwdParams : FmhaBwdArgs {
 
 // Block-sparse: `fwd` as for the forward (its kv_partial / kv_full lists drive the dQ kernel), plus the transposed
 // lists the dK/dV kernel walks: per (batch or sequence, query head, KV block) the query blocks whose list holds it,
-// counts [Bm, Hm, KB] and indices [Bm, Hm, KB, QB] (block_sparse_plan.hpp's transpose_lists), q_full empty when no
+// counts [Bm, Hm, KB] and indices [Bm, Hm, KB, cap] (block_sparse_plan.hpp's Transpose), q_full empty when no
 // full lists were given. total_kv_tiles = fwd.pattern.num_kv_tiles(), kept here for the host (the grid).
 struct BlockSparseBwdParams : FmhaBwdArgs {
   BlockSparseFwdParams fwd;

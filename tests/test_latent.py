@@ -144,6 +144,30 @@ def test_mla_layer_absorbed_equals_mha(num_queries: int | None) -> None:
     torch.testing.assert_close(paged.double(), expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("kw", "error", "match"),
+    [
+        (dict(num_queries=10), ValueError, r"num_queries must be in \[0, S=9\]"),
+        (dict(num_queries=-1), ValueError, "num_queries must be in"),
+        (dict(block_table=torch.tensor([[0, 1, 2], [0, 3, 4]]), page_size=4), ValueError, "lists a page twice"),
+        (dict(block_table=torch.tensor([[0, 1], [2, 3]]), page_size=4), ValueError, r">= ceil\(S / page_size\) = 3"),
+        (dict(block_table=torch.tensor([[0, 1, 2], [3, 4, -1]]), page_size=4), ValueError, "must be >= 0"),
+        (dict(block_table=torch.tensor([[0.0, 1, 2], [3, 4, 5]]), page_size=4), TypeError, "int32 or int64"),
+        (dict(block_table=torch.tensor([[0, 1, 2], [3, 4, 5]]), page_size=0), ValueError, "page_size must be >= 1"),
+        (dict(block_table=torch.tensor([[0, 1, 2], [3, 4, 5]])), ValueError, "given together"),
+    ],
+)
+def test_mla_layer_validation(kw: dict, error: type, match: str) -> None:
+    """The layer's own arguments: a page shared by two sequences would overwrite rows (a wrong answer, not an error),
+    so it is refused like the other bad tables."""
+    layer = MultiHeadLatentAttention(16, 2, latent_dim=8, rope_dim=4, nope_dim=4, v_dim=4)
+    x = torch.randn(2, 9, 16)
+    with pytest.raises(error, match=match):
+        layer(x, **kw)
+    with pytest.raises(ValueError, match=r"x must be \[B, S, d_model=16\]"):
+        layer(torch.randn(2, 9, 15))
+
+
 @pytest.mark.skipif(not EXTENDED, reason="extended sweep: set NATTEN_LIKE_EXTENDED_TESTS=1")
 @pytest.mark.parametrize("seed", range(20))
 def test_random_sweep(seed: int) -> None:
@@ -213,3 +237,24 @@ def test_op_refuses_empty_pages() -> None:
     q, pages = torch.randn(1, 1, 2, 24), torch.randn(4, 0, 24)
     with pytest.raises(RuntimeError, match=r"page_size \(dim 1\) >= 1"):
         torch.ops.natten_like.latent_forward(q, pages, torch.tensor([0]), torch.tensor([[0]]), 16, False, 0.2, 0)
+
+
+def test_op_refuses_float_lengths() -> None:
+    """The compiled op, called directly: float cache_seqlens / block_table are refused, not truncated to integers."""
+    q, cache = torch.randn(1, 1, 2, 24), torch.randn(1, 8, 24)
+    with pytest.raises(RuntimeError, match="must be integer tensors"):
+        torch.ops.natten_like.latent_forward(q, cache, torch.tensor([2.7]), None, 16, False, 0.2, 0)
+    pages = torch.randn(2, 4, 24)
+    with pytest.raises(RuntimeError, match="must be integer tensors"):
+        torch.ops.natten_like.latent_forward(q, pages, torch.tensor([5]), torch.tensor([[0.0, 1.0]]), 16, False, 0.2, 0)
+
+
+def test_more_splits_than_chunks() -> None:
+    """A split count far beyond the cache's KV chunks gives the same result as one split (the CPU op clamps it instead
+    of allocating partials for empty splits)."""
+    gen = torch.Generator().manual_seed(5)
+    q, cache = torch.randn(2, 1, 4, 40, generator=gen), torch.randn(2, 70, 40, generator=gen)
+    lens = torch.tensor([70, 9])
+    one = torch.ops.natten_like.latent_forward(q, cache, lens, None, 32, False, 0.2, 1)
+    many = torch.ops.natten_like.latent_forward(q, cache, lens, None, 32, False, 0.2, 10**9)
+    torch.testing.assert_close(many, one)

@@ -21,6 +21,10 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cpu(const at::Tensor& q_, cons
   TORCH_CHECK(num_splits >= 0, "natten_like::latent: num_splits must be >= 0 (0 = automatic)");
   const bool paged = block_table_.has_value();
   TORCH_CHECK(!paged || seqlens_.has_value(), "natten_like::latent: a paged cache needs cache_seqlens");
+  for (const auto* t : {&seqlens_, &block_table_}) {
+    TORCH_CHECK(!t->has_value() || at::isIntegralType((*t)->scalar_type(), /*includeBool=*/false),
+                "natten_like::latent: cache_seqlens and block_table must be integer tensors");
+  }
   TORCH_CHECK(!paged || cache_.size(1) >= 1, "natten_like::latent: a paged cache needs a page_size (dim 1) >= 1");
   const auto q = q_.contiguous(), cache = cache_.contiguous();
   const int64_t batch = q.size(0);
@@ -70,8 +74,9 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cpu(const at::Tensor& q_, cons
     p.scale = static_cast<float>(scale);
     p.causal = causal;
     const int64_t items = batch * policy::ceil_div(p.sq * p.heads, cpu::kLatentRows);
-    p.num_splits =
-        num_splits > 0 ? num_splits : cpu::latent_auto_splits(items, policy::ceil_div(max_len, cpu::kLatentChunk));
+    // More splits than KV chunks of the longest cache only add empty splits (and their partials' memory).
+    const int64_t chunks = std::max<int64_t>(1, policy::ceil_div(max_len, cpu::kLatentChunk));
+    p.num_splits = num_splits > 0 ? std::min(num_splits, chunks) : cpu::latent_auto_splits(items, chunks);
     cpu::latent_forward(p);
   });
   return {out, lse};

@@ -32,6 +32,11 @@ int64_t auto_splits(int64_t ctas, int64_t max_len, int sms) {
   return std::clamp<int64_t>(want, 1, most);
 }
 
+// What an invalid launch configuration means here.
+constexpr const char* kLaunchLimits =
+    " (beyond the grid limits: batch and splits <= 65535; or short of the shared memory per block the kernels need: "
+    "~154 KB (sm80 kernel) or ~226 KB (sm90), which sm80 / sm90 class GPUs have, not sm86 / sm89)";
+
 std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, const at::Tensor& cache_,
                                                        const c10::optional<at::Tensor>& seqlens_,
                                                        const c10::optional<at::Tensor>& block_table_,
@@ -50,6 +55,10 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
               "one CUDA device");
   const bool paged = block_table_.has_value();
   TORCH_CHECK(!paged || seqlens_.has_value(), "natten_like::latent (cuda): a paged cache needs cache_seqlens");
+  for (const auto* t : {&seqlens_, &block_table_}) {
+    TORCH_CHECK(!t->has_value() || at::isIntegralType((*t)->scalar_type(), /*includeBool=*/false),
+                "natten_like::latent (cuda): cache_seqlens and block_table must be integer tensors");
+  }
   TORCH_CHECK(!paged || cache_.size(1) >= 1, "natten_like::latent (cuda): a paged cache needs a page_size (dim 1) >= 1");
   const c10::cuda::CUDAGuard guard(q_.device());
   [[maybe_unused]] const int major = compute_capability_major(q_);
@@ -145,7 +154,8 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
       // cudaErrorNotSupported comes before any launch, for what its TMA views cannot express (a page size that is not
       // a multiple of 64, misaligned rows): the sm80 kernel runs those.
       if (err != cudaErrorNotSupported) {
-        TORCH_CHECK(err == cudaSuccess, "natten_like::latent (cuda): sm90 kernel: ", cudaGetErrorString(err));
+        TORCH_CHECK(err == cudaSuccess, "natten_like::latent (cuda): sm90 kernel: ", cudaGetErrorString(err),
+                    err == cudaErrorInvalidConfiguration ? kLaunchLimits : "");
         return {out, lse};
       }
       (void)cudaGetLastError();
@@ -154,10 +164,7 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
 #endif
   const cudaError_t err = inst->launch(p, stream);
   TORCH_CHECK(err == cudaSuccess, "natten_like::latent (cuda): kernel launch failed: ", cudaGetErrorString(err),
-              err == cudaErrorInvalidConfiguration ? " (beyond the grid limits: batch and splits <= 65535; or short of "
-                                                     "the ~154 KB of shared memory per block the kernel needs, which "
-                                                     "sm80 / sm90 class GPUs have, not sm86 / sm89)"
-                                                   : "");
+              err == cudaErrorInvalidConfiguration ? kLaunchLimits : "");
   return {out, lse};
 }
 

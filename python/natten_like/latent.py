@@ -192,7 +192,7 @@ def _cuda_reasons(problem: Problem) -> list[str]:
         )
     if problem.requires_grad:
         reasons.append("the CUDA latent kernel is forward only (inference) and an input requires grad")
-    return reasons
+    return reasons + cuda.smem_reasons(problem, cuda.SM80_LATENT_SMEM, "the MLA decode kernel")
 
 
 def _cuda_run(problem: Problem, q: torch.Tensor, kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -251,7 +251,7 @@ def _rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> to
     freqs = base ** (-torch.arange(half, dtype=torch.float64) / half)
     angles = positions.to(torch.float64)[:, None] * freqs  # [S, R / 2]
     shape = (1, x.shape[1]) + (1,) * (x.dim() - 3) + (half,)
-    cos, sin = (f(angles).reshape(shape).to(x.dtype) for f in (torch.cos, torch.sin))
+    cos, sin = (f(angles).reshape(shape).to(x.device, x.dtype) for f in (torch.cos, torch.sin))
     even, odd = x[..., 0::2], x[..., 1::2]
     return torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1).flatten(-2)
 
@@ -310,28 +310,64 @@ class MultiHeadLatentAttention(torch.nn.Module):
     def cache_rows(self, x: torch.Tensor) -> torch.Tensor:
         """Latent cache rows of tokens ``x [B, S, d_model]`` at positions ``0 .. S-1``: ``[B, S, latent + rope]``."""
         c = x @ self.w_dkv
-        return torch.cat((c[..., : self.latent_dim], _rope(c[..., self.latent_dim :], torch.arange(x.shape[1]))), -1)
+        positions = torch.arange(x.shape[1], device=x.device)
+        return torch.cat((c[..., : self.latent_dim], _rope(c[..., self.latent_dim :], positions)), -1)
+
+    def _num_queries(self, x: object, num_queries: object) -> int:
+        """Checks ``x [B, S, d_model]`` and returns the query count: ``num_queries`` in [0, S], default S."""
+        x = check_tensor(x, "x")
+        d_model = self.w_dkv.shape[0]
+        if x.dim() != 3 or x.shape[-1] != d_model:
+            raise ValueError(f"x must be [B, S, d_model={d_model}], got shape {tuple(x.shape)}")
+        if num_queries is None:
+            return x.shape[1]
+        n = check_int(num_queries, "num_queries")
+        if not 0 <= n <= x.shape[1]:
+            raise ValueError(f"num_queries must be in [0, S={x.shape[1]}] (the last tokens of x), got {n}")
+        return n
 
     def _queries(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(q_nope [B, S_q, H, nope_dim], q_rope [B, S_q, H, rope_dim]) of query tokens at ``positions``."""
         qh = torch.einsum("bsd,hde->bshe", x, self.w_q)
         return qh[..., : self.nope_dim], _rope(qh[..., self.nope_dim :], positions)
 
+    @staticmethod
+    def _check_pages(block_table: object, page_size: object, batch: int, seq: int) -> int:
+        """Checks a block table ``[B, >= ceil(S / page_size)]`` whose used pages (the first ceil(S / page_size) of each
+        row) are distinct non-negative ids; returns ``page_size``."""
+        page_size = check_int(page_size, "page_size")
+        if page_size < 1:
+            raise ValueError(f"page_size must be >= 1, got {page_size}")
+        block_table = check_tensor(block_table, "block_table")
+        if block_table.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"block_table must be an int32 or int64 tensor, got {block_table.dtype}")
+        need = -(-seq // page_size)
+        if block_table.dim() != 2 or block_table.shape[0] != batch or block_table.shape[1] < need:
+            raise ValueError(
+                f"block_table must be [B={batch}, >= ceil(S / page_size) = {need}], "
+                f"got shape {tuple(block_table.shape)}"
+            )
+        used = block_table[:, :need].flatten()
+        if used.numel() and int(used.min()) < 0:
+            raise ValueError("block_table's used pages (its first ceil(S / page_size) columns) must be >= 0")
+        if used.unique().numel() != used.numel():
+            raise ValueError("block_table lists a page twice among its used pages: the sequences' rows would overlap")
+        return page_size
+
     def forward_mha(self, x: torch.Tensor, num_queries: int | None = None) -> torch.Tensor:
         """Un-absorbed form: per-head keys ``[c_kv W_UK^h | k_rope]`` and values ``c_kv W_UV^h``, causal attention of
         the last ``num_queries`` tokens (default all) of ``x [B, S, d_model]``.
 
         Returns ``[B, num_queries, d_model]``."""
-        seq = x.shape[1]
-        n = seq if num_queries is None else num_queries
+        n, seq = self._num_queries(x, num_queries), x.shape[1]
         rows = self.cache_rows(x)
         c_kv, k_rope = rows[..., : self.latent_dim], rows[..., self.latent_dim :]
         k_nope = torch.einsum("bsl,hle->bshe", c_kv, self.w_uk)
         k = torch.cat((k_nope, k_rope[:, :, None].expand(-1, -1, self.num_heads, -1)), -1)
         v = torch.einsum("bsl,hle->bshe", c_kv, self.w_uv)
-        q_nope, q_rope = self._queries(x[:, seq - n :], torch.arange(seq - n, seq))
+        q_nope, q_rope = self._queries(x[:, seq - n :], torch.arange(seq - n, seq, device=x.device))
         q = torch.cat((q_nope, q_rope), -1)
-        mask = torch.arange(seq)[None, :] <= torch.arange(seq - n, seq)[:, None]
+        mask = torch.arange(seq, device=x.device)[None, :] <= torch.arange(seq - n, seq, device=x.device)[:, None]
         out, _ = masked_attention(q, k, v, mask, self.scale)
         return out.flatten(2) @ self.w_o
 
@@ -349,21 +385,24 @@ class MultiHeadLatentAttention(torch.nn.Module):
         are first scattered into a paged cache at those pages.
 
         Returns ``[B, num_queries, d_model]``."""
+        n = self._num_queries(x, num_queries)
         batch, seq = x.shape[:2]
-        n = seq if num_queries is None else num_queries
-        rows = self.cache_rows(x)
-        q_nope, q_rope = self._queries(x[:, seq - n :], torch.arange(seq - n, seq))
-        q = torch.cat((torch.einsum("bshe,hle->bshl", q_nope, self.w_uk), q_rope), -1)  # absorb W_UK
-        cache, seqlens = rows, None
         if (block_table is None) != (page_size is None):
             raise ValueError("block_table and page_size must be given together (both or neither)")
         if block_table is not None:
-            pages = int(block_table.max()) + 1
+            page_size = self._check_pages(block_table, page_size, batch, seq)
+        rows = self.cache_rows(x)
+        q_nope, q_rope = self._queries(x[:, seq - n :], torch.arange(seq - n, seq, device=x.device))
+        q = torch.cat((torch.einsum("bshe,hle->bshl", q_nope, self.w_uk), q_rope), -1)  # absorb W_UK
+        cache, seqlens = rows, None
+        if block_table is not None:
+            used = block_table[:, : -(-seq // page_size)].to(x.device, torch.int64)  # the pages the rows fill
+            pages = int(used.max()) + 1 if used.numel() else 1
             cache = rows.new_zeros(pages * page_size, rows.shape[-1])
-            slots = (block_table[:, :, None] * page_size + torch.arange(page_size)).flatten(1)[:, :seq]  # [B, S]
+            slots = (used[:, :, None] * page_size + torch.arange(page_size, device=x.device)).flatten(1)[:, :seq]
             cache[slots.flatten()] = rows.flatten(0, 1)
             cache = cache.view(pages, page_size, -1)
-            seqlens = torch.full((batch,), seq, dtype=torch.int64)
+            seqlens = torch.full((batch,), seq, dtype=torch.int64, device=x.device)
         out = latent_attention(
             q,
             cache,

@@ -52,6 +52,19 @@ SM90_MAX_BOX_EXTENT = 256
 # and the P^T hand-over; DkDvSmem in sm80_fmha_bwd_kernel.hpp). More than sm86 / sm89 / sm120 GPUs allow a block.
 SM80_HD256_SMEM = 105 * 1024
 SM80_HD256_BWD_SMEM = 147 * 1024
+# The sm80 MLA decode kernel (sm80_latent_kernel.hpp): Q and K tiles of 64 x 576, P 64 x 64, row maxima; 154 KB.
+SM80_LATENT_SMEM = 154 * 1024
+
+
+def smem_reasons(problem: Problem, need: int, what: str) -> list[str]:
+    """A reason when the problem's GPU allows a block less than ``need`` bytes of shared memory (opt-in)."""
+    if problem.device_type != "cuda" or not torch.cuda.is_available():
+        return []
+    optin = torch.cuda.get_device_properties(problem.device_index).shared_memory_per_block_optin
+    if optin >= need:
+        return []
+    return [f"{what} needs {need} bytes of shared memory per block; this GPU allows {optin} (sm80 / sm90 class GPUs "
+            "have enough)"]  # fmt: skip
 
 
 def _built_kernels() -> frozenset[tuple[str, torch.dtype, int, int]]:
@@ -112,12 +125,9 @@ def _head_dim_reasons(problem: Problem, kind: str = "sm80_gna_fwd") -> list[str]
     built = sorted((hd, hd_v) for dt, hd, hd_v in built_kernels(kind) if dt == problem.dtype)
     if dims not in built:
         reasons.append(f"head dims (D, D_v) = {dims} have no kernel (built for {problem.dtype}: {built})")
-    if params.head_dim >= 256 and torch.cuda.is_available():
+    if params.head_dim >= 256:
         need = SM80_HD256_BWD_SMEM if problem.requires_grad else SM80_HD256_SMEM
-        optin = torch.cuda.get_device_properties(problem.device_index).shared_memory_per_block_optin
-        if optin < need:
-            reasons.append(f"head dim {params.head_dim} needs {need} bytes of shared memory per block; this GPU "
-                           f"allows {optin} (sm80 / sm90 class GPUs have enough)")  # fmt: skip
+        reasons += smem_reasons(problem, need, f"head dim {params.head_dim}")
     if problem.requires_grad and kind == "sm80_gna_fwd":
         built_bwd = sorted((hd, hd_v) for dt, hd, hd_v in built_kernels("sm80_gna_bwd") if dt == problem.dtype)
         if dims not in built_bwd:
@@ -141,6 +151,8 @@ def check_device(problem: Problem, device: torch.device) -> None:
 def sm90_reasons(params: GnaParams, dtype: torch.dtype, device: torch.device | None = None) -> list[str]:
     """Why the sm90 forward kernel would not take this problem (empty: it would); the sm80 kernel runs instead."""
     reasons = []
+    if os.environ.get(SM90_ENV, "") not in ("", "on", "off"):  # as the bindings read it
+        raise ValueError(f"{SM90_ENV} must be on or off, got {os.environ[SM90_ENV]!r}")
     if os.environ.get(SM90_ENV) == "off":
         reasons.append(f"{SM90_ENV}=off keeps every family on the sm80 kernels")
     if (dtype, params.head_dim, params.head_dim_v) not in built_kernels("sm90_gna_fwd"):

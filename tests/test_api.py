@@ -307,3 +307,41 @@ def test_dispatch_passes_the_batch_heads_and_device_of_q(isolated_registry) -> N
     dispatch("toy", None, None, torch.zeros(3, 5, 7, 4, 8))  # [B, *tokens, H, D]
     dispatch("toy", None, None, torch.zeros(11, 4, 8))  # packed [total, H, D]
     assert [(p.batch, p.heads, p.device_index) for p in seen] == [(3, 4, None), (1, 4, None)]
+
+
+def test_cuda_smem_reasons(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shared-memory check the CUDA backend makes before a launch that would fail (the MLA decode kernel's 154 KB,
+    the head-dim-256 kernels'), on a faked GPU: an sm89-class opt-in limit refuses, an sm90-class one accepts."""
+    from types import SimpleNamespace
+
+    from natten_like.backends import cuda
+
+    optin = {"value": 99 * 1024}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "get_device_properties", lambda index: SimpleNamespace(shared_memory_per_block_optin=optin["value"])
+    )
+    problem = Problem("latent", "cuda", torch.bfloat16, False, None, device_index=0)
+    (reason,) = cuda.smem_reasons(problem, cuda.SM80_LATENT_SMEM, "the MLA decode kernel")
+    assert f"needs {cuda.SM80_LATENT_SMEM} bytes" in reason and f"allows {99 * 1024}" in reason
+    optin["value"] = 227 * 1024
+    assert cuda.smem_reasons(problem, cuda.SM80_LATENT_SMEM, "the MLA decode kernel") == []
+    assert cuda.smem_reasons(Problem("latent", "cpu", torch.float32, False, None), 1 << 30, "x") == []
+
+
+@pytest.mark.parametrize("family", ["gna", "block_sparse", "strided_shard"])
+def test_double_backward_raises(family: str) -> None:
+    """Differentiating a gradient of the fused ops raises (PyTorch's fallback for an op without a formula would treat
+    the first gradients as constants and return zeros); first-order gradients with create_graph=True still work."""
+    q, k, v = (torch.randn(1, 16, 2, 8, requires_grad=True) for _ in range(3))
+    if family == "gna":
+        out = natten_like.gna(q, k, v, window=3, backend="cpu")
+    elif family == "block_sparse":
+        out = natten_like.block_sparse_attention(q, k, v, torch.ones(1, 1, 2, 2, dtype=torch.bool), q_block=8,
+                                                 kv_block=8, backend="cpu")  # fmt: skip
+    else:
+        out = natten_like.strided_shard_attention(q, k, v, block_size=4, local_blocks=1, vert_stride=2, backend="cpu")
+    (grad_q,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+    assert grad_q.shape == q.shape and grad_q.abs().sum() > 0
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(grad_q.square().sum(), [q, k, v])

@@ -19,8 +19,14 @@ def _opcheck_inputs(num_additional: int) -> dict[str, torch.Tensor]:
 
 
 # Inductor for the fused cpu path (what users run); the reference (float64) only needs to trace, so aot_eager suffices.
-@pytest.mark.parametrize(("dtype", "compile_backend"), [(torch.float32, "inductor"), (torch.float64, "aot_eager")])
-def test_compile_fullgraph_forward_and_backward(caplog, dtype: torch.dtype, compile_backend: str) -> None:
+# dynamic=True: symbolic sizes reach the backends' refusal reasons (strings Dynamo cannot join).
+@pytest.mark.parametrize(
+    ("dtype", "compile_backend", "dynamic"),
+    [(torch.float32, "inductor", False), (torch.float64, "aot_eager", False), (torch.float32, "aot_eager", True)],
+)
+def test_compile_fullgraph_forward_and_backward(
+    caplog, dtype: torch.dtype, compile_backend: str, dynamic: bool
+) -> None:
     case = GnaCase((6, 7), (3, 5), stride=(1, 2), causal=(False, True), heads=4, kv_heads=2, num_additional=2)
     inputs = make_inputs(case, dtype, seed=0)
 
@@ -39,7 +45,7 @@ def test_compile_fullgraph_forward_and_backward(caplog, dtype: torch.dtype, comp
     torch._dynamo.reset()
     # Debug logging enabled on purpose: dispatch must not log while tracing, or fullgraph would fail on a graph break.
     with caplog.at_level(logging.DEBUG, logger="natten_like"):
-        compiled = torch.compile(loss, fullgraph=True, backend=compile_backend)
+        compiled = torch.compile(loss, fullgraph=True, backend=compile_backend, dynamic=dynamic)
         actual = compiled(*leaves)
     actual_grads = torch.autograd.grad(actual, leaves)
     torch.testing.assert_close(actual, expected)

@@ -263,7 +263,9 @@ def validate_merge(outputs: object, lses: object) -> tuple[list[torch.Tensor], l
     ls = [check_tensor(x, f"lses[{i}]") for i, x in enumerate(lses)]
     check_same_floating({f"outputs[{i}]": o for i, o in enumerate(outs)})
     for i, (o, x) in enumerate(zip(outs, ls, strict=True)):
-        if o.dim() < 1 or o.shape != outs[0].shape:
+        if o.dim() < 1:
+            raise ValueError(f"outputs[{i}] must be [*, H, D_v] (at least 1 dim), got a 0-dim tensor")
+        if o.shape != outs[0].shape:
             raise ValueError(
                 f"outputs[{i}] must have the shape of outputs[0] {tuple(outs[0].shape)}, got {tuple(o.shape)}"
             )

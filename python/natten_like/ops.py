@@ -71,10 +71,24 @@ def _gna_backward(ctx: Any, grad_out: torch.Tensor, grad_lse: torch.Tensor) -> t
     return (dq, dk, dv, d_add_k, d_add_v) + (None,) * len(ctx.config)
 
 
+def _refuse_double_backward(op: str) -> None:
+    """An autograd formula for the backward op ``op`` that raises: without one, differentiating a gradient (double
+    backward) would treat the gradients as constants and silently give zeros."""
+
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise RuntimeError(f"natten_like: double backward (differentiating {op}) is not supported")
+
+    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: Any) -> None:
+        pass
+
+    torch.library.register_autograd(op, backward, setup_context=setup_context)
+
+
 if EXTENSION_ERROR is None:
     torch.library.register_fake("natten_like::gna_forward", _forward_fake)
     torch.library.register_fake("natten_like::gna_backward", _gna_backward_fake)
     torch.library.register_autograd("natten_like::gna_forward", _gna_backward, setup_context=_gna_setup_context)
+    _refuse_double_backward("natten_like::gna_backward")
 
 
 def register_qkv_op(family: str, num_tensors: int) -> None:
@@ -104,6 +118,7 @@ def register_qkv_op(family: str, num_tensors: int) -> None:
     torch.library.register_fake(f"natten_like::{family}_forward", _forward_fake)
     torch.library.register_fake(f"natten_like::{family}_backward", backward_fake)
     torch.library.register_autograd(f"natten_like::{family}_forward", backward, setup_context=setup_context)
+    _refuse_double_backward(f"natten_like::{family}_backward")
 
 
 def _clamped_tiles(target: str, shape: tuple[int, ...], dilation: tuple[int, ...], head_dim: int) -> list[list[int]]:

@@ -113,15 +113,22 @@ def select_backend(problem: Problem, backend: str | None = None) -> Backend:
             )
         _log_debug("natten_like %s: backend %s forced", problem.family, backend)
         return chosen
-    refusals = []
+    refusals: list[tuple[str, list[str]]] = []
+
+    def refused() -> str:
+        # Joined only to be read: under torch.compile(dynamic=True) the reasons can hold symbolic sizes, whose strings
+        # Dynamo cannot join.
+        return "; ".join(f"{name} refused: " + ", ".join(reasons) for name, reasons in refusals)
+
     for name in names:
         candidate = _REGISTRY[problem.family][name]
         reasons = candidate.not_supported_reasons(problem)
         if not reasons:
-            _log_debug("natten_like %s: chose backend %s (%s)", problem.family, name, "; ".join(refusals) or "first")
+            if not torch.compiler.is_compiling() and logger.isEnabledFor(logging.DEBUG):
+                _log_debug("natten_like %s: chose backend %s (%s)", problem.family, name, refused() or "first")
             return candidate
-        refusals.append(f"{name} refused: " + ", ".join(reasons))
-    raise BackendNotSupportedError(f"no backend can run this {problem.family} problem: " + "; ".join(refusals))
+        refusals.append((name, reasons))
+    raise BackendNotSupportedError(f"no backend can run this {problem.family} problem: " + refused())
 
 
 def dispatch(family: str, params: Any, backend: str | None, *tensors: torch.Tensor | None) -> Any:

@@ -453,6 +453,10 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
       // producer's 56 registers have no room for 64-bit counts.
       const int kv_tiles = static_cast<int>(kPersistent ? kv_tiles_of(sched) : grid_kv_tiles);
       const int tiles = static_cast<int>(kPersistent ? kv_tiles + tiles_add() : grid_tiles);
+      // Persistent: every lane has read the work tile and its counts before lane 0's loads let the consumers finish it
+      // and reuse its state buffer (for work tile i + 2); a work tile with no neighbourhood tile has no other
+      // __syncwarp between these reads and the next work tile.
+      if constexpr (kPersistent) __syncwarp();
       // Persistent, after the first work tile: the Q box goes after the first KV tiles (which only wait for the ring),
       // so they load while the consumers still run the previous epilogue out of the Q buffer.
       // (q_at = min(kStages, tiles) as a register would spill under the producer's budget: the tests below spell it.)
@@ -492,8 +496,9 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
           const uint32_t phase = phase_of(e);
           // Wait until every consumer warp is done with the K half of the stage's previous tile (K and the key
           // geometry, written below); a fresh barrier counts its preceding phase as complete, so the first kStages
-          // waits pass at once. The V half is waited for by lane 0 just before the V boxes: it is released one KV
-          // tile later, and K should not wait for it.
+          // waits pass at once. The V half is waited for by lane 0 just before the V boxes, after this tile's K boxes
+          // are issued: it is released one KV tile later, and this K does not wait for it (the next tile's K does, as
+          // lane 0 issues in order).
           Barrier::wait(&smem.k_empty[st], phase ^ 1);
           Element* k_dst = smem.k + st * kBlockN * kHeadDim;
           Element* v_dst = smem.v + st * kBlockN * kHeadDimV;

@@ -370,3 +370,16 @@ def test_block_far_longer_than_the_sequence() -> None:
     want = block_sparse_attention(q, k, v, mask, **kw, backend="reference")
     got = block_sparse_attention(*(t.float() for t in (q, k, v)), mask, **kw, backend="cpu")
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_op_lists_without_slots() -> None:
+    """Lists of capacity 0 (no query block lists anything): out 0, lse -inf, zero gradients, forward and backward of
+    the op (whose backward transposes the lists)."""
+    q, k, v = (torch.randn(1, 20, 2, 8) for _ in range(3))
+    num, idx = torch.zeros(1, 1, 3, dtype=torch.long), torch.zeros(1, 1, 3, 0, dtype=torch.long)
+    geometry = (None, None, None, None, 8, 8, False, 0.3)
+    out, lse = torch.ops.natten_like.block_sparse_forward(q, k, v, num, idx, *geometry)
+    assert torch.equal(out, torch.zeros_like(out)) and bool((lse == float("-inf")).all())
+    grads = torch.ops.natten_like.block_sparse_backward(torch.randn_like(out), q, k, v, out, lse, None, num, idx,
+                                                        *geometry)  # fmt: skip
+    assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)

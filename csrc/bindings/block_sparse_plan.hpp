@@ -100,7 +100,7 @@ struct Transpose {
     // Spilled (unlisted) slots all go to one dump element past the arrays.
     const at::Tensor flat = at::where(sorted < buckets, sorted * cap + rank, buckets * cap);
     at::Tensor idx = at::zeros({buckets * cap + 1}, sorted.options());
-    idx.index_put_({flat}, at::floor_divide(order, slots).remainder(std::max<int64_t>(rows, 1)));
+    idx.index_put_({flat}, at::floor_divide(order, std::max<int64_t>(slots, 1)).remainder(std::max<int64_t>(rows, 1)));
     return Lists{counts.narrow(0, 0, buckets).view({bm, hm, cols}),
                  idx.narrow(0, 0, buckets * cap).view({bm, hm, cols, cap})};
   }

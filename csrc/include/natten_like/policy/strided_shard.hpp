@@ -109,16 +109,21 @@ struct StridedShardPolicy {
     return r.above_first + (e - r.band) * vert_stride;
   }
 
-  // Calls f(q_tile, full) for every Q tile that keeps KV block u (the inverse of for_each_kv_tile), in increasing order.
-  template <class F>
-  NL_HOST_DEVICE void for_each_q_tile(int64_t u, F&& f) const {
+  // The Q tiles that keep KV block u (the inverse of for_each_kv_tile): one range, possibly empty.
+  NL_HOST_DEVICE Range q_tile_range(int64_t u) const {
     const int64_t first = first_q_block(), last = num_kv_blocks() - 1;
     int64_t lo = causal ? u : 0, hi = last;
     if (!dense && !vertical(u)) {  // only the local band reaches u
       lo = causal ? u : u - local + 1;
       hi = u + local - 1;
     }
-    for (int64_t bq = max64(lo, first); bq <= min64(hi, last); ++bq) f(bq - first, full(bq, u));
+    return Range{max64(lo, first) - first, min64(hi, last) + 1 - first};
+  }
+  // Calls f(q_tile, full) for every Q tile of q_tile_range(u), in increasing order.
+  template <class F>
+  NL_HOST_DEVICE void for_each_q_tile(int64_t u, F&& f) const {
+    const Range r = q_tile_range(u);
+    for (int64_t t = r.begin; t < r.end; ++t) f(t, full(first_q_block() + t, u));
   }
 
   // Element mask of Q tile t x KV tile u, row-major [q rows][kv rows]. 1 = attend.

@@ -147,14 +147,10 @@ struct StridedShardKeySchedule {
     const int64_t part = t % f.kv_split, kv_block = pol.block / f.kv_split;
     k_begin = u * pol.block + part * kv_block;
     n_k = static_cast<int32_t>(policy::max64(policy::min64(k_begin + kv_block, pol.nkv) - k_begin, 0));
-    // for_each_q_tile(u) is one increasing range of query tiles; its first and last give the range.
-    int64_t first = -1, last = -2;
-    pol.for_each_q_tile(u, [&](int64_t q, bool) {
-      if (first < 0) first = q;
-      last = q;
-    });
-    bq_first = pol.first_q_block() + (first < 0 ? 0 : first);
-    n_bq = first < 0 ? 0 : last - first + 1;
+    // for_each_q_tile(u) walks one increasing range of query tiles (closed form: no walk over the tiles per CTA).
+    const policy::Range tiles = pol.q_tile_range(u);
+    bq_first = pol.first_q_block() + (tiles.size() > 0 ? tiles.begin : 0);
+    n_bq = tiles.size();
     q_split = f.q_split;
     q_part_rows = static_cast<int32_t>(pol.block / f.q_split);
     h_first = h_kv * (f.heads / f.kv_heads);

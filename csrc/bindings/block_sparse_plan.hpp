@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "natten_like/policy/block_sparse.hpp"
@@ -53,7 +54,8 @@ inline at::Tensor slot_keys(const Lists& l, const at::Tensor& listed, int64_t ba
   return at::where(listed, l.idx, -1 - base - at::arange(l.idx.size(3), l.idx.options()));
 }
 
-// Rows [..., n - 1] of `keys` [..., n] sorted, and where a sorted key equals the next one (a key twice in the row).
+// `keys` [..., n] sorted along the last dim, and where a sorted key equals the next one (a key twice in its row;
+// [..., n - 1] bool).
 inline std::pair<at::Tensor, at::Tensor> sorted_repeats(const at::Tensor& keys) {
   const int64_t n = keys.size(-1);
   const at::Tensor s = std::get<0>(keys.sort(-1));

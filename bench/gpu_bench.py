@@ -11,6 +11,8 @@ Every figure is a GPU time or a ratio against a baseline measured in the same ru
   figures (incl. their token-permute pass), and the sm90 kernel's persistent tile scheduling against one CTA per work
   tile on FLUX 4K (time ratio and max output difference);
 - GNA with 512 additional (text) tokens fused: time against the same problem without them, per family;
+- block-sparse, 16K tokens, blocks of 128, random 30% of the blocks: the op's speedup over this build's dense kernel
+  against the simulator's (mean) tile bound, and what the public call's Python checks add to it;
 - latent (MLA) decode, bf16, 128 heads, paged 8K-token caches: achieved bandwidth against a device-to-device copy
   measured in the same run, of the sm80 kernel (``NATTEN_LIKE_SM90=off`` on Hopper) and, on Hopper, the sm90 one (the
   issues target >= 75% / 85%).
@@ -29,7 +31,9 @@ import natten_like  # noqa: F401  (loads the extension)
 import torch
 import torch.nn.functional as F
 from natten_like.backends import cuda as cuda_backend
+from natten_like.block_sparse import _lists_from_bool as block_sparse_lists
 
+from simulator.block_sparse import make_block_mask, simulate_block_sparse
 from simulator.gna import simulate_gna
 from simulator.tile_configs import clamp_tile, gna_tiles
 
@@ -264,6 +268,28 @@ def main() -> int:
             rows.append((f"GNA 128x128 w32x32 + {n_add} additional KV" if target == targets[0] else "", target,
                          f"{t_fused / t_plain:.2f}x the time without ({t_fused:.3f} ms)",
                          f"keys per query x{keys:.2f}"))  # fmt: skip
+
+    name_bs = "block-sparse 16384 blocks 128 random 30%"
+
+    @section(name_bs)
+    def _block_sparse() -> None:  # the public call (lists checked on the device per call) against the raw op and dense
+        if (torch.bfloat16, D, D) not in cuda_backend.built_kernels("sm80_block_sparse_fwd"):
+            return
+        q, k, v = (torch.randn(B, N, H, D, device=DEV, dtype=torch.bfloat16) for _ in range(3))
+        sim = simulate_block_sparse(seq_len=N, density=0.3, heads=H, head_dim=D, seed=0)
+        mask = torch.from_numpy(make_block_mask(N, N, 128, 128, 0.3, heads=H, seed=0))[None].to(DEV)
+        lists = block_sparse_lists(mask)
+        raw = (q, k, v, lists.kv_num_blocks, lists.kv_indices, None, None, None, None, 128, 128, False, D**-0.5)
+        fns = [
+            lambda: natten_like.block_sparse_attention(q, k, v, mask, backend="cuda"),
+            lambda: torch.ops.natten_like.block_sparse_forward(*raw),
+            lambda: natten_like.attention(q, k, v, backend="cuda"),
+        ]
+        t_call, t_op, t_dense = median_ms(fns, args.reps)
+        speedup, bound = t_dense / t_op, sim.tiles.tile_bound_avg
+        own = f"{speedup:.1f}x own dense ({t_op:.3f} ms)"
+        rows.append((name_bs, "op (lists checked on device)", own, f"{speedup / bound:.0%} of tile bound {bound:.1f}x"))
+        rows.append(("", "block_sparse_attention", f"{t_call:.3f} ms", f"+{t_call - t_op:.3f} ms Python checks"))
 
     for target in ("sm80", "sm90"):
         if (torch.bfloat16, 576, 512) in cuda_backend.built_kernels(f"{target}_latent_fwd") and (

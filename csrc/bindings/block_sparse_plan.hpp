@@ -115,19 +115,20 @@ struct Transpose {
 inline void check_contents(const Lists& partial, const Lists& full, int64_t cols, bool backward, Lists& q_partial,
                            Lists& q_full) {
   const Lists* lists[2] = {&partial, &full};
-  at::Tensor listed[2], valid[2];
+  at::Tensor keys[2];  // slot_keys of each list, the full list's unlisted ones below the partial list's
   std::vector<at::Tensor> flags;
   std::optional<Transpose> transposes[2];
   for (int i = 0; i < 2; ++i) {
     const Lists& l = *lists[i];
     if (!l.defined()) continue;
-    listed[i] = listed_slots(l);
-    valid[i] = listed[i] & (l.idx >= 0) & (l.idx < cols);
+    const at::Tensor listed = listed_slots(l);
+    const at::Tensor valid = listed & (l.idx >= 0) & (l.idx < cols);
+    keys[i] = slot_keys(l, listed, i == 0 ? 0 : partial.idx.size(3));
     flags.push_back(((l.num < 0) | (l.num > l.idx.size(3))).any());
-    flags.push_back((listed[i] & ~valid[i]).any());
-    flags.push_back(repeats(slot_keys(l, listed[i], 0)));
+    flags.push_back((listed & ~valid).any());
+    flags.push_back(repeats(keys[i]));
     if (backward) {
-      transposes[i].emplace(l, valid[i], cols);
+      transposes[i].emplace(l, valid, cols);
       flags.push_back(transposes[i]->longest());
     }
   }
@@ -135,11 +136,8 @@ inline void check_contents(const Lists& partial, const Lists& full, int64_t cols
   if (full.defined()) {
     // Each list has no repeat, so a key twice in the two lists' slots of a row is a block in both.
     const auto shape = at::infer_size(partial.num.sizes(), full.num.sizes());
-    auto expand = [&](const at::Tensor& keys) {
-      return keys.expand({shape[0], shape[1], shape[2], keys.size(3)});
-    };
-    both = at::cat({expand(slot_keys(partial, listed[0], 0)), expand(slot_keys(full, listed[1], partial.idx.size(3)))},
-                   -1);
+    auto expand = [&](const at::Tensor& k) { return k.expand({shape[0], shape[1], shape[2], k.size(3)}); };
+    both = at::cat({expand(keys[0]), expand(keys[1])}, -1);
     flags.push_back(repeats(both));
   }
   for (auto& f : flags) f = f.to(at::kLong);
@@ -153,7 +151,7 @@ inline void check_contents(const Lists& partial, const Lists& full, int64_t cols
                 lists[i]->idx.size(3), "]");
     TORCH_CHECK(v[j + 1] == 0, "natten_like::block_sparse: ", names[i], " KV block index out of [0, ", cols, ")");
     if (v[j + 2] != 0) {
-      const auto [r, c] = first_repeat(slot_keys(*lists[i], listed[i], 0));
+      const auto [r, c] = first_repeat(keys[i]);
       TORCH_CHECK(false, "natten_like::block_sparse: ", names[i], " lists hold KV block ", c,
                   " twice in a row (query block ", r, ")");
     }

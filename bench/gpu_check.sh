@@ -105,7 +105,7 @@ echo "== CUDA tests"
 per_test=()
 "$PY" -c "import pytest_timeout" 2>/dev/null && per_test=(--timeout="${NATTEN_LIKE_TEST_TIMEOUT:-120}" --timeout-method=thread)
 gpu_tests=(tests/test_gna_cuda.py tests/test_strided_shard_cuda.py tests/test_block_sparse_cuda.py tests/test_latent_cuda.py
-  tests/test_sparse_bwd_cuda.py)
+  tests/test_sparse_bwd_cuda.py tests/test_nonfinite.py)
 tests_rc=0
 : >"$LOG/tests.log"
 for t in "${gpu_tests[@]}"; do

@@ -196,6 +196,7 @@ def test_random_sweep(seed: int) -> None:
         (dict(kv_cache=torch.randn(1, 9, 24).double()), TypeError, "dtype"),
         (dict(cache_seqlens=torch.tensor([10])), ValueError, r"\[0, 9\]"),
         (dict(cache_seqlens=torch.tensor([3.0])), TypeError, "int32 or int64"),
+        (dict(cache_seqlens=torch.tensor([3], device="meta")), ValueError, "on q's device"),
         (dict(block_table=torch.zeros(1, 2, dtype=torch.long)), ValueError, "cache_seqlens is required"),
         (dict(latent_dim=0, rope_dim=24), ValueError, "latent_dim must be >= 1"),
         (dict(is_causal="yes"), TypeError, "is_causal must be a bool"),
@@ -226,6 +227,13 @@ def test_validation_paged() -> None:
         validate_latent(**kw, cache_seqlens=torch.tensor([17]), block_table=torch.tensor([[3, 0, 9]]))
     with pytest.raises(ValueError, match=r"\[0, 24\]"):
         validate_latent(**kw, cache_seqlens=torch.tensor([25]), block_table=torch.tensor([[3, 0, 1]]))
+    with pytest.raises(ValueError, match="on q's device"):
+        validate_latent(**kw, cache_seqlens=torch.tensor([16]), block_table=torch.tensor([[3, 0, 9]], device="meta"))
+    # Lists keep their dtype's width checked but stay where they are (no host copy for device-resident ones).
+    params = validate_latent(
+        **kw, cache_seqlens=torch.tensor([16], dtype=torch.int32), block_table=torch.tensor([[3, 0, 9]])
+    )
+    assert params.cache_seqlens.dtype == torch.int64 and params.block_table.device.type == "cpu"
     empty_pages = dict(kw, kv_cache=torch.randn(4, 0, 24))
     with pytest.raises(ValueError, match=r"page_size \(dim 1\) >= 1"):
         validate_latent(**empty_pages, cache_seqlens=torch.tensor([0]), block_table=torch.tensor([[0]]))

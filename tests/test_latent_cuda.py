@@ -142,3 +142,78 @@ def test_refuses_other_widths_and_grad(monkeypatch: pytest.MonkeyPatch) -> None:
     cache = torch.randn(1, 10, 576, dtype=dtype, device="cuda")
     with pytest.raises(natten_like.BackendNotSupportedError, match="forward only"):
         latent_attention(q, cache, backend="cuda")
+
+
+def _paged_state(rng: random.Random, batch: int, max_pages: int, page_size: int, num_pages: int):
+    """Random lengths in [0, capacity] and a block table of distinct pages (int32, as serving engines keep them)."""
+    lens = torch.tensor([rng.choice([0, rng.randint(1, max_pages * page_size)]) for _ in range(batch)])
+    table = torch.randperm(num_pages, generator=torch.Generator().manual_seed(rng.randint(0, 1 << 30)))
+    return lens, table[: batch * max_pages].view(batch, max_pages).to(torch.int32)
+
+
+@pytest.mark.parametrize("sm90", ["on", "off"])
+def test_cuda_graph_replay(monkeypatch: pytest.MonkeyPatch, sm90: str) -> None:
+    """A decode step captured in a CUDA graph with device-resident lengths and block table (no host copy or sync in
+    the call), replayed after both change in place, as a serving loop does: every replay matches the reference of that
+    step's lengths and pages. Then entries the host never checked: a length past the capacity and a used page outside
+    the cache give their batch entries NaN (out and lse), and the other entries stay right."""
+    use_sm90(monkeypatch, sm90)
+    monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")
+    dtype = sorted(cuda_backend.built_kernels("sm80_latent_fwd"), key=str)[0][0]
+    rng, g = random.Random(21), torch.Generator().manual_seed(21)
+    batch, heads, sq, page_size, max_pages, num_pages = 3, 16, 2, 64, 6, 20
+    q = torch.randn(batch, sq, heads, LATENT + ROPE, generator=g, dtype=torch.float64)
+    cache = torch.randn(num_pages, page_size, LATENT + ROPE, generator=g, dtype=torch.float64)
+    dev_q, dev_cache = q.to("cuda", dtype), cache.to("cuda", dtype)
+    lens0, table0 = _paged_state(rng, batch, max_pages, page_size, num_pages)
+    lens, table = lens0.cuda(), table0.cuda()
+
+    def step() -> tuple[torch.Tensor, torch.Tensor]:
+        return latent_attention(dev_q, dev_cache, cache_seqlens=lens, block_table=table, is_causal=True,
+                                return_lse=True, backend="cuda")  # fmt: skip
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up outside the capture (lazy initialisation, kernel attributes)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = step()
+
+    def reference(lens_: torch.Tensor, table_: torch.Tensor, rows: slice = slice(None)):
+        low_q, low_cache = q[rows].to(dtype).double(), cache.to(dtype).double()
+        return latent_attention(low_q, low_cache, cache_seqlens=lens_[rows], block_table=table_[rows],
+                                is_causal=True, return_lse=True, backend="reference")  # fmt: skip
+
+    for replay in range(4):
+        new_lens, new_table = (lens0, table0) if replay == 0 else _paged_state(rng, batch, max_pages, page_size, 20)
+        lens.copy_(new_lens)
+        table.copy_(new_table)
+        graph.replay()
+        torch.cuda.synchronize()
+        ref_out, ref_lse = reference(new_lens, new_table)
+        what = f"replay {replay}, lens {new_lens.tolist()}"
+        assert (out.cpu().double() - ref_out).abs().max().item() < 3e-2, what
+        finite = ref_lse.isfinite()
+        assert torch.equal(lse.cpu().isfinite(), finite), what
+        assert (lse.cpu().double()[finite] - ref_lse[finite]).abs().max().item() < 3e-2, what
+
+    bad_lens, bad_table = lens0.clone(), table0.clone()
+    bad_lens[0] = max(int(bad_lens[0]), 1)
+    bad_lens[1] = max_pages * page_size + 1  # past the capacity
+    bad_table[0, (int(bad_lens[0]) - 1) // page_size] = num_pages  # a used page that is not one of the cache's
+    lens.copy_(bad_lens)
+    table.copy_(bad_table)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert out[:2].isnan().all() and lse[:2].isnan().all(), "an unchecked invalid entry gave a finite answer"
+    ref_out, _ = reference(bad_lens, bad_table, slice(2, None))
+    assert (out[2:].cpu().double() - ref_out).abs().max().item() < 3e-2
+    # Outside capture the same contents are refused before any launch, naming the rule.
+    with pytest.raises(ValueError, match="cache's capacity"):
+        step()
+    bad_lens[1] = lens0[1]
+    lens.copy_(bad_lens)
+    with pytest.raises(ValueError, match="pages of kv_cache"):
+        step()

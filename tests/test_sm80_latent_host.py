@@ -5,9 +5,10 @@ random problems (paged and contiguous caches, causal or not, S_q 1..4, seqlens 0
 tile, split) the KV tiles the split visits, per position the cache row it loads (zero-filled past L_b) and per (row,
 key) the mask. It proves that the (query row, cache position) pairs attended, unioned over splits, are exactly the
 semantics of python/natten_like/latent.py, each pair once, that every query row is in exactly one M tile and that the
-paged address equals the row the reference gathers through the block table. A second check (nvcc, host only)
-evaluates the kernel's CuTe layouts: the warp pair that shares rows, the P store, the epilogue's column pairs, V^T as
-the K tile's first 512 columns and the gather's constant atom stride.
+paged address equals the row the reference gathers through the block table; and that the kernels' own checks of
+device-resident lengths and block-table entries (what makes a decode call capturable) flag exactly the invalid ones.
+A second check (nvcc, host only) evaluates the kernel's CuTe layouts: the warp pair that shares rows, the P store, the
+epilogue's column pairs, V^T as the K tile's first 512 columns and the gather's constant atom stride.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from natten_like.backends import cuda as cuda_backend
 from toolchain import needs_cxx, needs_nvcc, run_host_checker, run_nvcc_checker
 
 CHECKER = r"""
@@ -84,8 +86,8 @@ int main(int argc, char** argv) {
               const int64_t pos = j0 + c;
               const bool loaded = pos < len;  // the kernel zero-fills rows past the cache
               if (loaded) {
-                const int64_t row = latent::cache_row(paged ? table.data() : nullptr, max_pages, page_size, s_kv, b,
-                                                      pos);
+                const int64_t row = latent::cache_row(paged ? table.data() : nullptr, max_pages, page_size,
+                                                      num_pages, s_kv, b, pos);
                 CHECK(row == (paged ? ref_row[pos] : b * s_kv + pos), "cache row of pos %lld", (long long)pos);
                 if (paged) CHECK(row >= 0 && row < num_pages * page_size, "row outside the cache");
               }
@@ -114,6 +116,26 @@ int main(int argc, char** argv) {
       }
     }
   }
+  // The kernels' own checks of device-resident contents: a length outside [0, capacity] is 0 and invalid; a block-table
+  // entry outside [0, num_pages) gives row -1 (zero-filled, the entry poisoned), any other the page's row.
+  for (int trial = 0; trial < 2000; ++trial) {
+    const int64_t cap = uni(0, 500), given = uni(-3, 503);
+    const latent::CheckedLength c = latent::checked_length(given, cap);
+    CHECK(c.valid == (given >= 0 && given <= cap) && c.len == (c.valid ? given : 0), "length %lld of %lld",
+          (long long)given, (long long)cap);
+    const int64_t page_size = uni(1, 100), num_pages = uni(1, 9), max_pages = uni(1, 4);
+    std::vector<int64_t> table(2 * max_pages);
+    const std::vector<int64_t> invalid = {-1, -7, num_pages, 1LL << 40};
+    for (auto& t : table) t = uni(0, 3) ? uni(0, num_pages - 1) : invalid[uni(0, 3)];
+    const int64_t b = uni(0, 1), pos = uni(0, max_pages * page_size - 1);
+    const int64_t entry = table[b * max_pages + pos / page_size];
+    const bool ok = entry >= 0 && entry < num_pages;
+    const int64_t row = latent::cache_row(table.data(), max_pages, page_size, num_pages, 0, b, pos);
+    CHECK(row == (ok ? entry * page_size + pos % page_size : -1), "page entry %lld of %lld pages", (long long)entry,
+          (long long)num_pages);
+    CHECK(latent::checked_page(table.data(), max_pages, page_size, num_pages, b, pos) == (ok ? entry : -1), "page");
+  }
+  CHECK(latent::capacity(true, 999, 16, 5) == 80 && latent::capacity(false, 999, 16, 5) == 999, "capacity");
   std::printf("ok %lld pairs\n", (long long)pairs_checked);
   return 0;
 }
@@ -189,7 +211,7 @@ int main() {
     std::printf("bad %d\n", bad);
     return 1;
   }
-  std::printf("ok\n");
+  std::printf("ok %d\n", static_cast<int>(sizeof(T::SharedStorage)));
   return 0;
 }
 """
@@ -204,5 +226,7 @@ def test_latent_schedule_covers_semantics(tmp_path: Path, seed: int) -> None:
 @needs_nvcc
 def test_latent_kernel_layouts(tmp_path: Path) -> None:
     """The kernel's register and smem layouts, evaluated on the host: the warp pair sharing rows, the P store, the
-    epilogue's column pairs, V^T as the K tile's first 512 columns and the gather's constant atom stride."""
-    assert run_nvcc_checker(tmp_path, "latent_layouts", LAYOUT_CHECKER).strip() == "ok"
+    epilogue's column pairs, V^T as the K tile's first 512 columns and the gather's constant atom stride; and its
+    shared memory, which the CUDA backend's launch check (``SM80_LATENT_SMEM``) must state exactly."""
+    ok, smem = run_nvcc_checker(tmp_path, "latent_layouts", LAYOUT_CHECKER).split()
+    assert ok == "ok" and int(smem) == cuda_backend.SM80_LATENT_SMEM

@@ -12,7 +12,9 @@ extent) and proves:
   the splits, are exactly a brute-force model of the semantics (positions < L_b, causal: < L_b - S_q + s + 1), each
   pair once;
 - every key a row attends is below v_valid_rows (V rows the consumers zero are masked for every row);
-- the Q box of each M tile starts at its first row.
+- the Q box of each M tile starts at its first row;
+- a block-table entry that is not a page of the cache (a device-resident table is checked by the kernel) gives page
+  -1: a box wholly outside the view, zeros, and the entry poisoned.
 
 A second check (nvcc, evaluated on the host) checks the kernel's CuTe layouts: each consumer warpgroup's 32 keys of S
 (and K rows), the P store (every S value lands at its own (row, key) of P), each thread's S rows are its O rows, each
@@ -60,6 +62,19 @@ int main(int argc, char** argv) {
   std::mt19937_64 rng(argc > 1 ? std::atoll(argv[1]) : 0);
   auto uni = [&](int64_t lo, int64_t hi) { return std::uniform_int_distribution<int64_t>(lo, hi)(rng); };
   long pairs = 0, boxes = 0;
+  constexpr int64_t kNumPages = 1001;
+  // A block-table entry that is not a page of the cache (what a device-resident table may hold: the kernel checks it)
+  // gives page -1, a box wholly out of the view (zeros), which the producer flags.
+  for (int iter = 0; iter < 1000; ++iter) {
+    const int64_t page_size = 64 * uni(1, 4), max_pages = uni(1, 5), b = uni(0, 1);
+    const int64_t tile = uni(0, max_pages * page_size / 64 - 1);
+    const std::vector<int64_t> invalid = {-1, kNumPages, 1LL << 33};
+    std::vector<int64_t> table(2 * max_pages);
+    for (auto& t : table) t = uni(0, 2) ? uni(0, kNumPages - 1) : invalid[uni(0, 2)];
+    const int64_t entry = table[b * max_pages + tile * 64 / page_size];
+    const l90::KvBoxCoord c = l90::kv_box_coord(table.data(), max_pages, page_size, kNumPages, b, tile);
+    CHECK(c.page == (entry >= 0 && entry < kNumPages ? entry : -1), "page of entry %lld", (long long)entry);
+  }
   CHECK(!l90::paged_box_supported(0) && !l90::paged_box_supported(16) && !l90::paged_box_supported(96), "page sizes");
   CHECK(l90::paged_box_supported(64) && l90::paged_box_supported(256), "page sizes");
   for (int iter = 0; iter < 300; ++iter) {
@@ -73,7 +88,7 @@ int main(int argc, char** argv) {
     s_kv += uni(0, 70);  // contiguous: rows between L_b and s_kv exist (garbage), rows past s_kv are TMA's zeros
     const int64_t max_pages = paged ? (s_kv + page_size - 1) / page_size + uni(0, 2) : 0;
     std::vector<int64_t> table(B * max_pages);
-    for (auto& t : table) t = uni(0, 1000);
+    for (auto& t : table) t = uni(0, kNumPages - 1);
     const int64_t* bt = paged ? table.data() : nullptr;
     const int64_t extent = paged ? page_size : s_kv;
     const int64_t rows_total = l80::num_rows(sq, H);
@@ -87,7 +102,7 @@ int main(int argc, char** argv) {
         for (int64_t split = 0; split < num_splits; ++split) {
           const policy::Range tiles = l80::split_kv_tiles(L, sq, H, causal, t, num_splits, split);
           for (int64_t e = tiles.begin; e < tiles.end; ++e) {
-            const l90::KvBoxCoord c = l90::kv_box_coord(bt, max_pages, page_size, b, e);
+            const l90::KvBoxCoord c = l90::kv_box_coord(bt, max_pages, page_size, kNumPages, b, e);
             ++boxes;
             CHECK(c.row >= 0 && c.row + l90::kBlockN <= l90::kMaxCoord && c.page >= 0 && c.page <= l90::kMaxCoord,
                   "coordinates");
@@ -99,8 +114,8 @@ int main(int argc, char** argv) {
               CHECK(i < valid, "valid rows");
               CHECK(c.row + i < extent, "in the view: not a zero-filled row");
               const int64_t cache_row = c.page * extent + c.row + i;
-              CHECK(cache_row == l80::cache_row(bt, max_pages, page_size, s_kv, b, pos), "cache row of pos %lld",
-                    (long long)pos);
+              CHECK(cache_row == l80::cache_row(bt, max_pages, page_size, kNumPages, s_kv, b, pos),
+                    "cache row of pos %lld", (long long)pos);
             }
             for (int64_t r = rows.begin; r < rows.end; ++r) {
               const int lim = l80::tile_key_limit(l80::row_limit(L, sq, H, causal, r), e * l90::kBlockN);
@@ -160,7 +175,6 @@ sm80::LatentFwdParams latent(int64_t B, int64_t page_size) {
   p.page_size = page_size;
   p.max_pages = page_size > 0 ? 4096 / page_size : 0;
   p.num_pages = B * p.max_pages;
-  p.max_seqlen = 4096;
   p.scale = 0.1f;
   return p;
 }

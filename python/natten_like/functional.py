@@ -172,7 +172,8 @@ def merge_attentions(outputs: Sequence[Tensor], lses: Sequence[Tensor]) -> tuple
 
     ``out = sum_i exp(lse_i - lse) * out_i`` with ``lse = logsumexp_i(lse_i)``, computed in float32 (float64 for
     float64 inputs) after subtracting the row maximum. Parts with lse = -inf (no keys) contribute nothing; rows where
-    every part is -inf give out 0 and lse -inf. Differentiable in every output and lse.
+    every part is -inf give out 0 and lse -inf; a NaN lse makes its row's out and lse NaN. Differentiable in every
+    output and lse.
 
     Args:
         outputs: n tensors ``[*, H, D_v]`` of one shape and dtype (e.g. ``[B, *tokens, H, D_v]``).
@@ -187,10 +188,10 @@ def merge_attentions(outputs: Sequence[Tensor], lses: Sequence[Tensor]) -> tuple
     row_max = lse_all.amax(dim=0)
     row_max = torch.where(torch.isfinite(row_max), row_max, 0.0)
     weights = torch.exp(lse_all - row_max)  # [n, *, H], 0 for parts without keys
-    total = weights.sum(dim=0)
-    has_keys = total > 0
+    total = weights.sum(dim=0)  # NaN where a part's lse is NaN: the merged row is NaN, never a finite answer
+    no_keys = total == 0
     # total is replaced by 1 where no part has keys, so neither log nor the division sees a 0 (no inf/NaN gradients).
-    safe_total = torch.where(has_keys, total, 1.0)
-    lse = torch.where(has_keys, row_max + torch.log(safe_total), float("-inf"))
+    safe_total = torch.where(no_keys, 1.0, total)
+    lse = torch.where(no_keys, float("-inf"), row_max + torch.log(safe_total))
     out = sum(w.unsqueeze(-1) * o.to(wide) for w, o in zip(weights / safe_total, outs, strict=True))
     return out.to(outs[0].dtype), lse

@@ -35,8 +35,8 @@ class LatentParams:
     rope_dim: int
     is_causal: bool
     scale: float
-    cache_seqlens: torch.Tensor | None  # [B] int64
-    block_table: torch.Tensor | None  # [B, max_pages] int64; None = contiguous cache
+    cache_seqlens: torch.Tensor | None  # [B] int64, on the device given (q's or the CPU)
+    block_table: torch.Tensor | None  # [B, max_pages] int64, likewise; None = contiguous cache
     num_splits: int  # split-KV count of the CPU / CUDA kernel; 0 = automatic
 
 
@@ -82,7 +82,8 @@ def validate_latent(
             raise ValueError("cache_seqlens is required with block_table (a paged cache has no implicit length)")
         if kv_cache.shape[1] < 1:
             raise ValueError(f"a paged kv_cache needs a page_size (dim 1) >= 1, got shape {tuple(kv_cache.shape)}")
-        block_table = block_table.to("cpu", torch.int64)
+        _check_list_device(block_table, q, "block_table")
+        block_table = block_table.to(torch.int64)
         capacity = block_table.shape[1] * kv_cache.shape[1]
     else:
         if kv_cache.shape[0] != batch:
@@ -94,16 +95,9 @@ def validate_latent(
             raise TypeError(f"cache_seqlens must be an int32 or int64 tensor, got {cache_seqlens.dtype}")
         if cache_seqlens.shape != (batch,):
             raise ValueError(f"cache_seqlens must be [B={batch}], got shape {tuple(cache_seqlens.shape)}")
-        cache_seqlens = cache_seqlens.to("cpu", torch.int64)
-        if ((cache_seqlens < 0) | (cache_seqlens > capacity)).any():
-            raise ValueError(f"cache_seqlens entries must be in [0, {capacity}] (the cache's capacity)")
-    if paged:
-        pages_used = (cache_seqlens + kv_cache.shape[1] - 1) // kv_cache.shape[1]
-        used = torch.arange(block_table.shape[1])[None, :] < pages_used[:, None]
-        if ((block_table < 0) | (block_table >= kv_cache.shape[0]))[used].any():
-            raise ValueError(
-                f"block_table entries of used pages must be in [0, {kv_cache.shape[0]}) (pages of kv_cache)"
-            )
+        _check_list_device(cache_seqlens, q, "cache_seqlens")
+        cache_seqlens = cache_seqlens.to(torch.int64)
+        _check_contents(cache_seqlens, block_table, capacity, kv_cache.shape[1], kv_cache.shape[0])
     return LatentParams(
         latent_dim=latent_dim,
         rope_dim=rope_dim,
@@ -115,16 +109,43 @@ def validate_latent(
     )
 
 
+def _check_list_device(t: torch.Tensor, q: torch.Tensor, name: str) -> None:
+    if t.device != q.device and t.device.type != "cpu":
+        raise ValueError(f"{name} must be on q's device ({q.device}) or the CPU, got {t.device}")
+
+
+def _check_contents(
+    seqlens: torch.Tensor, block_table: torch.Tensor | None, capacity: int, page_size: int, num_pages: int
+) -> None:
+    """Lengths in [0, capacity] and, paged, the used pages' block-table entries in [0, num_pages): on the tensors' own
+    device with one host sync, none for CPU tensors. Under CUDA-graph capture device-resident ones cannot be read: the
+    kernels check them there (a batch entry with an invalid length or page gets NaN, reading nothing out of bounds)."""
+    on_device = seqlens.device.type != "cpu" or (block_table is not None and block_table.device.type != "cpu")
+    if on_device and torch.cuda.is_current_stream_capturing():
+        return
+    bad_len = ((seqlens < 0) | (seqlens > capacity)).any()
+    bad_page = torch.zeros((), dtype=torch.bool, device=seqlens.device)
+    if block_table is not None:
+        pages_used = (seqlens.to(block_table.device).clamp(0, capacity) + page_size - 1) // page_size
+        used = torch.arange(block_table.shape[1], device=block_table.device) < pages_used[:, None]
+        bad_page = (((block_table < 0) | (block_table >= num_pages)) & used).any().to(seqlens.device)
+    bad_len, bad_page = torch.stack([bad_len, bad_page]).tolist()
+    if bad_len:
+        raise ValueError(f"cache_seqlens entries must be in [0, {capacity}] (the cache's capacity)")
+    if bad_page:
+        raise ValueError(f"block_table entries of used pages must be in [0, {num_pages}) (pages of kv_cache)")
+
+
 def _contiguous_cache(kv_cache: torch.Tensor, params: LatentParams, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows [B, S, D], lengths [B]) of a contiguous or paged cache; a paged one is gathered through its block table."""
     if params.block_table is None:
         lengths = params.cache_seqlens
         if lengths is None:
             lengths = torch.full((batch,), kv_cache.shape[1], dtype=torch.int64)
-        return kv_cache, lengths
+        return kv_cache, lengths.to(kv_cache.device)
     pages = params.block_table.clamp(0, kv_cache.shape[0] - 1).to(kv_cache.device)  # unused slots may hold anything
     rows = kv_cache[pages].reshape(batch, -1, kv_cache.shape[-1])  # [B, max_pages * page_size, D]
-    return rows, params.cache_seqlens
+    return rows, params.cache_seqlens.to(kv_cache.device)
 
 
 def latent_reference(
@@ -137,11 +158,12 @@ def latent_reference(
     """
     batch, s_q = q.shape[:2]
     rows, lengths = _contiguous_cache(kv_cache, params, batch)
-    keys = torch.arange(rows.shape[1])[None, None, :]  # [1, 1, S]
+    dev = rows.device
+    keys = torch.arange(rows.shape[1], device=dev)[None, None, :]  # [1, 1, S]
     lengths = lengths[:, None, None]
     mask = keys < lengths  # [B, 1, S]
     if params.is_causal:
-        mask = mask & (keys <= lengths - s_q + torch.arange(s_q)[None, :, None])  # [B, S_q, S]
+        mask = mask & (keys <= lengths - s_q + torch.arange(s_q, device=dev)[None, :, None])  # [B, S_q, S]
     mask = mask.expand(batch, s_q, rows.shape[1])[:, None].to(q.device)  # [B, 1, S_q, S]
     k = rows[:, :, None]  # one shared KV head
     return masked_attention(q, k, k[..., : params.latent_dim], mask, params.scale)
@@ -221,12 +243,20 @@ def latent_attention(
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """MLA decode attention in the absorbed form (see the module docstring for the semantics).
 
+    On a GPU, device-resident ``cache_seqlens`` / ``block_table`` are used where they are (no copies), so a decode
+    step can be captured in a CUDA graph and replayed with new lengths and pages. Outside capture their contents are
+    checked here with one host sync (a ``ValueError`` naming the rule); during capture they cannot be read, and the
+    kernels check them instead: a batch entry whose length is outside ``[0, capacity]`` or whose used pages are not
+    pages of ``kv_cache`` reads nothing out of bounds and gets NaN (out and lse), never a silent answer.
+
     Args:
         q: ``[B, S_q, H, latent_dim + rope_dim]``: absorbed queries (``q_nope @ W_UK`` and the RoPE part).
         kv_cache: ``[B, S_kv, latent_dim + rope_dim]``, or paged ``[num_pages, page_size, latent_dim + rope_dim]``.
         latent_dim, rope_dim: widths of the latent and RoPE parts of a row.
-        cache_seqlens: ``[B]`` cache lengths (default: the whole contiguous cache); required when paged.
-        block_table: ``[B, max_pages]`` page ids of each sequence's cache, in order (paged cache only).
+        cache_seqlens: ``[B]`` cache lengths (default: the whole contiguous cache); required when paged. int32 or
+            int64, on q's device or the CPU.
+        block_table: ``[B, max_pages]`` page ids of each sequence's cache, in order (paged cache only); int32 or
+            int64, on q's device or the CPU.
         is_causal: query ``s`` sees cache positions ``<= L_b - S_q + s``.
         scale: softmax scale; ``None`` = ``(latent_dim + rope_dim) ** -0.5``. DeepSeek's layer passes its un-absorbed
             head dim's, ``(nope_dim + rope_dim) ** -0.5`` (see :class:`MultiHeadLatentAttention`).

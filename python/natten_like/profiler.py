@@ -492,10 +492,17 @@ def latent_case(v: dict[str, Any], dtype: torch.dtype) -> Case:
         cache_shape = (b * pages, page, width) if page else (b, s_kv, width)
         return [randn((b, s_q, h, width), device, dtype, gen), randn(cache_shape, device, dtype, gen)]
 
+    on_device: dict[torch.device, tuple[Tensor, Tensor | None]] = {}
+
     def call(x: list[Tensor], backend: str) -> Tensor:
+        # Lengths and block table on the inputs' device, copied once: a serving loop keeps them there.
+        dev = x[0].device
+        if dev not in on_device:
+            on_device[dev] = (seqlens.to(dev), None if table is None else table.to(dev))
+        lens, pages_of = on_device[dev]
         return latent_attention(
-            x[0], x[1], latent_dim=latent, rope_dim=rope, cache_seqlens=seqlens if page else None,
-            block_table=table, is_causal=causal, backend=backend,
+            x[0], x[1], latent_dim=latent, rope_dim=rope, cache_seqlens=lens if page else None,
+            block_table=pages_of, is_causal=causal, backend=backend,
         )  # fmt: skip
 
     def contiguous_cache(x: list[Tensor]) -> Tensor:

@@ -52,8 +52,9 @@ SM90_MAX_BOX_EXTENT = 256
 # and the P^T hand-over; DkDvSmem in sm80_fmha_bwd_kernel.hpp). More than sm86 / sm89 / sm120 GPUs allow a block.
 SM80_HD256_SMEM = 105 * 1024
 SM80_HD256_BWD_SMEM = 147 * 1024
-# The sm80 MLA decode kernel (sm80_latent_kernel.hpp): Q and K tiles of 64 x 576, P 64 x 64, row maxima; 154 KB.
-SM80_LATENT_SMEM = 154 * 1024
+# The sm80 MLA decode kernel (sm80_latent_kernel.hpp): Q and K tiles of 64 x 576, P 64 x 64, row state; exactly
+# sizeof(Sm80LatentTraits::SharedStorage), which tests/test_sm80_latent_host.py compiles and compares.
+SM80_LATENT_SMEM = 157824
 
 
 def smem_reasons(problem: Problem, need: int, what: str) -> list[str]:

@@ -124,15 +124,14 @@ void latent_forward(const LatentParams<T>& p) {
       for (int64_t sp = 0; sp < splits; ++sp) mx = std::max(mx, part_m[(b * splits + sp) * rows + r]);
       std::fill(o.begin(), o.end(), 0.0f);
       float sum = 0.0f;
-      if (mx != kNegInf) {
-        for (int64_t sp = 0; sp < splits; ++sp) {
-          const size_t i = static_cast<size_t>((b * splits + sp) * rows + r);
-          if (part_l[i] == 0.0f) continue;
-          const float w = std::exp(part_m[i] - mx);
-          sum += part_l[i] * w;
-          const float* a = part_acc.data() + i * p.dim_v;
-          for (int64_t e = 0; e < p.dim_v; ++e) o[e] += w * a[e];
-        }
+      for (int64_t sp = 0; sp < splits; ++sp) {
+        const size_t i = static_cast<size_t>((b * splits + sp) * rows + r);
+        if (part_l[i] == 0.0f) continue;  // the split saw no key
+        // A split with a NaN score has sum NaN (and max -inf when all its scores were NaN): it makes the row NaN.
+        const float w = part_m[i] == kNegInf ? 1.0f : std::exp(part_m[i] - mx);
+        sum += part_l[i] * w;
+        const float* a = part_acc.data() + i * p.dim_v;
+        for (int64_t e = 0; e < p.dim_v; ++e) o[e] += w * a[e];
       }
       const bool empty = sum == 0.0f;
       T* dst = p.out + br * p.dim_v;

@@ -63,8 +63,16 @@ NL_MULTIVERSION static float softmax_row_update(float* __restrict s, const unsig
     }
   }
   const float m_new = row_max > m ? row_max : m;
-  if (m_new == kNegInf) {  // everything so far masked: nothing to add, nothing to rescale
-    for (int64_t j = 0; j < n; ++j) s[j] = 0.0f;
+  if (m_new == kNegInf) {
+    // Every score so far is masked (-inf) or NaN (a NaN query or key: NaN > x is false, so the max skipped it).
+    // Masked ones add nothing; a NaN one makes the sum, hence the output and logsumexp, NaN as in dense attention
+    // (zeroing it would turn a NaN query into output 0, lse -inf: a finite answer to a NaN input).
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      s[j] = s[j] == kNegInf ? 0.0f : s[j];
+      sum += s[j];
+    }
+    l += sum;
     return 1.0f;
   }
   float sum = 0.0f;

@@ -6,7 +6,10 @@
 // - splits: an M tile visits KV tiles of 64 positions up to its last row's limit (limits grow with r), and split s of
 //   num_splits takes the s-th contiguous share of those tiles (per batch: a short cache gets short splits);
 // - a cache position's row: contiguous b * s_kv + pos, paged block_table[b][pos / page_size] * page_size + pos %
-//   page_size, both int64 (pages * page_size * 576 passes 2^31).
+//   page_size, both int64 (pages * page_size * 576 passes 2^31);
+// - the contents the kernels check themselves (the binding does not read device-resident lengths and block tables, so
+//   that a call can be captured in a CUDA graph): a length outside [0, capacity] is taken as 0, a block-table entry
+//   outside [0, num_pages) reads no memory (zeros), and either gives the batch entry's queries NaN.
 #pragma once
 
 #include <cstdint>
@@ -49,11 +52,36 @@ NL_HOST_DEVICE int tile_key_limit(int64_t limit, int64_t tile_begin) {
   return static_cast<int>(policy::clamp64(limit - tile_begin, 0, kBlockN));
 }
 
-// Cache row (in units of rows of `dim` elements) holding position pos < L_b of batch b.
-NL_HOST_DEVICE int64_t cache_row(const int64_t* block_table, int64_t max_pages, int64_t page_size, int64_t s_kv,
-                                 int64_t b, int64_t pos) {
+// Positions a batch entry's cache can hold: s_kv contiguous, max_pages * page_size paged.
+NL_HOST_DEVICE int64_t capacity(bool paged, int64_t s_kv, int64_t page_size, int64_t max_pages) {
+  return paged ? max_pages * page_size : s_kv;
+}
+
+// Batch entry b's length as the kernels use it, and whether it was valid: L_b in [0, capacity], else 0.
+struct CheckedLength {
+  int64_t len;
+  bool valid;
+};
+NL_HOST_DEVICE CheckedLength checked_length(int64_t given, int64_t capacity) {
+  const bool valid = given >= 0 && given <= capacity;
+  return {valid ? given : 0, valid};
+}
+
+// Page of the cache holding position pos of batch b: block_table[b][pos / page_size], or -1 where that entry is not a
+// page of the cache (outside [0, num_pages)).
+NL_HOST_DEVICE int64_t checked_page(const int64_t* block_table, int64_t max_pages, int64_t page_size,
+                                    int64_t num_pages, int64_t b, int64_t pos) {
+  const int64_t page = block_table[b * max_pages + pos / page_size];
+  return page >= 0 && page < num_pages ? page : -1;
+}
+
+// Cache row (in units of rows of `dim` elements) holding position pos < L_b of batch b, or -1 where the block table
+// names no page of the cache (see checked_page).
+NL_HOST_DEVICE int64_t cache_row(const int64_t* block_table, int64_t max_pages, int64_t page_size, int64_t num_pages,
+                                 int64_t s_kv, int64_t b, int64_t pos) {
   if (block_table == nullptr) return b * s_kv + pos;
-  return block_table[b * max_pages + pos / page_size] * page_size + pos % page_size;
+  const int64_t page = checked_page(block_table, max_pages, page_size, num_pages, b, pos);
+  return page < 0 ? -1 : page * page_size + pos % page_size;
 }
 
 }  // namespace natten_like::sm80::latent

@@ -42,4 +42,16 @@ CUTE_DEVICE float softmax_update_row(RowCol& s, int mi, float m, float& row_max,
   return correction;
 }
 
+// The epilogue's factor 1 / sum for a row whose exponentials sum to `sum` (over every lane and key): 0 for a row that
+// saw no key (sum exactly 0: every score -inf). A row that saw any key has sum >= 1 (its max contributes exp2(0));
+// a NaN score (NaN query or key) makes sum NaN, and the factor NaN: the row's output is NaN, as in dense attention,
+// never a finite answer to a NaN input.
+CUTE_DEVICE float row_inv_sum(float sum) { return sum == 0.f ? 0.f : 1.f / sum; }
+
+// The row's natural-log logsumexp from its max in the log2 domain of the scores and its sum: ln 2 * (max + log2(sum)),
+// -inf for a row that saw no key, NaN with a NaN score (as row_inv_sum).
+CUTE_DEVICE float row_lse(float row_max_log2, float sum) {
+  return sum == 0.f ? -INFINITY : (row_max_log2 + log2f(sum)) * static_cast<float>(M_LN2);
+}
+
 }  // namespace natten_like::sm80::detail

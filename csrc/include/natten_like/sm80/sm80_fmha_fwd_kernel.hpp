@@ -334,13 +334,12 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   CUTE_UNROLL
   for (int mi = 0; mi < kRowsPerThread; ++mi) {
     const float sum = detail::quad_sum<4>(row_sum[mi]);
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const float inv = detail::row_inv_sum(sum);
     CUTE_UNROLL
     for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
     const int r = get<0>(tScS_rc(mi, 0));
     if (lane % 4 == 0 && r < q_rows) {
-      // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
-      const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
+      const float lse = detail::row_lse(row_max[mi], sum);
       p.lse[(b * p.tokens + smem.q_token[r]) * p.heads + h] = lse;
     }
   }

@@ -76,6 +76,7 @@ struct Sm80LatentTraits {
     float red_max[2][kBlockM];   // per warp column wn: row maxima of its keys, for the pair exchange
     float red_sum[2][kBlockM];   // per wn: row sums, summed in the epilogue
     int64_t seqlen;              // L_b, re-read per KV tile: held in a register across the mainloop it spilled
+    int poison;                  // the batch entry's length or a used page is invalid: its rows get NaN
   };
 };
 
@@ -131,25 +132,25 @@ CUTE_DEVICE void gemm_ss_noprefetch(Acc& acc, RA& rA, RB& rB, SA const& sA, SB c
 // red_sum[0 / 1][row] and visible: normalise O (`o`: the accumulator `acc_o` viewed as rows x columns, rows those of
 // the S partition `tScS_rc`), write lse where `writes_lse` (one thread of each row: lane % 4 == 0 of one half), and the
 // output: Element pairs (accumulator values i, i + 1 are adjacent columns of one row, coordinates `tOcO`) straight to
-// out, or float2 to the split workspace. Rows from n_rows on are padding of the tile.
+// out, or float2 to the split workspace. Rows from n_rows on are padding of the tile. `poison`: the batch entry's
+// length or block table was invalid (latent_schedule.hpp): every row gets NaN, output and lse, and so does the merge.
 template <class Element, int kDimV, int kBlockM, class AccO, class RowColO, class RowColS, class CoordO>
 CUTE_DEVICE void latent_epilogue(const LatentFwdParams& p, AccO& acc_o, RowColO& o, const RowColS& tScS_rc,
                                  const CoordO& tOcO, const float (&red_sum)[2][kBlockM], const float* row_max,
                                  bool writes_lse, int64_t split, int64_t b, int64_t rows_total, int64_t rows_begin,
-                                 int n_rows) {
+                                 int n_rows, bool poison) {
   using namespace cute;
   const bool direct = p.num_splits == 1;
   const int64_t part_row0 = (split * p.batch + b) * rows_total + rows_begin;  // workspace row of this tile's row 0
   CUTE_UNROLL
   for (int mi = 0; mi < size<0>(o); ++mi) {
     const int r = get<0>(tScS_rc(mi, 0));
-    const float sum = red_sum[0][r] + red_sum[1][r];
-    const float inv = sum > 0.f ? 1.f / sum : 0.f;
+    const float sum = poison ? NAN : red_sum[0][r] + red_sum[1][r];
+    const float inv = detail::row_inv_sum(sum);
     CUTE_UNROLL
     for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
     if (writes_lse && r < n_rows) {
-      // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
-      const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
+      const float lse = detail::row_lse(row_max[mi], sum);
       if (direct) {
         p.lse[b * rows_total + rows_begin + r] = lse;
       } else {
@@ -193,18 +194,23 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm80_latent_fwd_kernel(__
   const int64_t rows_total = latent::num_rows(p.sq, p.heads);
   const policy::Range rows = latent::m_tile_rows(rows_total, m_tile);
   const int n_rows = static_cast<int>(rows.size());
-  const int64_t len = p.seqlens[b];
+  const latent::CheckedLength checked =
+      latent::checked_length(p.seqlens[b], latent::capacity(p.block_table != nullptr, p.s_kv, p.page_size, p.max_pages));
+  const int64_t len = checked.len;
   const policy::Range tiles = latent::split_kv_tiles(len, p.sq, p.heads, p.causal, m_tile, p.num_splits, split);
 
   const auto* q_base = static_cast<const Element*>(p.q);
   const auto* cache = static_cast<const Element*>(p.cache);
-  // Cache row offsets of KV tile e (threads below kBlockN, one row each).
+  // Cache row offsets of KV tile e (threads below kBlockN, one row each); a position whose page is not one of the
+  // cache's is zero-filled and poisons the batch entry.
   auto kv_offsets = [&](int64_t e) {
     if (tid < kBlockN) {
       const int64_t pos = e * kBlockN + tid;
-      smem.row_off[tid] = pos < smem.seqlen ? latent::cache_row(p.block_table, p.max_pages, p.page_size, p.s_kv, b, pos) *
-                                          p.cache_row_stride
-                                    : -1;
+      const int64_t row =
+          pos < smem.seqlen ? latent::cache_row(p.block_table, p.max_pages, p.page_size, p.num_pages, p.s_kv, b, pos)
+                            : -1;
+      if (row < 0 && pos < smem.seqlen) smem.poison = 1;
+      smem.row_off[tid] = row < 0 ? -1 : row * p.cache_row_stride;
     }
   };
 
@@ -213,7 +219,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm80_latent_fwd_kernel(__
   Tensor sP = make_tensor(make_smem_ptr(smem.p), typename Traits::SmemLayoutP{});
   Tensor sVt = make_tensor(make_smem_ptr(smem.k), typename Traits::SmemLayoutVt{});
 
-  if (tid == 0) smem.seqlen = len;
+  if (tid == 0) {
+    smem.seqlen = len;
+    smem.poison = !checked.valid;
+  }
   if (tid < kBlockM) {
     const int64_t r = rows.begin + tid;
     smem.row_off[tid] = tid < n_rows ? b * p.q_batch_stride + r * p.q_row_stride : -1;
@@ -331,12 +340,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1) sm80_latent_fwd_kernel(__
   __syncthreads();
   Tensor tOcO = thr_mma.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDimV>>{}));
   detail::latent_epilogue<Element, kDimV>(p, acc_o, o, tScS_rc, tOcO, smem.red_sum, row_max,
-                                          lane % 4 == 0 && warp_n == 0, split, b, rows_total, rows.begin, n_rows);
+                                          lane % 4 == 0 && warp_n == 0, split, b, rows_total, rows.begin, n_rows,
+                                          smem.poison != 0);
 }
 
 // Exact merge of the splits, one CTA of 128 threads per (batch, query row), 4 columns a thread:
 // out = sum_s e^(lse_s - M) O_s / sum_s e^(lse_s - M), lse = M + ln(sum_s e^(lse_s - M)), M = max_s lse_s. Splits that
-// saw no row have lse_s = -inf and weigh 0; a row no split saw gets out 0, lse -inf.
+// saw no row have lse_s = -inf and weigh 0; a row no split saw gets out 0, lse -inf. A split with a NaN score has lse_s
+// NaN, which fmaxf leaves out of M but which makes its weight, hence the row's out and lse, NaN (never a finite merge
+// of a NaN input).
 template <class Element>
 __global__ void __launch_bounds__(128) sm80_latent_combine_kernel(__grid_constant__ const LatentFwdParams p) {
   constexpr int kDimV = 512;
@@ -349,22 +361,20 @@ __global__ void __launch_bounds__(128) sm80_latent_combine_kernel(__grid_constan
   const int c = threadIdx.x * 4;
   float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
   float sum = 0.f;
-  if (m != -INFINITY) {
-    for (int s = 0; s < p.num_splits; ++s) {
-      const float l = p.lse_partial[s * plane + br];
-      if (l == -INFINITY) continue;  // its partial output is 0 and its weight exactly 0
-      const float w = expf(l - m);
-      sum += w;
-      const float4 x = *reinterpret_cast<const float4*>(p.o_partial + (s * plane + br) * kDimV + c);
-      acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
-    }
+  for (int s = 0; s < p.num_splits; ++s) {
+    const float l = p.lse_partial[s * plane + br];
+    if (l == -INFINITY) continue;  // its partial output is 0 and its weight exactly 0
+    const float w = expf(l - m);   // NaN for a NaN split, also where M is -inf (every other split -inf)
+    sum += w;
+    const float4 x = *reinterpret_cast<const float4*>(p.o_partial + (s * plane + br) * kDimV + c);
+    acc.x += w * x.x, acc.y += w * x.y, acc.z += w * x.z, acc.w += w * x.w;
   }
-  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  const float inv = detail::row_inv_sum(sum);
   Element v[4] = {static_cast<Element>(acc.x * inv), static_cast<Element>(acc.y * inv),
                   static_cast<Element>(acc.z * inv), static_cast<Element>(acc.w * inv)};
   auto* out = static_cast<Element*>(p.out) + b * p.o_batch_stride + r * p.o_row_stride + c;
   *reinterpret_cast<uint2*>(out) = *reinterpret_cast<const uint2*>(v);
-  if (threadIdx.x == 0) p.lse[br] = sum > 0.f ? m + logf(sum) : -INFINITY;
+  if (threadIdx.x == 0) p.lse[br] = sum == 0.f ? -INFINITY : m + logf(sum);
 }
 
 // Launches the split kernel (grid: M tiles, splits, batch) and, with num_splits > 1, the combine kernel. Requires

@@ -9,6 +9,9 @@ namespace natten_like::sm80 {
 struct LatentFwdParams {
   const void* q = nullptr;                // [B, S_q, H, dim], rows (s, h) packed as row s * H + h (contiguous)
   const void* cache = nullptr;            // contiguous [B, s_kv, dim] or paged [pages, page_size, dim]
+  // Both device arrays may hold anything (the binding does not read device-resident ones): the kernels take a length
+  // outside [0, capacity] as 0 and read no page outside [0, num_pages), and give that batch entry NaN
+  // (latent_schedule.hpp).
   const int64_t* block_table = nullptr;   // device [B, max_pages]; null = contiguous cache
   const int64_t* seqlens = nullptr;       // device [B]: cache length L_b of each batch
   void* out = nullptr;                    // [B, S_q, H, dim_v] (Element), rows packed like q
@@ -25,11 +28,10 @@ struct LatentFwdParams {
   int64_t dim = 576, dim_v = 512;                // the kernel is built for exactly these (launcher checks)
   int64_t s_kv = 0;                              // contiguous cache: rows per batch
   int64_t page_size = 0, max_pages = 0;          // paged cache
-  int64_t num_pages = 0;                         // paged cache: its pages (every block_table entry is below)
+  int64_t num_pages = 0;                         // paged cache: its pages
   float scale = 1.0f;
   bool causal = false;
   int num_splits = 1;
-  int64_t max_seqlen = 0;                        // host-known max of seqlens (0: every query sees nothing)
 };
 
 }  // namespace natten_like::sm80

@@ -116,11 +116,13 @@ CUTE_HOST_DEVICE constexpr auto acc_as_a_operand(Layout acc) {
   return make_layout(make_layout(get<0, 0>(acc), get<0, 1>(acc), get<0, 0>(blocks)), get<1>(acc), get<0, 1>(blocks));
 }
 
-// The sm80 path's row reductions, online softmax row update and named barriers.
+// The sm80 path's row reductions, online softmax row update, epilogue row factors and named barriers.
 using sm80::detail::named_barrier_arrive;
 using sm80::detail::named_barrier_sync;
 using sm80::detail::quad_max;
 using sm80::detail::quad_sum;
+using sm80::detail::row_inv_sum;
+using sm80::detail::row_lse;
 using sm80::detail::softmax_update_row;
 
 // acc (+)= A B over all k-blocks as one committed wgmma batch, not waited for: until a warpgroup_wait retires the
@@ -867,14 +869,13 @@ CUTE_DEVICE void sm90_fmha_fwd_body(const typename Sm90ArgsOf<Schedule>::type& a
     CUTE_UNROLL
     for (int mi = 0; mi < kRowsPerThread; ++mi) {
       const float sum = detail::quad_sum(row_sum[mi]);
-      const float inv = sum > 0.f ? 1.f / sum : 0.f;
+      const float inv = detail::row_inv_sum(sum);
       CUTE_UNROLL
       for (int ni = 0; ni < size<1>(o); ++ni) o(mi, ni) *= inv;
       const int r = get<0>(tScS_rc(mi, 0));
       const int64_t token = smem.q_token[r];
       if (lane % 4 == 0 && token >= 0) {
-        // lse = ln(sum_j exp(scale * s_j)) = ln 2 * (max + log2(sum)) in the log2 domain of the scores.
-        const float lse = sum > 0.f ? (row_max[mi] + log2f(sum)) * static_cast<float>(M_LN2) : -INFINITY;
+        const float lse = detail::row_lse(row_max[mi], sum);
         p.lse[(b * p.tokens + token) * p.heads + h] = lse;
       }
     }

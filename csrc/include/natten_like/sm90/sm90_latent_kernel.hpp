@@ -66,12 +66,13 @@ NL_HOST_DEVICE bool paged_box_supported(int64_t page_size) {
 
 // The box of KV tile `tile` (positions [64 tile, 64 tile + 64)) of batch b. Box row i is cache row
 // page * extent + row + i (extent: page_size, or s_kv contiguous), the row latent::cache_row gives position
-// 64 tile + i; it lies in the page (row + i < page_size) for every i when page_size % 64 == 0.
-NL_HOST_DEVICE KvBoxCoord kv_box_coord(const int64_t* block_table, int64_t max_pages, int64_t page_size, int64_t b,
-                                       int64_t tile) {
+// 64 tile + i; it lies in the page (row + i < page_size) for every i when page_size % 64 == 0. Page -1 where the
+// block table names no page of the cache (sm80::latent::checked_page): a box there is wholly out of bounds, zeros.
+NL_HOST_DEVICE KvBoxCoord kv_box_coord(const int64_t* block_table, int64_t max_pages, int64_t page_size,
+                                       int64_t num_pages, int64_t b, int64_t tile) {
   const int64_t pos = tile * kBlockN;
   if (block_table == nullptr) return {pos, b};
-  return {pos % page_size, block_table[b * max_pages + pos / page_size]};
+  return {pos % page_size, sm80::latent::checked_page(block_table, max_pages, page_size, num_pages, b, pos)};
 }
 
 // Rows [0, n) of KV tile `tile` hold cache positions < L_b; the consumers zero V in rows [n, 64) (garbage or a
@@ -169,6 +170,7 @@ struct Sm90LatentTraits {
     alignas(1024) Element p[cute::cosize_v<SmemLayoutP>];
     float red_max[2][kBlockM];  // per consumer warpgroup: row maxima of its 32 keys of the current tile
     float red_sum[2][kBlockM];  // per consumer warpgroup: row sums of its keys, for the epilogue
+    int poison;                 // set by the producer: a used block-table entry is not a page of the cache
     alignas(8) uint64_t q_full;
     uint64_t k_full[kStages];
     uint64_t kv_empty[kStages];
@@ -209,6 +211,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
 
   if (tid == 0) {
     if (cast_smem_ptr_to_uint(smem_raw) % 1024 != 0) __trap();  // TMA and GMMA agree on the swizzle only there
+    smem.poison = 0;
     Barrier::init(&smem.q_full, 1);
     for (int s = 0; s < kStages; ++s) {
       Barrier::init(&smem.k_full[s], 1);  // the producer's arrive_and_expect_tx; TMA completes the bytes
@@ -221,8 +224,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
   __syncthreads();
 
-  // Both roles derive the CTA's KV tiles from the sm80 schedule (cheap, and nothing to publish through smem).
-  const int64_t len = p.seqlens[b];
+  // Both roles derive the CTA's KV tiles from the sm80 schedule (cheap, and nothing to publish through smem). A length
+  // outside [0, capacity] (device-resident lengths are not checked on the host) is 0: nothing is loaded, the rows NaN.
+  const sm80::latent::CheckedLength checked = sm80::latent::checked_length(
+      p.seqlens[b], sm80::latent::capacity(p.block_table != nullptr, p.s_kv, p.page_size, p.max_pages));
+  const int64_t len = checked.len;
   const policy::Range tiles = sm80::latent::split_kv_tiles(len, p.sq, p.heads, p.causal, m_tile, p.num_splits, split);
 
   if (warpgroup == 0) {
@@ -242,8 +248,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     for (int64_t e = tiles.begin; e < tiles.end; ++e) {
       const int64_t i = e - tiles.begin;
       const int st = static_cast<int>(i % kStages);
-      // The block-table read goes before the wait: its latency overlaps the consumers' use of the stage.
-      const latent::KvBoxCoord c = latent::kv_box_coord(p.block_table, p.max_pages, p.page_size, b, e);
+      // The block-table read goes before the wait: its latency overlaps the consumers' use of the stage. A page that
+      // is not the cache's (-1) is a box wholly out of bounds: zeros, and the flag the consumers read in the epilogue,
+      // after their wait on this stage's k_full, which the arrive below releases it to.
+      const latent::KvBoxCoord c = latent::kv_box_coord(p.block_table, p.max_pages, p.page_size, p.num_pages, b, e);
+      if (c.page < 0) smem.poison = 1;
       // A fresh barrier counts its preceding phase as complete: the first kStages waits pass at once.
       Barrier::wait(&smem.kv_empty[st], static_cast<uint32_t>(((i / kStages) & 1) ^ 1));
       TxBarrier::arrive_and_expect_tx(&smem.k_full[st], Traits::kTileBytes);
@@ -383,7 +392,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   Tensor o = make_tensor(acc_o.data(), detail::acc_rowcol(acc_o.layout()));
   Tensor tOcO = thr_pv.partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kDimV>>{}));
   sm80::detail::latent_epilogue<Element, kDimV>(p, acc_o, o, tScS_rc, tOcO, smem.red_sum, row_max,
-                                                wg == 0 && lane % 4 == 0, split, b, rows_total, rows.begin, n_rows);
+                                                wg == 0 && lane % 4 == 0, split, b, rows_total, rows.begin, n_rows,
+                                                !checked.valid || smem.poison != 0);
 #endif
 }
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import natten_like
 import pytest
 import torch
+from natten_like.backends import cuda as cuda_backend
 
 EXTENDED = os.environ.get("NATTEN_LIKE_EXTENDED_TESTS") == "1"
 
@@ -97,3 +98,15 @@ def use_sm90(monkeypatch: pytest.MonkeyPatch, sm90: str) -> None:
     if sm90 == "off" and torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("not a Hopper GPU: the sm80 kernels run with or without NATTEN_LIKE_SM90=off")
     monkeypatch.setenv("NATTEN_LIKE_SM90", sm90)
+
+
+def cuda_skip_reason(kind: str | None = None) -> str | None:
+    """Why the CUDA kernels of ``kind`` (``cuda_backend.built_kernels``'s families; None: any GNA forward) cannot run
+    here, or None: a GPU of capability >= 8.0 and an extension built with them."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    if torch.cuda.get_device_capability() < cuda_backend.MIN_CAPABILITY:
+        return "the GPU's compute capability is below 8.0"
+    if not cuda_backend.built_kernels(kind):
+        return f"extension built without the {kind or 'CUDA'} kernels (NATTEN_LIKE_CUDA_ARCH unset or not generated)"
+    return None

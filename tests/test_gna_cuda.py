@@ -14,23 +14,13 @@ import random
 import natten_like
 import pytest
 import torch
-from helpers import GRAD_INPUTS, GnaCase, make_inputs, max_error, use_sm90
+from helpers import GRAD_INPUTS, GnaCase, cuda_skip_reason, make_inputs, max_error, use_sm90
 from natten_like.backends import cuda as cuda_backend
 
 from simulator.tile_configs import clamp_tile, gna_tiles
 
-
-def _skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if torch.cuda.get_device_capability() < cuda_backend.MIN_CAPABILITY:
-        return "the GPU's compute capability is below 8.0"
-    if not cuda_backend.built_kernels():
-        return "extension built without NATTEN_LIKE_CUDA_ARCH (no CUDA kernels)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+SKIP = cuda_skip_reason()
+pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 DEVICE = "cuda"
 

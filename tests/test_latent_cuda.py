@@ -13,24 +13,15 @@ import random
 
 import pytest
 import torch
-from helpers import use_sm90
+from helpers import cuda_skip_reason, use_sm90
 from natten_like.backends import cuda as cuda_backend
 from natten_like.latent import latent_attention
 
 LATENT, ROPE = 512, 64
 
 
-def _skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if torch.cuda.get_device_capability() < cuda_backend.MIN_CAPABILITY:
-        return "the GPU's compute capability is below 8.0"
-    if not cuda_backend.built_kernels("sm80_latent_fwd"):
-        return "extension built without the sm80 latent kernels (NATTEN_LIKE_CUDA_ARCH unset or no generator entry)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+SKIP = cuda_skip_reason("sm80_latent_fwd")
+pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
 def _problem(rng: random.Random, g: torch.Generator, paged: bool, heads: int, sq: int, lens: list[int]):

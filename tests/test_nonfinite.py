@@ -15,6 +15,7 @@ from collections.abc import Callable
 import natten_like
 import pytest
 import torch
+from helpers import cuda_skip_reason
 from natten_like.backends import cuda as cuda_backend
 
 NAN = float("nan")
@@ -58,21 +59,11 @@ FAMILIES: dict[str, Call] = {
 }
 
 
-def _cuda_skip(kernel: str) -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if torch.cuda.get_device_capability() < cuda_backend.MIN_CAPABILITY:
-        return "the GPU's compute capability is below 8.0"
-    if not cuda_backend.built_kernels(kernel):
-        return f"extension built without the {kernel} kernels"
-    return None
-
-
 def _setup(backend: str, kernel: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, torch.dtype]:
     """(device, dtype) the backend runs; skips a CUDA backend that cannot run here, saying why."""
     if backend in ("cpu", "flex"):  # flex: FlexAttention, eager on the CPU
         return "cpu", torch.float32
-    reason = _cuda_skip(kernel)
+    reason = cuda_skip_reason(kernel)
     if reason is not None:
         pytest.skip(reason)
     monkeypatch.setenv(cuda_backend.EXPERIMENTAL_ENV, "1")

@@ -17,24 +17,15 @@ import random
 import natten_like
 import pytest
 import torch
+from helpers import cuda_skip_reason
 from natten_like.backends import cuda as cuda_backend
 
 BS_KIND, S2_KIND = "sm80_block_sparse_bwd", "sm80_s2_bwd"
 
 
-def _skip_reason(kind: str) -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device: the backward kernels need a GPU of capability >= 8.0"
-    if torch.cuda.get_device_capability() < cuda_backend.MIN_CAPABILITY:
-        return "the GPU's compute capability is below 8.0"
-    if not cuda_backend.built_kernels(kind):
-        return f"extension built without the {kind} kernels (NATTEN_LIKE_CUDA_ARCH unset, or not generated yet)"
-    return None
-
-
 def _require(kind: str) -> list[tuple[torch.dtype, int, int]]:
     """(dtype, head dim D, head dim D_v) of the built kernels of ``kind``."""
-    reason = _skip_reason(kind)
+    reason = cuda_skip_reason(kind)
     if reason is not None:
         pytest.skip(reason)
     return sorted(cuda_backend.built_kernels(kind), key=str)

@@ -12,21 +12,11 @@ import random
 import natten_like
 import pytest
 import torch
-from helpers import use_sm90
+from helpers import cuda_skip_reason, use_sm90
 from natten_like.backends import cuda as cuda_backend
 
-
-def _skip_reason() -> str | None:
-    if not torch.cuda.is_available():
-        return "no CUDA device"
-    if torch.cuda.get_device_capability() < cuda_backend.MIN_CAPABILITY:
-        return "the GPU's compute capability is below 8.0"
-    if not cuda_backend.built_kernels("sm80_s2_fwd"):
-        return "extension built without the sm80 strided-shard kernels (NATTEN_LIKE_CUDA_ARCH unset)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+SKIP = cuda_skip_reason("sm80_s2_fwd")
+pytestmark = pytest.mark.skipif(SKIP is not None, reason=SKIP or "")
 
 
 def _case(rng: random.Random) -> dict:

@@ -93,8 +93,10 @@ def _check_broadcast(t: torch.Tensor, batch: int | None, heads: int | None, name
 
 def _check_list(
     num: object, idx: object, batch: int | None, heads: int | None, qb: int, kb: int, name: str
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One compressed list: shapes, integer dtypes, counts in [0, cap], listed indices in [0, KB)."""
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, str]]]:
+    """One compressed list: shapes and integer dtypes checked here; returned int64 and contiguous with its content
+    checks (counts in [0, cap], listed indices in [0, KB)) as (0-dim bool flag on the list's device, message) pairs,
+    not read yet: the caller reads every check of a call with one host sync (:func:`_raise_flagged`)."""
     num = check_tensor(num, f"{name}_num_blocks")
     idx = check_tensor(idx, f"{name}_indices")
     for n, t in ((f"{name}_num_blocks", num), (f"{name}_indices", idx)):
@@ -110,17 +112,28 @@ def _check_list(
     _check_broadcast(num, batch, heads, f"{name}_num_blocks")
     if idx.device != num.device:
         raise ValueError(f"{name}_indices must be on {name}_num_blocks' device {num.device}, got {idx.device}")
-    # On the lists' own device, with one host sync for both checks.
     num, idx = num.to(torch.int64).contiguous(), idx.to(torch.int64).contiguous()
-    listed = _listed(num, idx)
-    bad_count, bad_index = torch.stack(
-        [((num < 0) | (num > idx.shape[3])).any(), (listed & ((idx < 0) | (idx >= kb))).any()]
-    ).tolist()
-    if bad_count:
-        raise ValueError(f"{name}_num_blocks entries must be in [0, {idx.shape[3]}] (the indices' last dim)")
-    if bad_index:
-        raise ValueError(f"{name}_indices must hold KV block indices in [0, KB={kb}) in their first num_blocks entries")
-    return num, idx
+    bad_count = ((num < 0) | (num > idx.shape[3])).any()
+    bad_index = (_listed(num, idx) & ((idx < 0) | (idx >= kb))).any()
+    return (
+        num,
+        idx,
+        [
+            (bad_count, f"{name}_num_blocks entries must be in [0, {idx.shape[3]}] (the indices' last dim)"),
+            (bad_index, f"{name}_indices must hold KV block indices in [0, KB={kb}) in their first num_blocks entries"),
+        ],
+    )
+
+
+def _raise_flagged(checks: list[tuple[torch.Tensor, str]]) -> None:
+    """Raises ValueError with the message of the first raised flag; one host sync for all of them."""
+    if not checks:
+        return
+    device = checks[0][0].device
+    flags = torch.stack([flag.to(device) for flag, _ in checks]).tolist()
+    for flagged, (_, message) in zip(flags, checks, strict=True):
+        if flagged:
+            raise ValueError(message)
 
 
 def _listed(num: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -129,11 +142,12 @@ def _listed(num: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 
 def _block_counts(num: torch.Tensor, idx: torch.Tensor, kb: int) -> torch.Tensor:
-    """How many times each KV block is listed: int32 [B|1, H|1, QB, KB]."""
-    listed = _listed(num, idx).to(torch.int32)
+    """How many times each KV block is listed: int32 [B|1, H|1, QB, KB]. Slots out of [0, KB) are not counted (the
+    content checks report them)."""
+    listed = _listed(num, idx) & (idx >= 0) & (idx < kb)
     counts = torch.zeros(*num.shape, kb + 1, dtype=torch.int32, device=idx.device)
     # Unlisted slots scatter into the spare column kb, dropped below.
-    return counts.scatter_add_(-1, torch.where(listed.bool(), idx, kb), listed)[..., :kb]
+    return counts.scatter_add_(-1, torch.where(listed, idx, kb), listed.to(torch.int32))[..., :kb]
 
 
 def dense_block_mask(lists: BlockLists, num_kv_blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,11 +252,17 @@ def _normalise_mask(
     if q_block < 1 or kv_block < 1:
         raise ValueError(f"q_block and kv_block must be >= 1, got q_block={q_block}, kv_block={kv_block}")
     qb, kb = _ceil_div(max_q, q_block), _ceil_div(max_kv, kv_block)
+    checks: list[tuple[torch.Tensor, str]] = []  # content checks of the lists, read at the end with one host sync
     if isinstance(block_mask, BlockMask):
-        num, idx = _check_list(lists.kv_num_blocks, lists.kv_indices, batch, heads, qb, kb, "kv")
+        num, idx, checks = _check_list(lists.kv_num_blocks, lists.kv_indices, batch, heads, qb, kb, "kv")
         if lists.full_kv_num_blocks is not None:
-            fnum, fidx = _check_list(lists.full_kv_num_blocks, lists.full_kv_indices, batch, heads, qb, kb, "full_kv")
+            fnum, fidx, full_checks = _check_list(
+                lists.full_kv_num_blocks, lists.full_kv_indices, batch, heads, qb, kb, "full_kv"
+            )
+            checks += full_checks
             lists = BlockLists(num, idx, fnum, fidx)
+        else:
+            lists = BlockLists(num, idx)
     elif isinstance(block_mask, torch.Tensor):
         if block_mask.dtype != torch.bool:
             raise TypeError(
@@ -261,30 +281,28 @@ def _normalise_mask(
                 "block_mask as a tuple must be (kv_num_blocks, kv_indices) or (kv_num_blocks, kv_indices, "
                 f"full_kv_num_blocks, full_kv_indices), got {len(block_mask)} entries"
             )
-        num, idx = _check_list(block_mask[0], block_mask[1], batch, heads, qb, kb, "kv")
+        num, idx, checks = _check_list(block_mask[0], block_mask[1], batch, heads, qb, kb, "kv")
         lists = BlockLists(num, idx)
         if len(block_mask) == 4:
-            fnum, fidx = _check_list(block_mask[2], block_mask[3], batch, heads, qb, kb, "full_kv")
+            fnum, fidx, full_checks = _check_list(block_mask[2], block_mask[3], batch, heads, qb, kb, "full_kv")
+            checks += full_checks
             lists = BlockLists(num, idx, fnum, fidx)
     else:
         raise TypeError(
             "block_mask must be a bool tensor, a (kv_num_blocks, kv_indices[, full_kv_num_blocks, full_kv_indices]) "
             f"tuple or a flex_attention BlockMask, got {type(block_mask).__name__}"
         )
+    # Lists made from a bool mask cannot repeat a block and need no content check: that path stays free of
+    # data-dependent branches, so torch.compile(fullgraph=True) traces it.
     if lists.full_kv_num_blocks is not None:
         counts = _block_counts(lists.kv_num_blocks, lists.kv_indices, kb)
         counts = counts + _block_counts(lists.full_kv_num_blocks, lists.full_kv_indices, kb).to(counts.device)
-        if (counts > 1).any():
-            raise ValueError(
-                "block_mask lists a KV block twice for one query block (in kv_indices and/or full_kv_indices)"
-            )
-    elif (
-        not isinstance(block_mask, torch.Tensor)
-        and (_block_counts(lists.kv_num_blocks, lists.kv_indices, kb) > 1).any()
-    ):
-        # Lists made from a bool mask cannot repeat a block; skipping the check keeps that path free of data-dependent
-        # branches, so torch.compile(fullgraph=True) traces it.
-        raise ValueError("block_mask lists a KV block twice for one query block in kv_indices")
+        message = "block_mask lists a KV block twice for one query block (in kv_indices and/or full_kv_indices)"
+        checks.append(((counts > 1).any(), message))
+    elif not isinstance(block_mask, torch.Tensor):
+        counts = _block_counts(lists.kv_num_blocks, lists.kv_indices, kb)
+        checks.append(((counts > 1).any(), "block_mask lists a KV block twice for one query block in kv_indices"))
+    _raise_flagged(checks)
     return lists, q_block, kv_block, qb, kb
 
 

@@ -14,7 +14,7 @@ extent) and proves:
 - every key a row attends is below v_valid_rows (V rows the consumers zero are masked for every row);
 - the Q box of each M tile starts at its first row;
 - a block-table entry that is not a page of the cache (a device-resident table is checked by the kernel) gives page
-  -1: a box wholly outside the view, zeros, and the entry poisoned.
+  -1, which the producer flags (its box loads page 0 instead).
 
 A second check (nvcc, evaluated on the host) checks the kernel's CuTe layouts: each consumer warpgroup's 32 keys of S
 (and K rows), the P store (every S value lands at its own (row, key) of P), each thread's S rows are its O rows, each
@@ -64,7 +64,7 @@ int main(int argc, char** argv) {
   long pairs = 0, boxes = 0;
   constexpr int64_t kNumPages = 1001;
   // A block-table entry that is not a page of the cache (what a device-resident table may hold: the kernel checks it)
-  // gives page -1, a box wholly out of the view (zeros), which the producer flags.
+  // gives page -1, which the producer flags.
   for (int iter = 0; iter < 1000; ++iter) {
     const int64_t page_size = 64 * uni(1, 4), max_pages = uni(1, 5), b = uni(0, 1);
     const int64_t tile = uni(0, max_pages * page_size / 64 - 1);

@@ -3,9 +3,9 @@
 // built and where its TMA views express the problem, else the sm80 one (sm80/sm80_latent_kernel.hpp). Forward only;
 // D = 576 (latent 512 + rope 64) only.
 // Argument checks as latent_cpu.cpp (latent_args.hpp). cache_seqlens / block_table on q's device are used where they
-// are, with no copy and no host sync, so a call can be captured in a CUDA graph: the kernels check their contents (a
-// batch entry whose length exceeds the cache or whose used pages are not pages of kv_cache reads nothing out of
-// bounds and gets NaN), and the split count comes from the cache's capacity. Host-resident ones are checked on the
+// are, with no copy and no host sync, so a call can be captured in a CUDA graph: the kernels check their contents
+// (nothing is read out of bounds; the queries an invalid length or page reaches get NaN, latent_schedule.hpp), and
+// the split count comes from the cache's capacity. Host-resident ones are checked on the
 // host (errors naming the entry), then copied over.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
@@ -95,10 +95,10 @@ std::tuple<at::Tensor, at::Tensor> latent_forward_cuda(const at::Tensor& q_, con
   const int64_t ctas = batch * sm80::latent::num_m_tiles(rows);
   int sms = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, q.device().index()));
-  // More splits than 64-row KV tiles of the longest cache only add empty splits.
-  const int64_t splits = std::clamp<int64_t>(num_splits > 0 ? num_splits : auto_splits(ctas, max_len, sms), 1,
-                                             std::max<int64_t>(1, policy::ceil_div(max_len, sm80::latent::kBlockN)));
-  TORCH_CHECK(splits <= 65535, who, ": num_splits must be <= 65535");
+  // More splits than 64-row KV tiles of the longest cache only add empty splits; at most the grid's 65535 (results
+  // agree for every split count).
+  const int64_t most = std::clamp<int64_t>(policy::ceil_div(max_len, sm80::latent::kBlockN), 1, 65535);
+  const int64_t splits = std::clamp<int64_t>(num_splits > 0 ? num_splits : auto_splits(ctas, max_len, sms), 1, most);
 
   at::Tensor o_partial, lse_partial;
   if (splits > 1) {

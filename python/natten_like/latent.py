@@ -119,10 +119,12 @@ def _check_contents(
 ) -> None:
     """Lengths in [0, capacity] and, paged, the used pages' block-table entries in [0, num_pages): on the tensors' own
     device with one host sync, none for CPU tensors. Under CUDA-graph capture device-resident ones cannot be read: the
-    kernels check them there (a batch entry with an invalid length or page gets NaN, reading nothing out of bounds)."""
-    on_device = seqlens.device.type != "cpu" or (block_table is not None and block_table.device.type != "cpu")
-    if on_device and torch.cuda.is_current_stream_capturing():
-        return
+    kernels check them there (the queries an invalid length or page reaches get NaN; nothing is read out of bounds)."""
+    device = next((t.device for t in (seqlens, block_table) if t is not None and t.device.type == "cuda"), None)
+    if device is not None:
+        with torch.cuda.device(device):
+            if torch.cuda.is_current_stream_capturing():
+                return
     bad_len = ((seqlens < 0) | (seqlens > capacity)).any()
     bad_page = torch.zeros((), dtype=torch.bool, device=seqlens.device)
     if block_table is not None:
@@ -246,8 +248,9 @@ def latent_attention(
     On a GPU, device-resident ``cache_seqlens`` / ``block_table`` are used where they are (no copies), so a decode
     step can be captured in a CUDA graph and replayed with new lengths and pages. Outside capture their contents are
     checked here with one host sync (a ``ValueError`` naming the rule); during capture they cannot be read, and the
-    kernels check them instead: a batch entry whose length is outside ``[0, capacity]`` or whose used pages are not
-    pages of ``kv_cache`` reads nothing out of bounds and gets NaN (out and lse), never a silent answer.
+    kernels check them instead, reading nothing out of bounds: a batch entry whose length is outside ``[0, capacity]``
+    gets NaN (out and lse), and so does every query whose keys would come from a used page that is not a page of
+    ``kv_cache``; never a silent answer.
 
     Args:
         q: ``[B, S_q, H, latent_dim + rope_dim]``: absorbed queries (``q_nope @ W_UK`` and the RoPE part).

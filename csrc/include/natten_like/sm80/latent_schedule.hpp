@@ -8,8 +8,9 @@
 // - a cache position's row: contiguous b * s_kv + pos, paged block_table[b][pos / page_size] * page_size + pos %
 //   page_size, both int64 (pages * page_size * 576 passes 2^31);
 // - the contents the kernels check themselves (the binding does not read device-resident lengths and block tables, so
-//   that a call can be captured in a CUDA graph): a length outside [0, capacity] is taken as 0, a block-table entry
-//   outside [0, num_pages) reads no memory (zeros), and either gives the batch entry's queries NaN.
+//   that a call can be captured in a CUDA graph): a length outside [0, capacity] is taken as 0 and gives all the
+//   batch entry's queries NaN; a block-table entry outside [0, num_pages) is not read through, and the CTAs that
+//   load its page give their rows NaN (every query that would see the page, and the other rows of those CTAs).
 #pragma once
 
 #include <cstdint>

@@ -76,7 +76,7 @@ struct Sm80LatentTraits {
     float red_max[2][kBlockM];   // per warp column wn: row maxima of its keys, for the pair exchange
     float red_sum[2][kBlockM];   // per wn: row sums, summed in the epilogue
     int64_t seqlen;              // L_b, re-read per KV tile: held in a register across the mainloop it spilled
-    int poison;                  // the batch entry's length or a used page is invalid: its rows get NaN
+    int poison;                  // the batch entry's length or a page this CTA loads is invalid: its rows get NaN
   };
 };
 
@@ -133,7 +133,8 @@ CUTE_DEVICE void gemm_ss_noprefetch(Acc& acc, RA& rA, RB& rB, SA const& sA, SB c
 // the S partition `tScS_rc`), write lse where `writes_lse` (one thread of each row: lane % 4 == 0 of one half), and the
 // output: Element pairs (accumulator values i, i + 1 are adjacent columns of one row, coordinates `tOcO`) straight to
 // out, or float2 to the split workspace. Rows from n_rows on are padding of the tile. `poison`: the batch entry's
-// length or block table was invalid (latent_schedule.hpp): every row gets NaN, output and lse, and so does the merge.
+// length or a page this CTA loaded was invalid (latent_schedule.hpp): every row gets NaN, output and lse, and so does
+// the merge.
 template <class Element, int kDimV, int kBlockM, class AccO, class RowColO, class RowColS, class CoordO>
 CUTE_DEVICE void latent_epilogue(const LatentFwdParams& p, AccO& acc_o, RowColO& o, const RowColS& tScS_rc,
                                  const CoordO& tOcO, const float (&red_sum)[2][kBlockM], const float* row_max,

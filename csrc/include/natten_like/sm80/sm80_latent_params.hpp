@@ -10,8 +10,8 @@ struct LatentFwdParams {
   const void* q = nullptr;                // [B, S_q, H, dim], rows (s, h) packed as row s * H + h (contiguous)
   const void* cache = nullptr;            // contiguous [B, s_kv, dim] or paged [pages, page_size, dim]
   // Both device arrays may hold anything (the binding does not read device-resident ones): the kernels take a length
-  // outside [0, capacity] as 0 and read no page outside [0, num_pages), and give that batch entry NaN
-  // (latent_schedule.hpp).
+  // outside [0, capacity] as 0 and read through no page outside [0, num_pages), and give the queries either reaches
+  // NaN (latent_schedule.hpp).
   const int64_t* block_table = nullptr;   // device [B, max_pages]; null = contiguous cache
   const int64_t* seqlens = nullptr;       // device [B]: cache length L_b of each batch
   void* out = nullptr;                    // [B, S_q, H, dim_v] (Element), rows packed like q

@@ -67,7 +67,7 @@ NL_HOST_DEVICE bool paged_box_supported(int64_t page_size) {
 // The box of KV tile `tile` (positions [64 tile, 64 tile + 64)) of batch b. Box row i is cache row
 // page * extent + row + i (extent: page_size, or s_kv contiguous), the row latent::cache_row gives position
 // 64 tile + i; it lies in the page (row + i < page_size) for every i when page_size % 64 == 0. Page -1 where the
-// block table names no page of the cache (sm80::latent::checked_page): a box there is wholly out of bounds, zeros.
+// block table names no page of the cache (sm80::latent::checked_page): the producer then flags the batch entry.
 NL_HOST_DEVICE KvBoxCoord kv_box_coord(const int64_t* block_table, int64_t max_pages, int64_t page_size,
                                        int64_t num_pages, int64_t b, int64_t tile) {
   const int64_t pos = tile * kBlockN;
@@ -249,10 +249,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       const int64_t i = e - tiles.begin;
       const int st = static_cast<int>(i % kStages);
       // The block-table read goes before the wait: its latency overlaps the consumers' use of the stage. A page that
-      // is not the cache's (-1) is a box wholly out of bounds: zeros, and the flag the consumers read in the epilogue,
-      // after their wait on this stage's k_full, which the arrive below releases it to.
+      // is not the cache's (-1) loads page 0 instead (any valid page: the rows it feeds end NaN) and sets the flag the
+      // consumers read in the epilogue, after their wait on this stage's k_full, which the arrive below releases it
+      // to. The fence keeps the compiler from sinking the store past that arrive (CUTLASS's barrier asm has no memory
+      // clobber); it runs only on this error path.
       const latent::KvBoxCoord c = latent::kv_box_coord(p.block_table, p.max_pages, p.page_size, p.num_pages, b, e);
-      if (c.page < 0) smem.poison = 1;
+      if (c.page < 0) {
+        smem.poison = 1;
+        __threadfence_block();
+      }
       // A fresh barrier counts its preceding phase as complete: the first kStages waits pass at once.
       Barrier::wait(&smem.kv_empty[st], static_cast<uint32_t>(((i / kStages) & 1) ^ 1));
       TxBarrier::arrive_and_expect_tx(&smem.k_full[st], Traits::kTileBytes);
@@ -260,7 +265,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       CUTE_UNROLL
       for (int j = 0; j < kBoxes; ++j) {
         SM90_TMA_LOAD_3D::copy(&args.tma_kv, &smem.k_full[st], kHint, dst + j * kBlockN * kBoxCols, j * kBoxCols,
-                               static_cast<int32_t>(c.row), static_cast<int32_t>(c.page));
+                               static_cast<int32_t>(c.row), static_cast<int32_t>(c.page < 0 ? 0 : c.page));
       }
     }
     return;

@@ -77,6 +77,8 @@ GNA_ERRORS = [
     ("scale-bool", {"scale": True}, TypeError, "scale must be a float or None"),
     ("scale-inf", {"scale": float("inf")}, ValueError, "scale must be finite"),
     ("scale-nan", {"scale": float("nan")}, ValueError, "scale must be finite"),
+    ("scale-past-float32", {"scale": 1e39}, ValueError, "scale must be finite in float32"),
+    ("window-past-int32", {"window": 2**63 - 1}, ValueError, r"window must be at most 2\*\*31 - 1"),
     ("return-lse-int", {"return_lse": 1}, TypeError, "return_lse must be a bool"),
     ("backend-type", {"backend": 3}, TypeError, "backend must be a str or None"),
     ("backend-name", {"backend": "tpu"}, ValueError,

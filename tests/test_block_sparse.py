@@ -212,6 +212,50 @@ def test_equals_flex_attention(causal: bool) -> None:
     assert bool(plain.mask_mod(torch.tensor(0), torch.tensor(0), qi, ki)) is not causal
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_block_mask_mod_must_match_the_element_mask() -> None:
+    """A BlockMask's mask_mod is FlexAttention's element mask on its partial blocks; the kernels apply none or the
+    causal one there, so a mask_mod that means anything else is refused (it was ignored: a sliding window came out
+    2.4 off FlexAttention's answer), and one that agrees gives FlexAttention's result."""
+    gen = torch.Generator().manual_seed(3)
+    q, k = torch.randn(1, 64, 2, 16, generator=gen), torch.randn(1, 256, 2, 16, generator=gen)
+
+    def window(b: torch.Tensor, h: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return (i - j).abs() <= 4
+
+    def top_left_causal(b: torch.Tensor, h: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        return i >= j
+
+    evaluations = [0]
+
+    def counted_causal(b: torch.Tensor, h: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+        evaluations[0] += 1  # (a side effect FlexAttention itself would refuse to trace)
+        return i >= j
+
+    sliding = create_block_mask(window, None, None, 64, 64, device="cpu", BLOCK_SIZE=32)
+    for causal in (False, True):
+        with pytest.raises(ValueError, match="mask_mod disagrees with is_causal"):
+            block_sparse_attention(q, q, q, sliding, is_causal=causal)
+    # FlexAttention's causal mask_mod is top-left aligned; this module's causal mask aligns queries to the end of the
+    # keys (decode): with N_q != N_kv they differ.
+    cross = create_block_mask(top_left_causal, None, None, 64, 256, device="cpu", BLOCK_SIZE=32)
+    with pytest.raises(ValueError, match="mask_mod disagrees"):
+        block_sparse_attention(q, k, k, cross, is_causal=True)
+    square = create_block_mask(top_left_causal, None, None, 64, 64, device="cpu", BLOCK_SIZE=32)
+    with pytest.raises(ValueError, match="is_causal=False"):
+        block_sparse_attention(q, q, q, square, is_causal=False)
+    expected = flex_attention(*(t.transpose(1, 2) for t in (q, q, q)), block_mask=square).transpose(1, 2)
+    square = create_block_mask(counted_causal, None, None, 64, 64, device="cpu", BLOCK_SIZE=32)
+    counts = []
+    for change_lists in (False, False, True):
+        if change_lists:
+            square.kv_indices.add_(0)  # an in-place change (same values): the verdict is made again
+        before = evaluations[0]
+        torch.testing.assert_close(block_sparse_attention(q, q, q, square, is_causal=True), expected, atol=1e-5, rtol=0)
+        counts.append(evaluations[0] - before)
+    assert counts[0] > 0 and counts[1] == 0 and counts[2] > 0, counts
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision(dtype: torch.dtype) -> None:
     """Error in fp16/bf16 within a small factor of plain PyTorch's own error in that dtype."""

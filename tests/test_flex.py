@@ -186,6 +186,13 @@ def test_refusal_reasons() -> None:
     with pytest.raises(BackendNotSupportedError, match="float64.*no backward on cpu"):
         natten_like.gna(q, q, q, 5, backend="flex")
 
+    # Empty inputs are refused (FlexAttention fails on them deep inside); auto-dispatch takes another backend.
+    empty = torch.randn(0, 6, 2, 4)
+    with torch.no_grad():
+        with pytest.raises(BackendNotSupportedError, match="does not take empty tensors"):
+            natten_like.gna(empty, empty, empty, 3, backend="flex")
+        assert natten_like.gna(empty, empty, empty, 3).shape == empty.shape
+
     # Packed variable-length block-sparse batches are refused.
     packed = torch.randn(10, 2, 8)
     cu = torch.tensor([0, 4, 10])

@@ -239,6 +239,19 @@ def test_validation_paged() -> None:
         validate_latent(**empty_pages, cache_seqlens=torch.tensor([0]), block_table=torch.tensor([[0]]))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_empty_page_pool_and_batch(backend: str) -> None:
+    """A paged cache with no pages (every length 0) and a batch of 0 sequences: out 0 / lse -inf and empty results,
+    on every backend (the reference's gather clamped page ids to [0, -1])."""
+    q = torch.randn(2, 1, 3, 6)
+    kw = dict(latent_dim=4, rope_dim=2, backend=backend)
+    lens, table = torch.zeros(2, dtype=torch.long), torch.zeros(2, 2, dtype=torch.long)
+    out, lse = latent_attention(q, torch.randn(0, 4, 6), cache_seqlens=lens, block_table=table, return_lse=True, **kw)
+    assert (out == 0).all() and (lse == float("-inf")).all()
+    out = latent_attention(q[:0], torch.randn(3, 4, 6), cache_seqlens=lens[:0], block_table=table[:0], **kw)
+    assert out.shape == (0, 1, 3, 4)
+
+
 def test_op_refuses_empty_pages() -> None:
     """The compiled op, called directly (validate_latent refuses it first): a paged cache of page_size 0 is an error,
     not a division by zero."""

@@ -22,10 +22,18 @@ def check_tensor(value: object, name: str) -> torch.Tensor:
     return value
 
 
+# Every int argument (a size, count, block, window, stride or offset) fits int32: the kernels' int64 arithmetic on them
+# (sums, products of two, ceil divisions) then never overflows. 2**63 - 1 as a block size wrapped to garbage.
+INT_LIMIT = 2**31 - 1
+
+
 def check_int(value: object, name: str) -> int:
-    """``value`` as an ``int``; bools and floats are refused (``window=3.0`` and ``stride=True`` are mistakes)."""
+    """``value`` as an ``int`` of magnitude at most :data:`INT_LIMIT`; bools and floats are refused (``window=3.0``
+    and ``stride=True`` are mistakes)."""
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if abs(int(value)) > INT_LIMIT:
+        raise ValueError(f"{name} must be at most 2**31 - 1 in magnitude, got {int(value)}")
     return int(value)
 
 
@@ -60,8 +68,8 @@ def check_scale(scale: object, head_dim: int) -> float:
         return head_dim**-0.5
     if isinstance(scale, bool) or not isinstance(scale, Real):
         raise TypeError(f"scale must be a float or None, got {type(scale).__name__} {scale!r}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale!r}")
+    if not math.isfinite(scale) or abs(scale) > torch.finfo(torch.float32).max:
+        raise ValueError(f"scale must be finite in float32 (the kernels' precision), got {scale!r}")
     return float(scale)
 
 

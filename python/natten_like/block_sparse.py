@@ -13,17 +13,20 @@ decode), otherwise every element. A query that attends no key gets output 0 and 
   ``B`` sequences, the longest sequence's block counts);
 - FlexAttention's compressed form as a tuple ``(kv_num_blocks [B|1, H|1, QB], kv_indices [B|1, H|1, QB, cap])``,
   optionally followed by ``(full_kv_num_blocks, full_kv_indices)``;
-- a ``torch.nn.attention.flex_attention.BlockMask``: its block size and lists are used, its ``mask_mod`` is not
-  evaluated (partial blocks get this module's element mask: pass ``is_causal`` matching the mask_mod).
+- a ``torch.nn.attention.flex_attention.BlockMask``: its block size and lists are used; its ``mask_mod`` must agree,
+  inside the partial blocks, with the element mask this module applies there (none, or causal with ``is_causal``):
+  it is evaluated there once per BlockMask and call shape, and a disagreement is a ``ValueError``, never another
+  mask's answer.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.nn.attention.flex_attention import BlockMask
+from torch.nn.attention.flex_attention import BlockMask, noop_mask
 
 from . import ops
 from ._validation import check_backend, check_bool, check_int, check_same_floating, check_scale, check_tensor
@@ -369,7 +372,7 @@ def validate_block_sparse(
     else:
         batch, max_q, max_kv = q.shape[0], q.shape[1], k.shape[1]
     lists, qbs, kvbs, qb, kb = _normalise_mask(block_mask, batch, heads, max_q, max_kv, q_block, kv_block)
-    return BlockSparseParams(
+    params = BlockSparseParams(
         lists=lists,
         q_block=qbs,
         kv_block=kvbs,
@@ -382,6 +385,60 @@ def validate_block_sparse(
         head_dim=q.shape[-1],
         head_dim_v=v.shape[-1],
     )
+    if isinstance(block_mask, BlockMask):
+        _check_mask_mod(block_mask, params, max_q, max_kv)
+    return params
+
+
+# BlockMasks whose mask_mod agreed with a call's element mask: BlockMask -> (is_causal, N_q, N_kv, list versions).
+_MASK_MODS_CHECKED: weakref.WeakKeyDictionary[BlockMask, tuple[int, ...]] = weakref.WeakKeyDictionary()
+_MASK_MOD_CHUNK = 1 << 22  # mask elements evaluated at once
+
+
+def _check_mask_mod(block_mask: BlockMask, params: BlockSparseParams, num_q: int, num_kv: int) -> None:
+    """A BlockMask's ``mask_mod`` must agree, inside its partial blocks (the only place FlexAttention applies it), with
+    the element mask this call applies there: none, or causal with ``is_causal``. The kernels cannot run an arbitrary
+    mask_mod, so a disagreement is refused rather than answered with another mask. Evaluated once per BlockMask and
+    call shape (and again after its lists change in place)."""
+    mod = block_mask.mask_mod
+    if mod is noop_mask and not params.is_causal:
+        return  # no element mask on either side
+    if params.cu_seqlens_q is not None:
+        raise ValueError(
+            "block_mask: a BlockMask's mask_mod (or is_causal) cannot be matched to a packed batch's per-sequence "
+            "element mask; pass its lists as a (kv_num_blocks, kv_indices[, full_kv_num_blocks, full_kv_indices]) "
+            "tuple with is_causal"
+        )
+    num, idx = params.lists.kv_num_blocks, params.lists.kv_indices
+    key = (params.is_causal, num_q, num_kv, block_mask.kv_num_blocks._version, block_mask.kv_indices._version)
+    if _MASK_MODS_CHECKED.get(block_mask) == key:
+        return
+    b, h, r, slot = _listed(num, idx).nonzero(as_tuple=True)  # every partial block: (batch, head, q block, slot)
+    c = idx[b, h, r, slot]
+    dev = idx.device
+    q_idx = r[:, None] * params.q_block + torch.arange(params.q_block, device=dev)  # [P, q_block]
+    kv_idx = c[:, None] * params.kv_block + torch.arange(params.kv_block, device=dev)  # [P, kv_block]
+    # mask_mod on scalars, vmapped over (key, query, block) as FlexAttention evaluates it.
+    theirs = torch.vmap(mod, in_dims=(None, None, None, 0))
+    theirs = torch.vmap(theirs, in_dims=(None, None, 0, None))
+    theirs = torch.vmap(theirs, in_dims=(0, 0, 0, 0))
+    step = max(1, _MASK_MOD_CHUNK // (params.q_block * params.kv_block))
+    for lo in range(0, b.numel(), step):
+        qi, ki = q_idx[lo : lo + step, :, None], kv_idx[lo : lo + step, None, :]
+        inside = (qi < num_q) & (ki < num_kv)
+        ours = qi + (num_kv - num_q) >= ki if params.is_causal else torch.ones_like(inside)
+        if mod is noop_mask:
+            given = torch.ones_like(inside)
+        else:
+            given = theirs(b[lo : lo + step], h[lo : lo + step], q_idx[lo : lo + step], kv_idx[lo : lo + step])
+        if ((given.bool() != ours) & inside).any():
+            raise ValueError(
+                f"block_mask's mask_mod disagrees with is_causal={params.is_causal} inside its partial blocks: the "
+                "kernels apply there no element mask, or the causal one (query i sees key j <= i + N_kv - N_q) with "
+                "is_causal=True. Pass is_causal matching the mask_mod, or a mask whose partial blocks need no other "
+                "element mask"
+            )
+    _MASK_MODS_CHECKED[block_mask] = key
 
 
 def element_mask(params: BlockSparseParams, num_q: int, num_kv: int) -> torch.Tensor:

@@ -145,8 +145,12 @@ def _contiguous_cache(kv_cache: torch.Tensor, params: LatentParams, batch: int) 
         if lengths is None:
             lengths = torch.full((batch,), kv_cache.shape[1], dtype=torch.int64)
         return kv_cache, lengths.to(kv_cache.device)
+    max_pages, page_size = params.block_table.shape[1], kv_cache.shape[1]
+    if kv_cache.shape[0] == 0:  # no pages: every length is 0 (checked), no row is read
+        rows = kv_cache.new_zeros(batch, max_pages * page_size, kv_cache.shape[-1])
+        return rows, params.cache_seqlens.to(kv_cache.device)
     pages = params.block_table.clamp(0, kv_cache.shape[0] - 1).to(kv_cache.device)  # unused slots may hold anything
-    rows = kv_cache[pages].reshape(batch, -1, kv_cache.shape[-1])  # [B, max_pages * page_size, D]
+    rows = kv_cache[pages].reshape(batch, max_pages * page_size, kv_cache.shape[-1])  # [B, max_pages * page_size, D]
     return rows, params.cache_seqlens.to(kv_cache.device)
 
 

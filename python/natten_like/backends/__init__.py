@@ -59,6 +59,7 @@ class Problem:
     batch: int = 1  # q's batch dim ([B, *tokens, H, D]); 1 for a packed [total, H, D] q
     heads: int = 1  # q's head dim H
     device_index: int | None = None  # the CUDA device of the tensors (None: not CUDA, or the current one)
+    empty: bool = False  # some input tensor has no elements
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,8 @@ def dispatch(family: str, params: Any, backend: str | None, *tensors: torch.Tens
     q = tensors[0]
     requires_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     problem = Problem(family, q.device.type, q.dtype, requires_grad, params, batch=q.shape[0] if q.dim() >= 4 else 1,
-                      heads=q.shape[-2], device_index=q.device.index if q.device.type == "cuda" else None)  # fmt: skip
+                      heads=q.shape[-2], device_index=q.device.index if q.device.type == "cuda" else None,
+                      empty=any(t is not None and t.numel() == 0 for t in tensors))  # fmt: skip
     return select_backend(problem, backend).run(problem, *tensors)
 
 

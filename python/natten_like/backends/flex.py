@@ -253,6 +253,8 @@ def not_supported_reasons(problem: Problem) -> list[str]:
             f"dtype {problem.dtype} is not supported (float32, float16 and bfloat16 only; float64 runs on the "
             "reference backend)"
         )
+    if problem.empty:
+        reasons.append("FlexAttention does not take empty tensors (a dim of size 0)")
     if problem.requires_grad and problem.device_type in NO_BACKWARD_DEVICES:
         reasons.append(
             f"FlexAttention has no backward on {problem.device_type} in torch {torch.__version__} (forward only: call "

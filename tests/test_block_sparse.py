@@ -13,7 +13,7 @@ from natten_like.block_sparse import (
     to_flex_block_mask,
     validate_block_sparse,
 )
-from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from simulator.block_sparse import block_pairs
 
@@ -254,6 +254,18 @@ def test_block_mask_mod_must_match_the_element_mask() -> None:
         torch.testing.assert_close(block_sparse_attention(q, q, q, square, is_causal=True), expected, atol=1e-5, rtol=0)
         counts.append(evaluations[0] - before)
     assert counts[0] > 0 and counts[1] == 0 and counts[2] > 0, counts
+
+    # Lists without a mask_mod (noop): is_causal=True agrees only where the causal mask keeps whole blocks.
+    def lists_mask(first_row_count: int, second_row_block: int) -> BlockMask:
+        counts = torch.tensor([[[first_row_count, 1]]], dtype=torch.int32)
+        blocks = torch.tensor([[[[0], [second_row_block]]]], dtype=torch.int32)  # query block 1 lists one block
+        return BlockMask.from_kv_blocks(counts, blocks, BLOCK_SIZE=32, seq_lengths=(64, 64))
+
+    below, diagonal = lists_mask(0, 0), lists_mask(1, 1)
+    block_sparse_attention(q, q, q, below, is_causal=True)
+    block_sparse_attention(q, q, q, diagonal, is_causal=False)
+    with pytest.raises(ValueError, match="mask_mod disagrees with is_causal=True"):
+        block_sparse_attention(q, q, q, diagonal, is_causal=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -416,6 +416,14 @@ def _check_mask_mod(block_mask: BlockMask, params: BlockSparseParams, num_q: int
     b, h, r, slot = _listed(num, idx).nonzero(as_tuple=True)  # every partial block: (batch, head, q block, slot)
     c = idx[b, h, r, slot]
     dev = idx.device
+    if mod is noop_mask:
+        # No element mask given, the causal one applied: they agree iff the causal mask keeps every element of every
+        # partial block, i.e. its largest key - query offset (last key, first query) is at most N_kv - N_q.
+        last_key = torch.clamp((c + 1) * params.kv_block, max=num_kv) - 1
+        if bool((last_key - r * params.q_block > num_kv - num_q).any()):
+            raise ValueError(_mask_mod_message(params.is_causal))
+        _MASK_MODS_CHECKED[block_mask] = key
+        return
     q_idx = r[:, None] * params.q_block + torch.arange(params.q_block, device=dev)  # [P, q_block]
     kv_idx = c[:, None] * params.kv_block + torch.arange(params.kv_block, device=dev)  # [P, kv_block]
     # mask_mod on scalars, vmapped over (key, query, block) as FlexAttention evaluates it.
@@ -427,18 +435,18 @@ def _check_mask_mod(block_mask: BlockMask, params: BlockSparseParams, num_q: int
         qi, ki = q_idx[lo : lo + step, :, None], kv_idx[lo : lo + step, None, :]
         inside = (qi < num_q) & (ki < num_kv)
         ours = qi + (num_kv - num_q) >= ki if params.is_causal else torch.ones_like(inside)
-        if mod is noop_mask:
-            given = torch.ones_like(inside)
-        else:
-            given = theirs(b[lo : lo + step], h[lo : lo + step], q_idx[lo : lo + step], kv_idx[lo : lo + step])
+        given = theirs(b[lo : lo + step], h[lo : lo + step], q_idx[lo : lo + step], kv_idx[lo : lo + step])
         if ((given.bool() != ours) & inside).any():
-            raise ValueError(
-                f"block_mask's mask_mod disagrees with is_causal={params.is_causal} inside its partial blocks: the "
-                "kernels apply there no element mask, or the causal one (query i sees key j <= i + N_kv - N_q) with "
-                "is_causal=True. Pass is_causal matching the mask_mod, or a mask whose partial blocks need no other "
-                "element mask"
-            )
+            raise ValueError(_mask_mod_message(params.is_causal))
     _MASK_MODS_CHECKED[block_mask] = key
+
+
+def _mask_mod_message(is_causal: bool) -> str:
+    return (
+        f"block_mask's mask_mod disagrees with is_causal={is_causal} inside its partial blocks: the kernels apply "
+        "there no element mask, or the causal one (query i sees key j <= i + N_kv - N_q) with is_causal=True. Pass "
+        "is_causal matching the mask_mod, or a mask whose partial blocks need no other element mask"
+    )
 
 
 def element_mask(params: BlockSparseParams, num_q: int, num_kv: int) -> torch.Tensor:

@@ -5,8 +5,8 @@
 // Argument checks as latent_cpu.cpp (latent_args.hpp). cache_seqlens / block_table on q's device are used where they
 // are, with no copy and no host sync, so a call can be captured in a CUDA graph: the kernels check their contents
 // (nothing is read out of bounds; the queries an invalid length or page reaches get NaN, latent_schedule.hpp), and
-// the split count comes from the cache's capacity. Host-resident ones are checked on the
-// host (errors naming the entry), then copied over.
+// the split count comes from the cache's capacity. Host-resident ones are checked on the host (errors naming the
+// entry), then copied over.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
 #include <c10/cuda/CUDAGuard.h>
